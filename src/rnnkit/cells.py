@@ -1,0 +1,398 @@
+"""The math of one time step for every rnnkit cell: forward, and its hand-derived local backward.
+
+A cell here is configuration plus two pure functions of tensors, with no loop, direction,
+padding or parameters of its own (the layers own the parameters):
+
+    cell.project_input(x, p)            -> xp              the time-independent part, (..., G*H)
+    cell.step(xp, state, p, mask)       -> state', saved    one step forward
+    cell.step_backward(d_state, saved, p, mask)
+                                        -> d_xp, d_state_prev, grads
+
+`p` maps generic parameter names (`weight_hh`, `bias_hh`, ...) to tensors. `state` is `(h,)` or
+`(h, c)`; `h` is both the step's output and its recurrent input. `mask` is the optional
+recurrent-dropout mask on `h` as it enters the recurrent product.
+
+`grads` maps a parameter name to its gradient contribution from this step, in one of two forms,
+which the engine sums over batch and time at the end of the backward pass:
+  - a list of `(d_pre, inp)` pairs: the parameter is a matrix used as `inp @ W.T`, its gradient
+    is `cat([d_pre.T @ inp for each pair], dim=0)` (one pair per block of rows it holds);
+  - a tensor `(B, n)`: the parameter is a vector, its gradient is the sum over the batch.
+
+Shapes: B batch, I input, H hidden, P = proj_size or H (the size of h), G gates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+LN_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A nonlinearity with its derivative written in terms of its own output y = act(v)."""
+
+    name: str
+    fn: Callable[[Tensor], Tensor]
+    grad: Callable[[Tensor], Tensor]  # d act / dv, as a function of y
+
+
+def softsign(v: Tensor) -> Tensor:
+    """softsign(v) = v / (1 + |v|): tanh's shape with polynomial, not exponential, saturation."""
+    return v / (1 + v.abs())
+
+
+ACTIVATIONS = {
+    "tanh": Activation("tanh", torch.tanh, lambda y: 1 - y * y),
+    "relu": Activation("relu", torch.relu, lambda y: (y > 0).to(y.dtype)),
+    # y = v/(1+|v|)  =>  1 - |y| = 1/(1+|v|)  =>  dy/dv = (1 - |y|)^2
+    "softsign": Activation("softsign", softsign, lambda y: (1 - y.abs()) ** 2),
+}
+
+
+def get_activation(name: object, argument: str, allowed: tuple[str, ...]) -> Activation:
+    if not isinstance(name, str) or name not in allowed:
+        raise ValueError(f"{argument} must be one of {', '.join(map(repr, allowed))}; got {name!r}")
+    return ACTIVATIONS[name]
+
+
+def dsigmoid(y: Tensor) -> Tensor:
+    """sigmoid'(v) in terms of y = sigmoid(v)."""
+    return y * (1 - y)
+
+
+def layer_norm(a: Tensor) -> tuple[Tensor, Tensor]:
+    """Normalise over the last dim without gain or bias; returns (a_hat, 1/std)."""
+    mu = a.mean(-1, keepdim=True)
+    rstd = torch.rsqrt(a.var(-1, unbiased=False, keepdim=True) + LN_EPS)
+    return (a - mu) * rstd, rstd
+
+
+def layer_norm_backward(d_hat: Tensor, a_hat: Tensor, rstd: Tensor) -> Tensor:
+    """Gradient w.r.t. `a` of `a_hat = layer_norm(a)`, given the gradient w.r.t. `a_hat`."""
+    return rstd * (d_hat - d_hat.mean(-1, keepdim=True) - a_hat * (d_hat * a_hat).mean(-1, keepdim=True))
+
+
+def _masked(h: Tensor, mask: Tensor | None) -> Tensor:
+    return h if mask is None else h * mask
+
+
+class Step:
+    """What every cell shares: parameter bookkeeping and the hoisted input projection."""
+
+    gates: int  # G: how many H-sized blocks the input projection has
+    hidden_size: int
+    bias: bool
+    num_states: int  # 1 for (h,), 2 for (h, c)
+
+    @property
+    def output_size(self) -> int:
+        """P, the size of h."""
+        return self.hidden_size
+
+    def param_shapes(self, input_size: int) -> dict[str, tuple[int, ...]]:
+        G, H, P = self.gates, self.hidden_size, self.output_size
+        shapes = {"weight_ih": (G * H, input_size), "weight_hh": (G * H, P)}
+        if self.bias:
+            shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
+        return shapes
+
+    def state_sizes(self) -> tuple[int, ...]:
+        return (self.output_size,)
+
+    def project_input(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
+        """xp = x W_ih^T + b_ih for every time step at once: (..., I) -> (..., G*H)."""
+        return torch.nn.functional.linear(x, p["weight_ih"], p.get("bias_ih"))
+
+    def _recurrent(self, hr: Tensor, p: dict[str, Tensor]) -> Tensor:
+        """hr W_hh^T + b_hh."""
+        b = p.get("bias_hh")
+        return hr @ p["weight_hh"].T if b is None else torch.addmm(b, hr, p["weight_hh"].T)
+
+    def _bias_grads(self, d_pre: Tensor) -> dict[str, Tensor]:
+        return {"bias_hh": d_pre} if self.bias else {}
+
+
+@dataclass(frozen=True)
+class RNNStep(Step):
+    """Elman RNN step.
+
+        h' = act(W_ih x + b_ih + W_hh h + b_hh),   act in {tanh, relu, softsign}
+
+    Parameters as torch.nn.RNN: weight_ih (H, I), weight_hh (H, H), bias_ih (H,), bias_hh (H,).
+    """
+
+    hidden_size: int
+    nonlinearity: str = "tanh"
+    bias: bool = True
+
+    gates = 1
+    num_states = 1
+
+    def __post_init__(self):
+        get_activation(self.nonlinearity, "nonlinearity", ("tanh", "relu", "softsign"))
+
+    @property
+    def act(self) -> Activation:
+        return ACTIVATIONS[self.nonlinearity]
+
+    def step(self, xp, state, p, mask=None):
+        (h,) = state
+        hr = _masked(h, mask)
+        h_new = self.act.fn(xp + self._recurrent(hr, p))  # (B, H)
+        return (h_new,), (hr, h_new)
+
+    def step_backward(self, d_state, saved, p, mask=None):
+        (d_h,) = d_state
+        hr, h_new = saved
+        d_pre = d_h * self.act.grad(h_new)  # (B, H)
+        d_h_prev = _masked(d_pre @ p["weight_hh"], mask)
+        return d_pre, (d_h_prev,), {"weight_hh": [(d_pre, hr)], **self._bias_grads(d_pre)}
+
+
+@dataclass(frozen=True)
+class LSTMStep(Step):
+    """LSTM step (torch.nn layout: gates i, f, g, o stacked in that order, two biases).
+
+        i  = sigmoid(W_ii x + b_ii + W_hi h + b_hi [+ p_i * c])      input gate
+        f  = sigmoid(W_if x + b_if + W_hf h + b_hf [+ p_f * c])      forget gate
+        g  = act(W_ig x + b_ig + W_hg h + b_hg)                       candidate
+        c' = f * c + i * g                  (coupled: c' = f * c + (1 - f) * g, no i gate)
+        o  = sigmoid(W_io x + b_io + W_ho h + b_ho [+ p_o * c'])     output gate
+        h' = o * act(c')                    (layer_norm: o * act(LN_c(c')))
+        h' = W_hr h'                        (proj_size > 0)
+
+    act is tanh, or softsign with activation='softsign'.
+
+    Variants:
+      peephole    diagonal peepholes (Gers & Schmidhuber 2000): i and f see c_{t-1}, o sees c_t;
+                  weight_peephole (G'*H,) holds p_i, p_f, p_o (p_f, p_o when coupled).
+      coupled     CIFG: the input gate is 1 - f; gates f, g, o so the weights are (3H, .).
+      layer_norm  Ba et al. 2016: the gate pre-activations are LN_ih(W_ih x) + LN_hh(W_hh h) + b,
+                  each LN over all G*H units with a gain (ln_weight_ih, ln_weight_hh) and no
+                  bias of its own (b_ih and b_hh play that role); the carried cell state is
+                  un-normalised and h' = o * act(LN_c(c')), LN_c with gain and bias
+                  (ln_weight_c, ln_bias_c) over the H units.
+      proj_size   as torch.nn.LSTM: h is projected to P units by weight_hr (P, H).
+    """
+
+    hidden_size: int
+    proj_size: int = 0
+    bias: bool = True
+    activation: str = "tanh"
+    peephole: bool = False
+    coupled: bool = False
+    layer_norm: bool = False
+
+    num_states = 2
+
+    def __post_init__(self):
+        get_activation(self.activation, "activation", ("tanh", "softsign"))
+
+    @property
+    def gates(self) -> int:
+        return 3 if self.coupled else 4
+
+    @property
+    def output_size(self) -> int:
+        return self.proj_size or self.hidden_size
+
+    @property
+    def act(self) -> Activation:
+        return ACTIVATIONS[self.activation]
+
+    def param_shapes(self, input_size):
+        G, H = self.gates, self.hidden_size
+        shapes = super().param_shapes(input_size)
+        if self.proj_size:
+            shapes["weight_hr"] = (self.proj_size, H)
+        if self.peephole:
+            shapes["weight_peephole"] = ((G - 1) * H,)
+        if self.layer_norm:
+            shapes.update(ln_weight_ih=(G * H,), ln_weight_hh=(G * H,), ln_weight_c=(H,))
+            if self.bias:
+                shapes["ln_bias_c"] = (H,)
+        return shapes
+
+    def state_sizes(self):
+        return (self.output_size, self.hidden_size)
+
+    def project_input(self, x, p):
+        if not self.layer_norm:
+            return super().project_input(x, p)
+        a = x @ p["weight_ih"].T  # (..., G*H)
+        return torch.nn.functional.layer_norm(a, a.shape[-1:], p["ln_weight_ih"], p.get("bias_ih"), LN_EPS)
+
+    def step(self, xp, state, p, mask=None):
+        h, c = state  # (B, P), (B, H)
+        hr = _masked(h, mask)
+        ln_h = None
+        if self.layer_norm:
+            a_hat, rstd = layer_norm(hr @ p["weight_hh"].T)  # (B, G*H)
+            rec = a_hat * p["ln_weight_hh"]
+            if self.bias:
+                rec = rec + p["bias_hh"]
+            ln_h = (a_hat, rstd)
+        else:
+            rec = self._recurrent(hr, p)
+        gates = (xp + rec).chunk(self.gates, 1)  # G x (B, H)
+        peep = p["weight_peephole"].chunk(self.gates - 1) if self.peephole else None
+        if self.coupled:
+            f, g, o = gates
+            i = None
+        else:
+            i, f, g, o = gates
+            if peep:
+                i = i + peep[0] * c
+            i = torch.sigmoid(i)
+        if peep:
+            f = f + peep[-2] * c
+        f = torch.sigmoid(f)
+        g = self.act.fn(g)
+        c_new = f * c + (1 - f) * g if self.coupled else f * c + i * g
+        if peep:
+            o = o + peep[-1] * c_new
+        o = torch.sigmoid(o)
+        ln_c = None
+        if self.layer_norm:
+            c_hat, rstd_c = layer_norm(c_new)
+            c_out = c_hat * p["ln_weight_c"]
+            if self.bias:
+                c_out = c_out + p["ln_bias_c"]
+            ln_c = (c_hat, rstd_c)
+        else:
+            c_out = c_new
+        act_c = self.act.fn(c_out)
+        h_new = o * act_c  # (B, H)
+        if self.proj_size:
+            h_out = h_new @ p["weight_hr"].T  # (B, P)
+        else:
+            h_out = h_new
+        return (h_out, c_new), (hr, c, i, f, g, o, c_new, act_c, h_new, ln_h, ln_c)
+
+    def step_backward(self, d_state, saved, p, mask=None):
+        d_h, d_c = d_state
+        hr, c, i, f, g, o, c_new, act_c, h_new, ln_h, ln_c = saved
+        grads = {}
+        if self.proj_size:
+            grads["weight_hr"] = [(d_h, h_new)]
+            d_h = d_h @ p["weight_hr"]  # (B, H)
+        d_o = d_h * act_c * dsigmoid(o)
+        d_c_out = d_h * o * self.act.grad(act_c)
+        if ln_c is not None:
+            c_hat, rstd_c = ln_c
+            grads["ln_weight_c"] = d_c_out * c_hat
+            if self.bias:
+                grads["ln_bias_c"] = d_c_out
+            d_c_out = layer_norm_backward(d_c_out * p["ln_weight_c"], c_hat, rstd_c)
+        d_c_new = d_c + d_c_out
+        peep = p["weight_peephole"].chunk(self.gates - 1) if self.peephole else None
+        if peep:
+            d_c_new = d_c_new + d_o * peep[-1]
+        if self.coupled:
+            d_f = d_c_new * (c - g) * dsigmoid(f)
+            d_g = d_c_new * (1 - f) * self.act.grad(g)
+            d_gates = [d_f, d_g, d_o]
+        else:
+            d_i = d_c_new * g * dsigmoid(i)
+            d_f = d_c_new * c * dsigmoid(f)
+            d_g = d_c_new * i * self.act.grad(g)
+            d_gates = [d_i, d_f, d_g, d_o]
+        d_c_prev = d_c_new * f
+        if peep:
+            d_c_prev = d_c_prev + d_f * peep[-2]
+            peep_grads = [d_f * c, d_o * c_new]
+            if not self.coupled:
+                d_c_prev = d_c_prev + d_i * peep[0]
+                peep_grads.insert(0, d_i * c)
+            grads["weight_peephole"] = torch.cat(peep_grads, 1)
+        d_xp = torch.cat(d_gates, 1)  # (B, G*H)
+        grads.update(self._bias_grads(d_xp))
+        d_pre = d_xp
+        if ln_h is not None:
+            a_hat, rstd = ln_h
+            grads["ln_weight_hh"] = d_xp * a_hat
+            d_pre = layer_norm_backward(d_xp * p["ln_weight_hh"], a_hat, rstd)
+        grads["weight_hh"] = [(d_pre, hr)]
+        d_h_prev = _masked(d_pre @ p["weight_hh"], mask)
+        return d_xp, (d_h_prev, d_c_prev), grads
+
+
+@dataclass(frozen=True)
+class GRUStep(Step):
+    """GRU step (torch.nn layout: gates r, z, n stacked in that order, two biases).
+
+        r  = sigmoid(W_ir x + b_ir + W_hr h + b_hr)                   reset gate
+        z  = sigmoid(W_iz x + b_iz + W_hz h + b_hz)                   update gate
+        n  = act(W_in x + b_in + r * (W_hn h + b_hn))                 reset_after=True (torch.nn, cuDNN)
+        n  = act(W_in x + b_in + W_hn (r * h) + b_hn)                 reset_after=False (the original
+                                                                      form of Cho et al., the notes)
+        h' = (1 - z) * n + z * h
+
+    act is tanh, or softsign with activation='softsign'. Both conventions have the same parameters.
+    In this (torch.nn) convention z is the share of the *old* state that is kept; the course notes'
+    update gate, the share of the new candidate, is 1 - z.
+    """
+
+    hidden_size: int
+    bias: bool = True
+    reset_after: bool = True
+    activation: str = "tanh"
+
+    gates = 3
+    num_states = 1
+
+    def __post_init__(self):
+        get_activation(self.activation, "activation", ("tanh", "softsign"))
+
+    @property
+    def act(self) -> Activation:
+        return ACTIVATIONS[self.activation]
+
+    def step(self, xp, state, p, mask=None):
+        (h,) = state  # (B, H)
+        H = self.hidden_size
+        hr = _masked(h, mask)
+        xr, xz, xn = xp.chunk(3, 1)
+        if self.reset_after:
+            hh_r, hh_z, hh_n = self._recurrent(hr, p).chunk(3, 1)
+            r = torch.sigmoid(xr + hh_r)
+            z = torch.sigmoid(xz + hh_z)
+            n = self.act.fn(xn + r * hh_n)
+            rh = None
+        else:
+            w, b = p["weight_hh"], p.get("bias_hh")
+            rz = hr @ w[: 2 * H].T if b is None else torch.addmm(b[: 2 * H], hr, w[: 2 * H].T)
+            hh_r, hh_z = rz.chunk(2, 1)
+            r = torch.sigmoid(xr + hh_r)
+            z = torch.sigmoid(xz + hh_z)
+            rh = r * hr
+            hh_n = rh @ w[2 * H :].T if b is None else torch.addmm(b[2 * H :], rh, w[2 * H :].T)
+            n = self.act.fn(xn + hh_n)
+        h_new = (1 - z) * n + z * h
+        return (h_new,), (h, hr, r, z, n, hh_n, rh)
+
+    def step_backward(self, d_state, saved, p, mask=None):
+        (d_h,) = d_state
+        h, hr, r, z, n, hh_n, rh = saved
+        H = self.hidden_size
+        w = p["weight_hh"]
+        d_n = d_h * (1 - z) * self.act.grad(n)  # gradient at n's pre-activation
+        d_z = d_h * (h - n) * dsigmoid(z)
+        d_h_prev = d_h * z
+        if self.reset_after:
+            d_r = d_n * hh_n * dsigmoid(r)
+            d_rec = torch.cat([d_r, d_z, d_n * r], 1)  # (B, 3H), at W_hh h + b_hh
+            grads = {"weight_hh": [(d_rec, hr)], **self._bias_grads(d_rec)}
+            d_hr = d_rec @ w
+        else:
+            d_rh = d_n @ w[2 * H :]
+            d_r = d_rh * hr * dsigmoid(r)
+            d_rz = torch.cat([d_r, d_z], 1)  # (B, 2H)
+            grads = {"weight_hh": [(d_rz, hr), (d_n, rh)], **self._bias_grads(torch.cat([d_rz, d_n], 1))}
+            d_hr = d_rh * r + d_rz @ w[: 2 * H]
+        d_xp = torch.cat([d_r, d_z, d_n], 1)  # (B, 3H)
+        return d_xp, (d_h_prev + _masked(d_hr, mask),), grads

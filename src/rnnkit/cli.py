@@ -1,0 +1,122 @@
+"""The `rnnkit` command: --version, `info` (cells, variants, equations) and `demo`."""
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+import time
+
+import torch
+
+from . import __version__
+from .cells import GRUStep, LSTMStep, RNNStep
+from .layers import GRU, LSTM, RNN
+
+# (label, rnnkit layer, keyword arguments, the torch.nn layer with the same math or None)
+DEMO_LAYERS = [
+    ("RNN tanh", RNN, {}, torch.nn.RNN),
+    ("RNN relu", RNN, {"nonlinearity": "relu"}, torch.nn.RNN),
+    ("RNN softsign", RNN, {"nonlinearity": "softsign"}, None),
+    ("LSTM", LSTM, {}, torch.nn.LSTM),
+    ("LSTM proj_size=16", LSTM, {"proj_size": 16}, torch.nn.LSTM),
+    ("LSTM peephole", LSTM, {"peephole": True}, None),
+    ("LSTM coupled (CIFG)", LSTM, {"coupled": True}, None),
+    ("LSTM layer_norm", LSTM, {"layer_norm": True}, None),
+    ("LSTM softsign", LSTM, {"activation": "softsign"}, None),
+    ("LSTM recurrent_dropout=0.25", LSTM, {"recurrent_dropout": 0.25}, None),
+    ("GRU", GRU, {}, torch.nn.GRU),
+    ("GRU reset_after=False", GRU, {"reset_after": False}, None),
+]
+
+
+class UsageError(Exception):
+    """Bad command-line input: exit code 2."""
+
+
+def cmd_info(args) -> int:
+    print(f"rnnkit {__version__} (torch {torch.__version__})\n")
+    print("Layers RNN, LSTM, GRU (drop-in for torch.nn) and cells RNNCell, LSTMCell, GRUCell.\n"
+          "Every layer also takes lengths= in forward, recurrent_dropout= and bptt= ('explicit' or 'autograd').\n")
+    for title, step in (("RNN / RNNCell", RNNStep), ("LSTM / LSTMCell", LSTMStep), ("GRU / GRUCell", GRUStep)):
+        print(f"== {title}")
+        print(inspect.cleandoc(step.__doc__))
+        print()
+    return 0
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+def cmd_demo(args) -> int:
+    B, T, I, H = args.batch, args.steps, 32, args.hidden
+    if min(B, T, H) < 1:
+        raise UsageError(f"--batch, --steps and --hidden must be positive; got {B}, {T}, {H}")
+    torch.manual_seed(args.seed)
+    print(f"rnnkit {__version__} demo: batch {B}, steps {T}, input {I}, hidden {H}, 2 layers, "
+          f"bidirectional, batch_first; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    header = f"{'layer':28s} {'output':>14s} {'h_n':>12s} {'fwd+bwd ms':>11s} {'torch.nn ms':>12s} {'max |diff|':>11s}"
+    print(header)
+    print("-" * len(header))
+    x = torch.randn(B, T, I, requires_grad=True)
+    for label, cls, kwargs, reference in DEMO_LAYERS:
+        layer = cls(I, H, 2, batch_first=True, bidirectional=True, **kwargs)
+        out, state = layer(x)
+        h_n = state[0] if isinstance(state, tuple) else state
+        ms = _time(lambda: layer(x)[0].sum().backward(), args.repeats)
+        ref_ms = diff = "-"
+        if reference is not None:
+            ref = reference(I, H, 2, batch_first=True, bidirectional=True,
+                            **{k: v for k, v in kwargs.items()})
+            ref.load_state_dict(layer.state_dict())
+            diff = f"{(ref(x)[0] - out).abs().max().item():.1e}"
+            ref_ms = f"{_time(lambda: ref(x)[0].sum().backward(), args.repeats):.1f}"
+        print(f"{label:28s} {str(tuple(out.shape)):>14s} {str(tuple(h_n.shape)):>12s} {ms:11.1f} {ref_ms:>12s} {diff:>11s}")
+    print("\nmax |diff|: output against torch.nn with the same weights, where torch.nn has the layer.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rnnkit", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("info", help="list the cells and variants with their equations").set_defaults(fn=cmd_info)
+    demo = sub.add_parser("demo", help="build every layer, run forward and backward, print shapes and timings")
+    demo.add_argument("--batch", type=int, default=32)
+    demo.add_argument("--steps", type=int, default=50)
+    demo.add_argument("--hidden", type=int, default=64)
+    demo.add_argument("--repeats", type=int, default=3)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(fn=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.fn(args)
+    except UsageError as e:
+        if args.debug:
+            raise
+        print(f"rnnkit: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"rnnkit: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

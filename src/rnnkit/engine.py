@@ -1,0 +1,159 @@
+"""The engine: runs any cell over a sequence, with backpropagation through time written out.
+
+One direction of one layer is `run(step, xp, state0, p, batch_sizes, mask, bptt)`:
+
+  - `xp` (T, B, G*H) is the input projection of every time step, computed before the loop as one
+    matrix product (`step.project_input`), so autograd carries its gradient to W_ih, b_ih and x;
+  - the loop applies `step.step` once per time step;
+  - with `bptt="explicit"` the backward pass walks time in reverse, each step supplying its local
+    derivative (`step.step_backward`), and the gradients of the shared recurrent weights are
+    summed over time at the end as one matrix product per weight block;
+  - with `bptt="autograd"` the same loop is recorded by torch.autograd (the reference; slower,
+    but twice differentiable).
+
+Variable lengths use the layout of torch's PackedSequence: the batch is sorted longest first and
+`batch_sizes[t]` rows are active at step t, so each step runs on a prefix of the batch; a row
+that has ended keeps its state, which becomes its final state; outputs past a row's end are zero.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .cells import Step
+
+BPTT_MODES = ("explicit", "autograd")
+
+
+def batch_sizes_from_lengths(sorted_lengths: Sequence[int], T: int) -> list[int]:
+    """Active rows per step for lengths sorted longest first: batch_sizes[t] = #{b: len_b > t}."""
+    sizes, b = [], len(sorted_lengths)
+    for t in range(T):
+        while b and sorted_lengths[b - 1] <= t:
+            b -= 1
+        sizes.append(b)
+    return sizes
+
+
+def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Reverse each sequence within its own length: y[t, b] = x[len_b - 1 - t, b] for t < len_b.
+
+    x is (T, B, ...), time-major; positions past a sequence's end are zero in the result. The
+    operation is its own inverse on the valid steps.
+    """
+    if lengths is None:
+        return x.flip(0)
+    T = x.shape[0]
+    t = torch.arange(T, device=x.device).unsqueeze(1)  # (T, 1)
+    lengths = lengths.to(x.device).unsqueeze(0)  # (1, B)
+    valid = t < lengths  # (T, B)
+    src = torch.where(valid, lengths - 1 - t, t)  # (T, B)
+    index = src.reshape(T, -1, *([1] * (x.dim() - 2))).expand_as(x)
+    y = x.gather(0, index)
+    return y * valid.reshape(T, -1, *([1] * (x.dim() - 2))).to(y.dtype)
+
+
+def _forward_loop(step: Step, xp, state0, p, batch_sizes, mask, keep_saved: bool):
+    """The time loop shared by both modes. Returns out (T, B, P), final states, per-step saved."""
+    T, B = xp.shape[:2]
+    state = state0
+    outs, saved, finished = [], [], []
+    active = B
+    for t in range(T):
+        bs = B if batch_sizes is None else batch_sizes[t]
+        if bs < active:  # rows bs..active ended at the previous step: their state is final
+            finished.append(tuple(s[bs:active] for s in state))
+            state = tuple(s[:bs] for s in state)
+            active = bs
+        if bs == 0:  # every sequence has ended; the rest is padding
+            outs.append(xp.new_zeros(B, step.output_size))
+            saved.append(None)
+            continue
+        state, cache = step.step(xp[t, :bs], state, p, None if mask is None else mask[:bs])
+        h = state[0]
+        outs.append(h if bs == B else F.pad(h, (0, 0, 0, B - bs)))
+        if keep_saved:
+            saved.append(cache)
+    # rows ended in decreasing blocks: the still-active prefix first, then the blocks in reverse
+    final = state
+    if finished:
+        final = tuple(torch.cat([s, *reversed(parts)]) for s, parts in zip(state, zip(*finished)))
+    out = torch.stack(outs) if outs else xp.new_zeros(0, B, step.output_size)  # (T, B, P)
+    return out, final, saved
+
+
+class _ExplicitBPTT(torch.autograd.Function):
+    """Forward: the time loop without autograd. Backward: BPTT by hand."""
+
+    @staticmethod
+    def forward(ctx, step, batch_sizes, names, xp, mask, *tensors):
+        n_states = step.num_states
+        state0, params = tensors[:n_states], dict(zip(names, tensors[n_states:]))
+        out, final, saved = _forward_loop(step, xp, state0, params, batch_sizes, mask, keep_saved=True)
+        ctx.step, ctx.batch_sizes, ctx.names, ctx.cache = step, batch_sizes, names, saved
+        ctx.xp_shape = xp.shape
+        ctx.save_for_backward(mask, *state0, *params.values())
+        return (out, *final)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out, *d_final):
+        step, batch_sizes, names, cache = ctx.step, ctx.batch_sizes, ctx.names, ctx.cache
+        mask, *rest = ctx.saved_tensors
+        state0, params = rest[: step.num_states], dict(zip(names, rest[step.num_states:]))
+        T, B = ctx.xp_shape[:2]
+        d_state = [torch.zeros_like(s) if d is None else d.clone() for s, d in zip(state0, d_final)]
+        d_xp = d_out.new_zeros(ctx.xp_shape)  # (T, B, G*H)
+        terms: dict[str, list] = {}
+        for t in range(T - 1, -1, -1):
+            bs = B if batch_sizes is None else batch_sizes[t]
+            if bs == 0:
+                continue
+            d_s = [d[:bs] for d in d_state]
+            d_s[0] = d_s[0] + d_out[t, :bs]
+            d_xp_t, d_prev, grads = step.step_backward(
+                d_s, cache[t], params, None if mask is None else mask[:bs])
+            d_xp[t, :bs] = d_xp_t
+            for d, g in zip(d_state, d_prev):
+                d[:bs] = g
+            for name, g in grads.items():
+                terms.setdefault(name, []).append(g)
+        ctx.cache = None
+        d_params = [_sum_over_time(terms.get(name), params[name]) for name in names]
+        return (None, None, None, d_xp, None, *d_state, *d_params)
+
+
+def _sum_over_time(terms: list | None, param: Tensor) -> Tensor:
+    """Total gradient of a shared parameter from its per-step contributions (see cells.py)."""
+    if not terms:
+        return torch.zeros_like(param)
+    if isinstance(terms[0], Tensor):  # vector parameter: (B, n) per step
+        return torch.cat(terms).sum(0)
+    blocks = []  # matrix parameter: per step, one (d_pre, inp) pair per block of rows
+    for pairs in zip(*terms):
+        d_pre = torch.cat([d for d, _ in pairs])  # (sum_t B_t, rows)
+        inp = torch.cat([x for _, x in pairs])  # (sum_t B_t, cols)
+        blocks.append(d_pre.T @ inp)  # one product over all steps
+    return torch.cat(blocks) if len(blocks) > 1 else blocks[0]
+
+
+def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor],
+        batch_sizes: list[int] | None = None, mask: Tensor | None = None,
+        bptt: str = "explicit") -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Run `step` over time: xp (T, B, G*H), state0 each (B, ·) -> out (T, B, P), final states.
+
+    With `batch_sizes`, rows must be sorted longest first (see the module docstring).
+    `mask` (B, P) is the recurrent-dropout mask, reused at every step.
+    """
+    if bptt == "autograd":
+        out, final, _ = _forward_loop(step, xp, state0, p, batch_sizes, mask, keep_saved=False)
+        return out, final
+    if bptt != "explicit":
+        raise ValueError(f"bptt must be one of {', '.join(map(repr, BPTT_MODES))}; got {bptt!r}")
+    names = tuple(p)
+    out, *final = _ExplicitBPTT.apply(step, batch_sizes, names, xp, mask, *state0, *p.values())
+    return out, tuple(final)

@@ -1,0 +1,447 @@
+"""Drop-in recurrent layers and cells with torch.nn's signatures, parameter names and state dicts.
+
+A layer owns the parameters (`weight_ih_l0`, `bias_hh_l1_reverse`, ...) and builds depth and
+direction by composition: for each layer and direction it hoists the input projection, runs the
+engine, and reverses padded sequences for the backward direction. The math of a step lives in
+cells.py, the time loop and BPTT in engine.py.
+
+Shapes: B batch, T time, I input, H hidden, P = proj_size or H, L layers, D directions.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import engine
+from .cells import GRUStep, LSTMStep, RNNStep, Step
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def _check_prob(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a number in [0, 1); got {value!r}")
+    return float(value)
+
+
+def _init_parameters(module: nn.Module, step: Step, named: dict[str, str], forget_bias: float | None):
+    """torch.nn's init, U(-1/sqrt(H), 1/sqrt(H)), for weights, biases and peepholes; layer-norm
+    gains 1 and biases 0; then the forget-gate bias, if one is asked for."""
+    bound = 1 / math.sqrt(step.hidden_size)
+    with torch.no_grad():
+        for generic, name in named.items():
+            param = getattr(module, name)
+            if generic.startswith("ln_weight"):
+                param.fill_(1.0)
+            elif generic.startswith("ln_bias"):
+                param.zero_()
+            else:
+                param.uniform_(-bound, bound)
+            if forget_bias is not None and generic in ("bias_ih", "bias_hh"):
+                H = step.hidden_size
+                f = 0 if getattr(step, "coupled", False) else 1  # gate order i, f, g, o or f, g, o
+                param[f * H:(f + 1) * H] = forget_bias if generic == "bias_ih" else 0.0
+
+
+class _Recurrent(nn.Module):
+    """Stacked, optionally bidirectional layers of one cell, as torch.nn.RNNBase."""
+
+    def __init__(self, step: Step, input_size, num_layers, batch_first, dropout, bidirectional,
+                 recurrent_dropout, bptt, forget_bias, device, dtype):
+        super().__init__()
+        self.step = step
+        self.input_size = _check_int(input_size, "input_size", 1)
+        self.hidden_size = step.hidden_size
+        self.num_layers = _check_int(num_layers, "num_layers", 1)
+        self.bias = step.bias
+        self.batch_first = bool(batch_first)
+        self.dropout = _check_prob(dropout, "dropout")
+        self.bidirectional = bool(bidirectional)
+        self.recurrent_dropout = _check_prob(recurrent_dropout, "recurrent_dropout")
+        if bptt not in engine.BPTT_MODES:
+            raise ValueError(f"bptt must be one of {', '.join(map(repr, engine.BPTT_MODES))}; got {bptt!r}")
+        self.bptt = bptt
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn(f"dropout={self.dropout} has no effect with num_layers=1: rnnkit applies "
+                          "dropout between layers only, as torch.nn does", stacklevel=3)
+        D, P = self.num_directions, step.output_size
+        factory = {"device": device, "dtype": dtype}
+        self._names = []  # per (layer, direction): generic name -> attribute name
+        for layer in range(self.num_layers):
+            layer_input = self.input_size if layer == 0 else P * D
+            for direction in range(D):
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                named = {}
+                for generic, shape in step.param_shapes(layer_input).items():
+                    named[generic] = generic + suffix
+                    self.register_parameter(generic + suffix, nn.Parameter(torch.empty(shape, **factory)))
+                self._names.append(named)
+        self.forget_bias = forget_bias
+        self.reset_parameters()
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def proj_size(self) -> int:
+        return getattr(self.step, "proj_size", 0)
+
+    def reset_parameters(self) -> None:
+        for named in self._names:
+            _init_parameters(self, self.step, named, self.forget_bias)
+
+    def flatten_parameters(self) -> None:
+        """No-op, for code written against torch.nn (the engine needs no flat weight buffer)."""
+
+    @property
+    def _flat_weights_names(self) -> list[str]:
+        return [name for named in self._names for name in named.values()]
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        return [[getattr(self, name) for name in named.values()] for named in self._names]
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        for key, default in (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0),
+                             ("bidirectional", False), ("proj_size", 0), ("recurrent_dropout", 0.0),
+                             ("bptt", "explicit"), ("forget_bias", None)):
+            if getattr(self, key) != default:
+                s += f", {key}={getattr(self, key)!r}"
+        return s + "".join(f", {k}={v!r}" for k, v in self._variant_repr().items())
+
+    def _variant_repr(self) -> dict:
+        return {}
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward(self, input, hx=None, *, lengths=None):
+        """Run the stack over a sequence.
+
+        input: (T, B, I), (B, T, I) with batch_first, (T, I) unbatched, or a PackedSequence.
+        hx: initial state(s), each (D*L, B, size) ((D*L, size) unbatched), zeros if None.
+        lengths: optional 1-D integer tensor of B valid lengths in [0, T], any order. Outputs past
+            a sequence's end are zero, the final state is the one at its last valid step, and the
+            reverse direction starts at that step; a zero-length sequence returns its initial state.
+        Returns output (T, B, D*P) (batch_first: (B, T, D*P); packed if the input was), and the
+        final state(s) (D*L, B, size).
+        """
+        packed = isinstance(input, PackedSequence)
+        perm = unperm = None
+        if packed:
+            if lengths is not None:
+                raise ValueError("lengths= cannot be given with a PackedSequence input, which carries its own lengths")
+            x, lengths = pad_packed_sequence(input)  # (T, B, I), original batch order
+            perm, unperm = input.sorted_indices, input.unsorted_indices
+            batched = True
+        else:
+            x, batched = self._check_input(input)
+            if lengths is not None:
+                lengths = self._check_lengths(lengths, x.shape[0], x.shape[1])
+        T, B = x.shape[:2]
+        states = self._check_state(hx, B, batched, x)
+        if lengths is not None and perm is None:
+            perm = torch.sort(lengths, descending=True, stable=True)[1]
+            unperm = torch.argsort(perm)
+        if perm is not None:
+            x = x.index_select(1, perm.to(x.device))
+            states = tuple(s.index_select(1, perm.to(s.device)) for s in states)
+            lengths = lengths.index_select(0, perm.to(lengths.device))
+        batch_sizes = None
+        if lengths is not None:
+            batch_sizes = engine.batch_sizes_from_lengths(lengths.tolist(), T)
+        out, finals = self._run_stack(x, states, lengths, batch_sizes)  # (T, B, D*P), (D*L, B, .)
+        if unperm is not None:
+            finals = tuple(s.index_select(1, unperm.to(s.device)) for s in finals)
+        if packed:
+            data = pack_padded_sequence(out, lengths.cpu(), enforce_sorted=True).data
+            return input._replace(data=data), self._pack_state(finals)
+        if unperm is not None:
+            out = out.index_select(1, unperm.to(out.device))
+        if not batched:
+            return out.squeeze(1), self._pack_state(tuple(s.squeeze(1) for s in finals))
+        if self.batch_first:
+            out = out.transpose(0, 1)
+        return out, self._pack_state(finals)
+
+    def _run_stack(self, x, states, lengths, batch_sizes):
+        """x (T, B, I), batch sorted longest first when lengths are given."""
+        step, D = self.step, self.num_directions
+        B = x.shape[1]
+        finals = [[] for _ in range(step.num_states)]
+        for layer in range(self.num_layers):
+            outs = []
+            for direction in range(D):
+                index = layer * D + direction
+                named = self._names[index]
+                p = {generic: getattr(self, name) for generic, name in named.items()}
+                state0 = tuple(s[index] for s in states)
+                inp = reverse_or_keep(x, lengths, direction)
+                xp = step.project_input(inp, p)  # (T, B, G*H), one product for all steps
+                mask = None
+                if self.training and self.recurrent_dropout > 0:
+                    keep = 1 - self.recurrent_dropout  # variational: one mask per sequence
+                    mask = torch.bernoulli(x.new_full((B, step.output_size), keep)) / keep
+                out, final = engine.run(step, xp, state0, p, batch_sizes, mask, self.bptt)
+                outs.append(reverse_or_keep(out, lengths, direction))
+                for collected, s in zip(finals, final):
+                    collected.append(s)
+            x = torch.cat(outs, 2) if D > 1 else outs[0]  # (T, B, D*P)
+            if self.training and self.dropout > 0 and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)  # vertical connections only
+        return x, tuple(torch.stack(f) for f in finals)
+
+    # -- validation --------------------------------------------------------------------------
+    def _check_input(self, input) -> tuple[Tensor, bool]:
+        if not isinstance(input, Tensor):
+            raise TypeError(f"input must be a Tensor or PackedSequence; got {type(input).__name__}")
+        if input.dim() not in (2, 3):
+            raise ValueError(f"input must be 3-D (batched) or 2-D (unbatched); got shape {tuple(input.shape)}")
+        if input.shape[-1] != self.input_size:
+            raise ValueError(f"input has {input.shape[-1]} features (shape {tuple(input.shape)}); "
+                             f"expected input_size={self.input_size}")
+        dtype = self.weight_ih_l0.dtype
+        if input.dtype != dtype:
+            raise ValueError(f"input has dtype {input.dtype}; the layer's parameters are {dtype}")
+        batched = input.dim() == 3
+        if not batched:
+            return input.unsqueeze(1), False  # (T, 1, I)
+        return (input.transpose(0, 1) if self.batch_first else input), True
+
+    def _check_lengths(self, lengths, T: int, B: int) -> Tensor:
+        if not isinstance(lengths, Tensor):
+            lengths = torch.as_tensor(lengths)
+        if lengths.dim() == 0:
+            lengths = lengths.reshape(1)
+        if lengths.dim() != 1 or lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+            raise ValueError(f"lengths must be a 1-D integer tensor; got dtype {lengths.dtype}, shape {tuple(lengths.shape)}")
+        if lengths.numel() != B:
+            raise ValueError(f"lengths has {lengths.numel()} entries; expected one per sequence, batch size {B}")
+        lo, hi = (int(lengths.min()), int(lengths.max())) if B else (0, 0)
+        if lo < 0 or hi > T:
+            raise ValueError(f"lengths must lie in [0, {T}] (the input's time steps); got min {lo}, max {hi}")
+        return lengths.long()
+
+    def _state_shapes(self, B: int, batched: bool) -> list[tuple[int, ...]]:
+        LD = self.num_layers * self.num_directions
+        return [(LD, B, size) if batched else (LD, size) for size in self.step.state_sizes()]
+
+    def _check_state(self, hx, B: int, batched: bool, x: Tensor) -> tuple[Tensor, ...]:
+        if hx is None:
+            return tuple(x.new_zeros(self.num_layers * self.num_directions, B, size)
+                         for size in self.step.state_sizes())
+        shapes = self._state_shapes(B, batched)
+        states = self._unpack_state(hx)
+        for name, s, shape in zip(("h_0", "c_0"), states, shapes):
+            if not isinstance(s, Tensor):
+                raise TypeError(f"{name} must be a Tensor; got {type(s).__name__}")
+            if tuple(s.shape) != shape:
+                raise ValueError(f"{name} must have shape {shape} (num_layers * num_directions, "
+                                 f"{'batch, ' if batched else ''}size); got {tuple(s.shape)}")
+            if s.dtype != x.dtype:
+                raise ValueError(f"{name} has dtype {s.dtype}; expected the input's dtype {x.dtype}")
+        return states if batched else tuple(s.unsqueeze(1) for s in states)
+
+    def _unpack_state(self, hx) -> tuple:
+        return (hx,)
+
+    def _pack_state(self, finals: tuple[Tensor, ...]):
+        return finals[0]
+
+
+def reverse_or_keep(x: Tensor, lengths: Tensor | None, direction: int) -> Tensor:
+    return engine.reverse_padded(x, lengths) if direction else x
+
+
+class RNN(_Recurrent):
+    """Elman RNN layer, drop-in for torch.nn.RNN: `h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`.
+
+    Args (as torch.nn.RNN): input_size, hidden_size, num_layers=1, nonlinearity='tanh' ('relu',
+    or 'softsign': v / (1 + |v|)), bias=True, batch_first=False, dropout=0.0 (between layers only),
+    bidirectional=False, device, dtype.
+    Keyword-only: recurrent_dropout=0.0 (variational, on h entering W_hh, one mask per sequence),
+    bptt='explicit' (hand-written BPTT) or 'autograd' (the same loop recorded by autograd).
+    forward(input, hx=None, *, lengths=None) -> (output, h_n).
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
+                 recurrent_dropout=0.0, bptt="explicit"):
+        step = RNNStep(_check_int(hidden_size, "hidden_size", 1), nonlinearity, bool(bias))
+        super().__init__(step, input_size, num_layers, batch_first, dropout, bidirectional,
+                         recurrent_dropout, bptt, None, device, dtype)
+        self.nonlinearity = nonlinearity
+
+    @property
+    def mode(self) -> str:
+        return f"RNN_{self.nonlinearity.upper()}"
+
+    def _variant_repr(self):
+        return {} if self.nonlinearity == "tanh" else {"nonlinearity": self.nonlinearity}
+
+
+class LSTM(_Recurrent):
+    """LSTM layer, drop-in for torch.nn.LSTM, with the variants torch.nn lacks (see LSTMStep).
+
+    Args (as torch.nn.LSTM): input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+    dropout=0.0 (between layers only), bidirectional=False, proj_size=0, device, dtype.
+    Keyword-only variants:
+      forget_bias=None     at init the forget-gate slices of bias_ih and bias_hh sum to this value
+                           (bias_ih holds it, bias_hh's slice is 0); None keeps torch.nn's init
+      peephole=False       diagonal peepholes, parameter weight_peephole_l{k} (G'*H,)
+      coupled=False        coupled input-forget gate (CIFG): c' = f*c + (1-f)*g; weights (3H, .)
+      activation='tanh'    or 'softsign', for g and for h = o * act(c)
+      layer_norm=False     layer-normalised gates and cell (Ba et al. 2016)
+      recurrent_dropout=0  variational dropout on h entering W_hh, one mask per sequence
+      bptt='explicit'      or 'autograd' (the same loop recorded by autograd)
+    forward(input, hx=None, *, lengths=None) -> (output, (h_n, c_n)).
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
+                 forget_bias=None, peephole=False, coupled=False, activation="tanh", layer_norm=False,
+                 recurrent_dropout=0.0, bptt="explicit"):
+        step = _lstm_step(hidden_size, proj_size, bias, activation, peephole, coupled, layer_norm, forget_bias)
+        super().__init__(step, input_size, num_layers, batch_first, dropout, bidirectional,
+                         recurrent_dropout, bptt, forget_bias, device, dtype)
+        self.mode = "LSTM"
+
+    def _variant_repr(self):
+        s = self.step
+        return {k: getattr(s, k) for k, default in (("peephole", False), ("coupled", False),
+                                                    ("activation", "tanh"), ("layer_norm", False))
+                if getattr(s, k) != default}
+
+    def _unpack_state(self, hx):
+        if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            raise TypeError(f"LSTM hx must be a tuple (h_0, c_0); got {type(hx).__name__}")
+        return tuple(hx)
+
+    def _pack_state(self, finals):
+        return finals[0], finals[1]
+
+
+class GRU(_Recurrent):
+    """GRU layer, drop-in for torch.nn.GRU, in both conventions (see GRUStep).
+
+    Args (as torch.nn.GRU): input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+    dropout=0.0 (between layers only), bidirectional=False, device, dtype.
+    Keyword-only: reset_after=True (torch.nn/cuDNN; False: the original n = act(W_in x + b_in +
+    W_hn (r*h) + b_hn)), activation='tanh' or 'softsign', recurrent_dropout=0.0, bptt='explicit'.
+    forward(input, hx=None, *, lengths=None) -> (output, h_n).
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, *,
+                 reset_after=True, activation="tanh", recurrent_dropout=0.0, bptt="explicit"):
+        step = GRUStep(_check_int(hidden_size, "hidden_size", 1), bool(bias), bool(reset_after), activation)
+        super().__init__(step, input_size, num_layers, batch_first, dropout, bidirectional,
+                         recurrent_dropout, bptt, None, device, dtype)
+        self.mode = "GRU"
+
+    def _variant_repr(self):
+        s = self.step
+        return {k: getattr(s, k) for k, default in (("reset_after", True), ("activation", "tanh"))
+                if getattr(s, k) != default}
+
+
+def _lstm_step(hidden_size, proj_size, bias, activation, peephole, coupled, layer_norm, forget_bias) -> LSTMStep:
+    hidden_size = _check_int(hidden_size, "hidden_size", 1)
+    proj_size = _check_int(proj_size, "proj_size", 0)
+    if proj_size >= hidden_size:
+        raise ValueError(f"proj_size must be smaller than hidden_size ({hidden_size}); got {proj_size}")
+    if forget_bias is not None:
+        if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real):
+            raise ValueError(f"forget_bias must be a number or None; got {forget_bias!r}")
+        if not bias:
+            raise ValueError(f"forget_bias={forget_bias!r} needs bias=True (there is no bias to set)")
+    return LSTMStep(hidden_size, proj_size, bool(bias), activation, bool(peephole), bool(coupled), bool(layer_norm))
+
+
+# -- cells: one step, for code that writes its own loop -------------------------------------------
+
+class _CellModule(nn.Module):
+    """A single step with its own parameters, as torch.nn.RNNCellBase (names without _l0)."""
+
+    def __init__(self, step: Step, input_size, forget_bias, device, dtype):
+        super().__init__()
+        self.step = step
+        self.input_size = _check_int(input_size, "input_size", 1)
+        self.hidden_size = step.hidden_size
+        self.bias = step.bias
+        self.forget_bias = forget_bias
+        for name, shape in step.param_shapes(self.input_size).items():
+            self.register_parameter(name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _init_parameters(self, self.step, {name: name for name, _ in self.named_parameters()}, self.forget_bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
+
+    def forward(self, input, hx=None):
+        """input (B, I) or (I,); hx as torch.nn's cell (None: zeros). Returns the new state."""
+        if not isinstance(input, Tensor):
+            raise TypeError(f"input must be a Tensor; got {type(input).__name__}")
+        if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
+            raise ValueError(f"input must be (batch, {self.input_size}) or ({self.input_size},); "
+                             f"got shape {tuple(input.shape)}")
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)  # (B, I)
+        B = x.shape[0]
+        sizes = self.step.state_sizes()
+        if hx is None:
+            states = tuple(x.new_zeros(B, size) for size in sizes)
+        else:
+            states = hx if isinstance(hx, (tuple, list)) else (hx,)
+            if len(states) != len(sizes):
+                raise TypeError(f"hx must be {'a tuple (h, c)' if len(sizes) == 2 else 'a Tensor'}; got {type(hx).__name__}")
+            expected = [(B, size) if batched else (size,) for size in sizes]
+            for name, s, shape in zip(("h", "c"), states, expected):
+                if not isinstance(s, Tensor) or tuple(s.shape) != shape:
+                    got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+                    raise ValueError(f"{name} must have shape {shape}; got {got}")
+            states = tuple(s if batched else s.unsqueeze(0) for s in states)
+        p = dict(self.named_parameters())
+        new, _ = self.step.step(self.step.project_input(x, p), tuple(states), p)
+        new = new if batched else tuple(s.squeeze(0) for s in new)
+        return new if len(new) == 2 else new[0]
+
+
+class RNNCell(_CellModule):
+    """One Elman step, drop-in for torch.nn.RNNCell: `h' = act(W_ih x + b_ih + W_hh h + b_hh)`."""
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None, dtype=None):
+        step = RNNStep(_check_int(hidden_size, "hidden_size", 1), nonlinearity, bool(bias))
+        super().__init__(step, input_size, None, device, dtype)
+        self.nonlinearity = nonlinearity
+
+
+class LSTMCell(_CellModule):
+    """One LSTM step, drop-in for torch.nn.LSTMCell, with LSTM's keyword-only variants
+    (forget_bias, peephole, coupled, activation, layer_norm, proj_size); returns (h', c')."""
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, proj_size=0,
+                 forget_bias=None, peephole=False, coupled=False, activation="tanh", layer_norm=False):
+        step = _lstm_step(hidden_size, proj_size, bias, activation, peephole, coupled, layer_norm, forget_bias)
+        super().__init__(step, input_size, forget_bias, device, dtype)
+
+
+class GRUCell(_CellModule):
+    """One GRU step, drop-in for torch.nn.GRUCell, with reset_after and activation (see GRUStep)."""
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
+                 reset_after=True, activation="tanh"):
+        step = GRUStep(_check_int(hidden_size, "hidden_size", 1), bool(bias), bool(reset_after), activation)
+        super().__init__(step, input_size, None, device, dtype)
