@@ -426,3 +426,51 @@ BAD_CALLS = [
 def test_bad_call_arguments(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+# -- float64 gradcheck through whole layers: every layer option, explicit BPTT -------------
+
+GRADCHECK_CELLS = [
+    (rnnkit.RNN, {"nonlinearity": "softsign"}),
+    (rnnkit.LSTM, {}),
+    (rnnkit.LSTM, {"peephole": True, "layer_norm": True, "proj_size": 1}),
+    (rnnkit.LSTM, {"coupled": True, "peephole": True, "activation": "softsign"}),
+    (rnnkit.GRU, {}),
+    (rnnkit.GRU, {"reset_after": False}),
+]
+LAYER_OPTIONS = {
+    "2-layers": dict(num_layers=2),
+    "bidirectional": dict(bidirectional=True),
+    "batch_first-no-bias": dict(batch_first=True, bias=False),
+    "lengths-bidirectional": dict(bidirectional=True, lengths=torch.tensor([3, 0, 2])),
+}
+
+
+@pytest.mark.parametrize("option", list(LAYER_OPTIONS))
+@pytest.mark.parametrize("cls,kwargs", GRADCHECK_CELLS, ids=[f"{c.__name__}-{k}" for c, k in GRADCHECK_CELLS])
+def test_gradcheck_through_layer(cls, kwargs, option):
+    options = dict(LAYER_OPTIONS[option])
+    lengths = options.pop("lengths", None)
+    layer = cls(2, 2, **kwargs, **options, dtype=torch.float64)
+    names = [n for n, _ in layer.named_parameters()]
+    x = torch.randn(3, 3, 2, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(layer.num_layers * layer.num_directions, 3, layer.proj_size or 2,
+                     dtype=torch.float64, requires_grad=True)
+
+    def f(x, h0, *params):
+        hx = (h0, torch.ones(h0.shape[:2] + (2,), dtype=h0.dtype)) if cls is rnnkit.LSTM else h0
+        out, state = torch.func.functional_call(layer, dict(zip(names, params)), (x, hx), {"lengths": lengths})
+        return (out, *state) if isinstance(state, tuple) else (out, state)
+
+    params = [p.detach().clone().requires_grad_() for p in layer.parameters()]
+    assert torch.autograd.gradcheck(f, (x, h0, *params))
+
+
+def test_double_backward_needs_the_autograd_loop():
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    reference = rnnkit.GRU(2, 2, dtype=torch.float64, bptt="autograd")
+    assert torch.autograd.gradgradcheck(lambda x: reference(x)[0], (x,))
+    explicit = rnnkit.GRU(2, 2, dtype=torch.float64)
+    (g,) = torch.autograd.grad(explicit(x)[0].sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.sum().backward()

@@ -4,7 +4,8 @@ A cell here is configuration plus two pure functions of tensors, with no loop, d
 padding or parameters of its own (the layers own the parameters):
 
     cell.project_input(x, p)            -> xp              the time-independent part, (..., G*H)
-    cell.step(xp, state, p, mask)       -> state', saved    one step forward
+    cell.step(xp, state, p, mask)       -> state', saved    one step forward; saved is a flat
+                                                            tuple of tensors (or None)
     cell.step_backward(d_state, saved, p, mask)
                                         -> d_xp, d_state_prev, grads
 
@@ -229,13 +230,12 @@ class LSTMStep(Step):
     def step(self, xp, state, p, mask=None):
         h, c = state  # (B, P), (B, H)
         hr = _masked(h, mask)
-        ln_h = None
+        a_hat = rstd = c_hat = rstd_c = None
         if self.layer_norm:
             a_hat, rstd = layer_norm(hr @ p["weight_hh"].T)  # (B, G*H)
             rec = a_hat * p["ln_weight_hh"]
             if self.bias:
                 rec = rec + p["bias_hh"]
-            ln_h = (a_hat, rstd)
         else:
             rec = self._recurrent(hr, p)
         gates = (xp + rec).chunk(self.gates, 1)  # G x (B, H)
@@ -256,13 +256,11 @@ class LSTMStep(Step):
         if peep:
             o = o + peep[-1] * c_new
         o = torch.sigmoid(o)
-        ln_c = None
         if self.layer_norm:
             c_hat, rstd_c = layer_norm(c_new)
             c_out = c_hat * p["ln_weight_c"]
             if self.bias:
                 c_out = c_out + p["ln_bias_c"]
-            ln_c = (c_hat, rstd_c)
         else:
             c_out = c_new
         act_c = self.act.fn(c_out)
@@ -271,19 +269,18 @@ class LSTMStep(Step):
             h_out = h_new @ p["weight_hr"].T  # (B, P)
         else:
             h_out = h_new
-        return (h_out, c_new), (hr, c, i, f, g, o, c_new, act_c, h_new, ln_h, ln_c)
+        return (h_out, c_new), (hr, c, i, f, g, o, c_new, act_c, h_new, a_hat, rstd, c_hat, rstd_c)
 
     def step_backward(self, d_state, saved, p, mask=None):
         d_h, d_c = d_state
-        hr, c, i, f, g, o, c_new, act_c, h_new, ln_h, ln_c = saved
+        hr, c, i, f, g, o, c_new, act_c, h_new, a_hat, rstd, c_hat, rstd_c = saved
         grads = {}
         if self.proj_size:
             grads["weight_hr"] = [(d_h, h_new)]
             d_h = d_h @ p["weight_hr"]  # (B, H)
         d_o = d_h * act_c * dsigmoid(o)
         d_c_out = d_h * o * self.act.grad(act_c)
-        if ln_c is not None:
-            c_hat, rstd_c = ln_c
+        if self.layer_norm:
             grads["ln_weight_c"] = d_c_out * c_hat
             if self.bias:
                 grads["ln_bias_c"] = d_c_out
@@ -312,8 +309,7 @@ class LSTMStep(Step):
         d_xp = torch.cat(d_gates, 1)  # (B, G*H)
         grads.update(self._bias_grads(d_xp))
         d_pre = d_xp
-        if ln_h is not None:
-            a_hat, rstd = ln_h
+        if self.layer_norm:
             grads["ln_weight_hh"] = d_xp * a_hat
             d_pre = layer_norm_backward(d_xp * p["ln_weight_hh"], a_hat, rstd)
         grads["weight_hh"] = [(d_pre, hr)]

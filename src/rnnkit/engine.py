@@ -71,13 +71,12 @@ def _forward_loop(step: Step, xp, state0, p, batch_sizes, mask, keep_saved: bool
             active = bs
         if bs == 0:  # every sequence has ended; the rest is padding
             outs.append(xp.new_zeros(B, step.output_size))
-            saved.append(None)
+            saved.append(None)  # keeps saved[t] aligned with t
             continue
         state, cache = step.step(xp[t, :bs], state, p, None if mask is None else mask[:bs])
         h = state[0]
         outs.append(h if bs == B else F.pad(h, (0, 0, 0, B - bs)))
-        if keep_saved:
-            saved.append(cache)
+        saved.append(cache if keep_saved else None)
     # rows ended in decreasing blocks: the still-active prefix first, then the blocks in reverse
     final = state
     if finished:
@@ -94,25 +93,28 @@ class _ExplicitBPTT(torch.autograd.Function):
         n_states = step.num_states
         state0, params = tensors[:n_states], dict(zip(names, tensors[n_states:]))
         out, final, saved = _forward_loop(step, xp, state0, params, batch_sizes, mask, keep_saved=True)
-        ctx.step, ctx.batch_sizes, ctx.names, ctx.cache = step, batch_sizes, names, saved
-        ctx.xp_shape = xp.shape
-        ctx.save_for_backward(mask, *state0, *params.values())
+        ctx.step, ctx.batch_sizes, ctx.names, ctx.xp_shape = step, batch_sizes, names, xp.shape
+        # autograd owns the per-step tensors: freed after backward, checked against in-place edits
+        ctx.ran = [t for t, cache in enumerate(saved) if cache is not None]
+        ctx.cache_size = len(saved[ctx.ran[0]]) if ctx.ran else 0
+        ctx.save_for_backward(mask, *state0, *params.values(), *(x for cache in saved if cache for x in cache))
         return (out, *final)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, *d_final):
-        step, batch_sizes, names, cache = ctx.step, ctx.batch_sizes, ctx.names, ctx.cache
+        step, batch_sizes, names, k = ctx.step, ctx.batch_sizes, ctx.names, ctx.cache_size
         mask, *rest = ctx.saved_tensors
-        state0, params = rest[: step.num_states], dict(zip(names, rest[step.num_states:]))
-        T, B = ctx.xp_shape[:2]
+        n_fixed = step.num_states + len(names)
+        state0, params = rest[: step.num_states], dict(zip(names, rest[step.num_states:n_fixed]))
+        flat = rest[n_fixed:]
+        cache = {t: flat[j * k:(j + 1) * k] for j, t in enumerate(ctx.ran)}
+        B = ctx.xp_shape[1]
         d_state = [torch.zeros_like(s) if d is None else d.clone() for s, d in zip(state0, d_final)]
         d_xp = d_out.new_zeros(ctx.xp_shape)  # (T, B, G*H)
         terms: dict[str, list] = {}
-        for t in range(T - 1, -1, -1):
+        for t in reversed(ctx.ran):
             bs = B if batch_sizes is None else batch_sizes[t]
-            if bs == 0:
-                continue
             d_s = [d[:bs] for d in d_state]
             d_s[0] = d_s[0] + d_out[t, :bs]
             d_xp_t, d_prev, grads = step.step_backward(
@@ -122,7 +124,6 @@ class _ExplicitBPTT(torch.autograd.Function):
                 d[:bs] = g
             for name, g in grads.items():
                 terms.setdefault(name, []).append(g)
-        ctx.cache = None
         d_params = [_sum_over_time(terms.get(name), params[name]) for name in names]
         return (None, None, None, d_xp, None, *d_state, *d_params)
 
