@@ -471,6 +471,5 @@ def test_double_backward_needs_the_autograd_loop():
     reference = rnnkit.GRU(2, 2, dtype=torch.float64, bptt="autograd")
     assert torch.autograd.gradgradcheck(lambda x: reference(x)[0], (x,))
     explicit = rnnkit.GRU(2, 2, dtype=torch.float64)
-    (g,) = torch.autograd.grad(explicit(x)[0].sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable"):
-        g.sum().backward()
+    with pytest.raises(RuntimeError, match="no double backward.*bptt='autograd'"):
+        torch.autograd.grad(explicit(x)[0].sum(), x, create_graph=True)

@@ -22,7 +22,6 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .cells import Step
 
@@ -101,8 +100,12 @@ class _ExplicitBPTT(torch.autograd.Function):
         return (out, *final)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, d_out, *d_final):
+        # Grad mode is on here only under create_graph=True. The gradients below are built from
+        # saved tensors outside autograd, so a graph through them would be silently wrong.
+        if torch.is_grad_enabled():
+            raise RuntimeError("rnnkit's explicit BPTT has no double backward (create_graph=True); "
+                               "build the layer with bptt='autograd' for higher-order gradients")
         step, batch_sizes, names, k = ctx.step, ctx.batch_sizes, ctx.names, ctx.cache_size
         mask, *rest = ctx.saved_tensors
         n_fixed = step.num_states + len(names)
