@@ -9,6 +9,7 @@ Shapes: B batch, T time, I input, H hidden, P = proj_size or H, L layers, D dire
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import warnings
@@ -114,15 +115,11 @@ class _Recurrent(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
-        for key, default in (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0),
-                             ("bidirectional", False), ("proj_size", 0), ("recurrent_dropout", 0.0),
-                             ("bptt", "explicit"), ("forget_bias", None)):
+        for key, default in (("num_layers", 1), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
+                             ("recurrent_dropout", 0.0), ("bptt", "explicit"), ("forget_bias", None)):
             if getattr(self, key) != default:
                 s += f", {key}={getattr(self, key)!r}"
-        return s + "".join(f", {k}={v!r}" for k, v in self._variant_repr().items())
-
-    def _variant_repr(self) -> dict:
-        return {}
+        return s + _step_repr(self.step)
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, input, hx=None, *, lengths=None):
@@ -259,6 +256,12 @@ class _Recurrent(nn.Module):
         return finals[0]
 
 
+def _step_repr(step: Step) -> str:
+    """The cell options that differ from their defaults, as keyword arguments."""
+    return "".join(f", {f.name}={getattr(step, f.name)!r}" for f in dataclasses.fields(step)
+                   if f.name != "hidden_size" and getattr(step, f.name) != f.default)
+
+
 def reverse_or_keep(x: Tensor, lengths: Tensor | None, direction: int) -> Tensor:
     return engine.reverse_padded(x, lengths) if direction else x
 
@@ -285,9 +288,6 @@ class RNN(_Recurrent):
     @property
     def mode(self) -> str:
         return f"RNN_{self.nonlinearity.upper()}"
-
-    def _variant_repr(self):
-        return {} if self.nonlinearity == "tanh" else {"nonlinearity": self.nonlinearity}
 
 
 class LSTM(_Recurrent):
@@ -316,11 +316,6 @@ class LSTM(_Recurrent):
                          recurrent_dropout, bptt, forget_bias, device, dtype)
         self.mode = "LSTM"
 
-    def _variant_repr(self):
-        s = self.step
-        return {k: getattr(s, k) for k, default in (("peephole", False), ("coupled", False),
-                                                    ("activation", "tanh"), ("layer_norm", False))
-                if getattr(s, k) != default}
 
     def _unpack_state(self, hx):
         if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
@@ -348,11 +343,6 @@ class GRU(_Recurrent):
         super().__init__(step, input_size, num_layers, batch_first, dropout, bidirectional,
                          recurrent_dropout, bptt, None, device, dtype)
         self.mode = "GRU"
-
-    def _variant_repr(self):
-        s = self.step
-        return {k: getattr(s, k) for k, default in (("reset_after", True), ("activation", "tanh"))
-                if getattr(s, k) != default}
 
 
 def _lstm_step(hidden_size, proj_size, bias, activation, peephole, coupled, layer_norm, forget_bias) -> LSTMStep:
@@ -388,7 +378,8 @@ class _CellModule(nn.Module):
         _init_parameters(self, self.step, {name: name for name, _ in self.named_parameters()}, self.forget_bias)
 
     def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
+        s = f"{self.input_size}, {self.hidden_size}" + _step_repr(self.step)
+        return s + ("" if self.forget_bias is None else f", forget_bias={self.forget_bias!r}")
 
     def forward(self, input, hx=None):
         """input (B, I) or (I,); hx as torch.nn's cell (None: zeros). Returns the new state."""
