@@ -21,10 +21,10 @@ I, H, T, B = 3, 4, 5, 3
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
-def make_pair(ours_cls, ref_cls, kwargs, dtype=torch.float64, **options):
+def make_pair(ours_cls, ref_cls, kwargs, dtype=torch.float64, impl="engine", **options):
     """An rnnkit layer and a torch.nn layer holding the same weights (loaded torch -> rnnkit)."""
     ref = ref_cls(I, H, dtype=dtype, **kwargs, **options)
-    ours = ours_cls(I, H, dtype=dtype, **kwargs, **options)
+    ours = ours_cls(I, H, dtype=dtype, **kwargs, **options, impl=impl)
     ours.load_state_dict(ref.state_dict())
     return ours, ref
 
@@ -62,6 +62,10 @@ def loss_of(out, finals, weights):
     return sum((t * w).sum() for t, w in zip([out, *finals], weights))
 
 
+IMPLS = ["engine", "native"]  # both paths the dispatcher can choose give torch.nn's numbers
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("input_kind", ["padded", "packed", "lengths", "unbatched"])
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
@@ -70,21 +74,22 @@ def loss_of(out, finals, weights):
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
 @pytest.mark.parametrize("name,ours_cls,ref_cls,kwargs", TORCH_CONFIGS, ids=[c[0] for c in TORCH_CONFIGS])
 def test_parity_with_torch_float64(name, ours_cls, ref_cls, kwargs, num_layers, bidirectional, batch_first,
-                                   bias, with_state, input_kind):
-    check_parity(ours_cls, ref_cls, kwargs, torch.float64, input_kind, with_state,
+                                   bias, with_state, input_kind, impl):
+    check_parity(ours_cls, ref_cls, kwargs, torch.float64, impl, input_kind, with_state,
                  num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first, bias=bias)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("input_kind", ["padded", "lengths"])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("name,ours_cls,ref_cls,kwargs", TORCH_CONFIGS, ids=[c[0] for c in TORCH_CONFIGS])
-def test_parity_with_torch_float32(name, ours_cls, ref_cls, kwargs, bidirectional, input_kind):
-    check_parity(ours_cls, ref_cls, kwargs, torch.float32, input_kind, True,
+def test_parity_with_torch_float32(name, ours_cls, ref_cls, kwargs, bidirectional, input_kind, impl):
+    check_parity(ours_cls, ref_cls, kwargs, torch.float32, impl, input_kind, True,
                  num_layers=2, bidirectional=bidirectional, batch_first=True)
 
 
-def check_parity(ours_cls, ref_cls, kwargs, dtype, input_kind, with_state, **options):
-    ours, ref = make_pair(ours_cls, ref_cls, kwargs, dtype, **options)
+def check_parity(ours_cls, ref_cls, kwargs, dtype, impl, input_kind, with_state, **options):
+    ours, ref = make_pair(ours_cls, ref_cls, kwargs, dtype, impl, **options)
     batched = input_kind != "unbatched"
     shape = ((B, T, I) if options.get("batch_first") else (T, B, I)) if batched else (T, I)
     x = torch.randn(shape, dtype=dtype, requires_grad=True)
@@ -178,7 +183,7 @@ def test_dropout_is_vertical_only():
 def test_recurrent_dropout_is_variational(cls):
     """One mask per sequence on h entering W_hh, the same at every step; off in eval mode."""
     p = 0.4
-    layer = cls(I, H, recurrent_dropout=p, dtype=torch.float64, bptt="autograd").train()
+    layer = cls(I, H, recurrent_dropout=p, dtype=torch.float64, impl="autograd").train()
     x = torch.randn(T, B, I, dtype=torch.float64)
     torch.manual_seed(5)
     out, _ = layer(x)
@@ -209,7 +214,7 @@ def test_recurrent_dropout_is_variational(cls):
 
 def test_explicit_bptt_with_recurrent_dropout_matches_autograd():
     layer = rnnkit.LSTM(I, H, 2, bidirectional=True, recurrent_dropout=0.3, dtype=torch.float64).train()
-    ref = rnnkit.LSTM(I, H, 2, bidirectional=True, recurrent_dropout=0.3, dtype=torch.float64, bptt="autograd").train()
+    ref = rnnkit.LSTM(I, H, 2, bidirectional=True, recurrent_dropout=0.3, dtype=torch.float64, impl="autograd").train()
     ref.load_state_dict(layer.state_dict())
     x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
     lengths = torch.tensor([2, 5, 0])
@@ -306,7 +311,7 @@ VARIANTS = [
 def test_variants_explicit_bptt_matches_autograd_through_the_layer(cls, kwargs):
     options = dict(num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float64)
     ours = cls(I, H, **kwargs, **options)
-    ref = cls(I, H, **kwargs, **options, bptt="autograd")
+    ref = cls(I, H, **kwargs, **options, impl="autograd")
     ref.load_state_dict(ours.state_dict())
     x = torch.randn(B, T, I, dtype=torch.float64, requires_grad=True)
     lengths = torch.tensor([5, 0, 3])
@@ -378,7 +383,8 @@ BAD_CONSTRUCTORS = [
     (lambda: rnnkit.GRU(3, 4.5), ValueError, r"hidden_size.*4.5"),
     (lambda: rnnkit.LSTM(3, 4, bias=False, forget_bias=1.0), ValueError, r"forget_bias=1.0 needs bias=True"),
     (lambda: rnnkit.LSTM(3, 4, forget_bias="one"), ValueError, r"forget_bias.*'one'"),
-    (lambda: rnnkit.LSTM(3, 4, bptt="fast"), ValueError, r"bptt.*'fast'"),
+    (lambda: rnnkit.LSTM(3, 4, impl="fast"), ValueError, r"impl.*'fast'"),
+    (lambda: rnnkit.LSTM(3, 4, peephole=True, impl="native"), ValueError, r"impl='native'.*peephole=True"),
     (lambda: rnnkit.LSTMCell(3, 4, proj_size=5), ValueError, r"proj_size.*5"),
     (lambda: rnnkit.RNNCell(3, 4, nonlinearity="elu"), ValueError, r"nonlinearity.*'elu'"),
     (lambda: rnnkit.GRU(3, 4, layer_norm=True), TypeError, r"layer_norm"),
@@ -468,8 +474,8 @@ def test_gradcheck_through_layer(cls, kwargs, option):
 
 def test_double_backward_needs_the_autograd_loop():
     x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
-    reference = rnnkit.GRU(2, 2, dtype=torch.float64, bptt="autograd")
+    reference = rnnkit.GRU(2, 2, dtype=torch.float64, impl="autograd")
     assert torch.autograd.gradgradcheck(lambda x: reference(x)[0], (x,))
-    explicit = rnnkit.GRU(2, 2, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="no double backward.*bptt='autograd'"):
+    explicit = rnnkit.GRU(2, 2, dtype=torch.float64, impl="engine")
+    with pytest.raises(RuntimeError, match="no double backward.*impl='autograd'"):
         torch.autograd.grad(explicit(x)[0].sum(), x, create_graph=True)

@@ -1,8 +1,9 @@
-"""The `rnnkit` command: --version, `info` (cells, variants, equations) and `demo`."""
+"""The `rnnkit` command: --version, `info` (cells, variants, equations), `demo` and `bench`."""
 from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import sys
 import time
 import warnings
@@ -85,6 +86,35 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from . import bench
+
+    shapes = [s for s in args.shapes.split(",") if s]
+    unknown = [s for s in shapes if s not in bench.SHAPES]
+    if unknown or not shapes:
+        raise UsageError(f"--shapes takes a comma-separated subset of {','.join(bench.SHAPES)}; got {args.shapes!r}")
+    cases = list(bench.CASES) if args.cases == "all" else [c.strip() for c in args.cases.split(",")]
+    unknown = [c for c in cases if c not in bench.CASES]
+    if unknown:
+        raise UsageError(f"unknown --cases {unknown}; choose from: {', '.join(bench.CASES)}")
+    if args.repeats < 1:
+        raise UsageError(f"--repeats must be positive; got {args.repeats}")
+    if args.device != "cpu" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device!r} asked for, but torch sees no CUDA device")
+
+    def progress(row):
+        infer = f", inference {row['infer_ratio']:.2f}x" if "infer_ratio" in row else ""
+        print(f"  {row['shape']} {row['case']:24s} [{row['impl']}] train {row['train_ratio']:.2f}x{infer}",
+              file=sys.stderr, flush=True)
+
+    result = bench.run(shapes, cases, args.repeats, args.device, memory=not args.no_memory, progress=progress)
+    print(bench.format_table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnkit", description=__doc__)
     parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
@@ -98,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--repeats", type=int, default=3)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(fn=cmd_demo)
+    bench = sub.add_parser("bench", help="time rnnkit's layers against torch.nn (ratios), see benchmarks/")
+    bench.add_argument("--shapes", default="A,B,C,D", help="subset of A,B,C,D (default: all)")
+    bench.add_argument("--cases", default="all", help="comma-separated case names (default: all)")
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--device", default="cpu", help="cpu or cuda")
+    bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bench.set_defaults(fn=cmd_bench)
     return parser
 
 

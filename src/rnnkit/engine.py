@@ -105,7 +105,7 @@ class _ExplicitBPTT(torch.autograd.Function):
         # saved tensors outside autograd, so a graph through them would be silently wrong.
         if torch.is_grad_enabled():
             raise RuntimeError("rnnkit's explicit BPTT has no double backward (create_graph=True); "
-                               "build the layer with bptt='autograd' for higher-order gradients")
+                               "build the layer with impl='autograd' for higher-order gradients")
         step, batch_sizes, names, k = ctx.step, ctx.batch_sizes, ctx.names, ctx.cache_size
         mask, *rest = ctx.saved_tensors
         n_fixed = step.num_states + len(names)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import engine
+from . import dispatch, engine
 from .cells import GRUStep, LSTMStep, RNNStep, Step
 
 
@@ -58,7 +58,7 @@ class _Recurrent(nn.Module):
     """Stacked, optionally bidirectional layers of one cell, as torch.nn.RNNBase."""
 
     def __init__(self, step: Step, input_size, num_layers, batch_first, dropout, bidirectional,
-                 recurrent_dropout, bptt, forget_bias, device, dtype):
+                 recurrent_dropout, impl, forget_bias, device, dtype):
         super().__init__()
         self.step = step
         self.input_size = _check_int(input_size, "input_size", 1)
@@ -69,9 +69,11 @@ class _Recurrent(nn.Module):
         self.dropout = _check_prob(dropout, "dropout")
         self.bidirectional = bool(bidirectional)
         self.recurrent_dropout = _check_prob(recurrent_dropout, "recurrent_dropout")
-        if bptt not in engine.BPTT_MODES:
-            raise ValueError(f"bptt must be one of {', '.join(map(repr, engine.BPTT_MODES))}; got {bptt!r}")
-        self.bptt = bptt
+        if impl not in dispatch.IMPLS:
+            raise ValueError(f"impl must be one of {', '.join(map(repr, dispatch.IMPLS))}; got {impl!r}")
+        if impl == "native" and dispatch.native_kernel(step) is None:
+            raise ValueError(f"impl='native' needs a configuration torch.nn has; {step} is not one")
+        self.impl = impl
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn(f"dropout={self.dropout} has no effect with num_layers=1: rnnkit applies "
                           "dropout between layers only, as torch.nn does", stacklevel=3)
@@ -116,7 +118,7 @@ class _Recurrent(nn.Module):
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         for key, default in (("num_layers", 1), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
-                             ("recurrent_dropout", 0.0), ("bptt", "explicit"), ("forget_bias", None)):
+                             ("recurrent_dropout", 0.0), ("impl", "auto"), ("forget_bias", None)):
             if getattr(self, key) != default:
                 s += f", {key}={getattr(self, key)!r}"
         return s + _step_repr(self.step)
@@ -154,10 +156,13 @@ class _Recurrent(nn.Module):
             x = x.index_select(1, perm.to(x.device))
             states = tuple(s.index_select(1, perm.to(s.device)) for s in states)
             lengths = lengths.index_select(0, perm.to(lengths.device))
-        batch_sizes = None
-        if lengths is not None:
-            batch_sizes = engine.batch_sizes_from_lengths(lengths.tolist(), T)
-        out, finals = self._run_stack(x, states, lengths, batch_sizes)  # (T, B, D*P), (D*L, B, .)
+        impl = dispatch.choose(self.impl, self.step, x.device, self.recurrent_dropout, self.training, lengths)
+        if impl == "native":
+            out, finals = dispatch.run_native(self.step, [w for ws in self.all_weights for w in ws], x, states,
+                                              lengths, self.num_layers, self.dropout, self.training, self.bidirectional)
+        else:
+            bptt = "explicit" if impl == "engine" else "autograd"
+            out, finals = self._run_stack(x, states, lengths, bptt)  # (T, B, D*P), (D*L, B, .)
         if unperm is not None:
             finals = tuple(s.index_select(1, unperm.to(s.device)) for s in finals)
         if packed:
@@ -171,10 +176,11 @@ class _Recurrent(nn.Module):
             out = out.transpose(0, 1)
         return out, self._pack_state(finals)
 
-    def _run_stack(self, x, states, lengths, batch_sizes):
+    def _run_stack(self, x, states, lengths, bptt):
         """x (T, B, I), batch sorted longest first when lengths are given."""
         step, D = self.step, self.num_directions
-        B = x.shape[1]
+        T, B = x.shape[:2]
+        batch_sizes = None if lengths is None else engine.batch_sizes_from_lengths(lengths.tolist(), T)
         finals = [[] for _ in range(step.num_states)]
         for layer in range(self.num_layers):
             outs = []
@@ -189,7 +195,7 @@ class _Recurrent(nn.Module):
                 if self.training and self.recurrent_dropout > 0:
                     keep = 1 - self.recurrent_dropout  # variational: one mask per sequence
                     mask = torch.bernoulli(x.new_full((B, step.output_size), keep)) / keep
-                out, final = engine.run(step, xp, state0, p, batch_sizes, mask, self.bptt)
+                out, final = engine.run(step, xp, state0, p, batch_sizes, mask, bptt)
                 outs.append(reverse_or_keep(out, lengths, direction))
                 for collected, s in zip(finals, final):
                     collected.append(s)
@@ -273,16 +279,16 @@ class RNN(_Recurrent):
     or 'softsign': v / (1 + |v|)), bias=True, batch_first=False, dropout=0.0 (between layers only),
     bidirectional=False, device, dtype.
     Keyword-only: recurrent_dropout=0.0 (variational, on h entering W_hh, one mask per sequence),
-    bptt='explicit' (hand-written BPTT) or 'autograd' (the same loop recorded by autograd).
+    impl='auto' (see dispatch.py: 'native' torch kernel, 'engine' hand-written BPTT, 'autograd').
     forward(input, hx=None, *, lengths=None) -> (output, h_n).
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
-                 recurrent_dropout=0.0, bptt="explicit"):
+                 recurrent_dropout=0.0, impl="auto"):
         step = RNNStep(_check_int(hidden_size, "hidden_size", 1), nonlinearity, bool(bias))
         super().__init__(step, input_size, num_layers, batch_first, dropout, bidirectional,
-                         recurrent_dropout, bptt, None, device, dtype)
+                         recurrent_dropout, impl, None, device, dtype)
         self.nonlinearity = nonlinearity
 
     @property
@@ -303,19 +309,19 @@ class LSTM(_Recurrent):
       activation='tanh'    or 'softsign', for g and for h = o * act(c)
       layer_norm=False     layer-normalised gates and cell (Ba et al. 2016)
       recurrent_dropout=0  variational dropout on h entering W_hh, one mask per sequence
-      bptt='explicit'      or 'autograd' (the same loop recorded by autograd)
+      impl='auto'          'native' (torch's kernel), 'engine' (hand-written BPTT) or 'autograd'
+                           (the same loop recorded by autograd); see dispatch.py
     forward(input, hx=None, *, lengths=None) -> (output, (h_n, c_n)).
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
                  forget_bias=None, peephole=False, coupled=False, activation="tanh", layer_norm=False,
-                 recurrent_dropout=0.0, bptt="explicit"):
+                 recurrent_dropout=0.0, impl="auto"):
         step = _lstm_step(hidden_size, proj_size, bias, activation, peephole, coupled, layer_norm, forget_bias)
         super().__init__(step, input_size, num_layers, batch_first, dropout, bidirectional,
-                         recurrent_dropout, bptt, forget_bias, device, dtype)
+                         recurrent_dropout, impl, forget_bias, device, dtype)
         self.mode = "LSTM"
-
 
     def _unpack_state(self, hx):
         if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
@@ -332,16 +338,16 @@ class GRU(_Recurrent):
     Args (as torch.nn.GRU): input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
     dropout=0.0 (between layers only), bidirectional=False, device, dtype.
     Keyword-only: reset_after=True (torch.nn/cuDNN; False: the original n = act(W_in x + b_in +
-    W_hn (r*h) + b_hn)), activation='tanh' or 'softsign', recurrent_dropout=0.0, bptt='explicit'.
+    W_hn (r*h) + b_hn)), activation='tanh' or 'softsign', recurrent_dropout=0.0, impl='auto'.
     forward(input, hx=None, *, lengths=None) -> (output, h_n).
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, device=None, dtype=None, *,
-                 reset_after=True, activation="tanh", recurrent_dropout=0.0, bptt="explicit"):
+                 reset_after=True, activation="tanh", recurrent_dropout=0.0, impl="auto"):
         step = GRUStep(_check_int(hidden_size, "hidden_size", 1), bool(bias), bool(reset_after), activation)
         super().__init__(step, input_size, num_layers, batch_first, dropout, bidirectional,
-                         recurrent_dropout, bptt, None, device, dtype)
+                         recurrent_dropout, impl, None, device, dtype)
         self.mode = "GRU"
 
 

@@ -1,0 +1,165 @@
+"""Speed and memory of rnnkit's layers as ratios to torch.nn of the same size, measured in one run.
+
+Time: the median of repeated train steps (forward + backward of `output.sum()`, batch-first) and
+inference calls (eval mode, no grad), rnnkit and torch.nn interleaved so both see the same
+machine state. Memory: the peak resident memory a train step adds, each measured in a fresh
+process. Ratios below 1 mean rnnkit is faster or smaller.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+import rnnkit
+
+SHAPES = {  # name: (B, T, I, H)
+    "A": (128, 28, 28, 128),  # MNIST rows
+    "B": (64, 100, 64, 256),  # character language model
+    "C": (32, 512, 32, 128),  # long sequences
+    "D": (1, 200, 64, 512),  # batch of one
+}
+# label: (rnnkit class, keywords, torch.nn class it is compared with, train only)
+CASES = {
+    "LSTM": (rnnkit.LSTM, {}, torch.nn.LSTM, False),
+    "GRU": (rnnkit.GRU, {}, torch.nn.GRU, False),
+    "RNN tanh": (rnnkit.RNN, {}, torch.nn.RNN, False),
+    "LSTM peephole": (rnnkit.LSTM, {"peephole": True}, torch.nn.LSTM, False),
+    "LSTM coupled": (rnnkit.LSTM, {"coupled": True}, torch.nn.LSTM, False),
+    "LSTM layer_norm": (rnnkit.LSTM, {"layer_norm": True}, torch.nn.LSTM, False),
+    "LSTM softsign": (rnnkit.LSTM, {"activation": "softsign"}, torch.nn.LSTM, False),
+    "GRU reset_before": (rnnkit.GRU, {"reset_after": False}, torch.nn.GRU, False),
+    "LSTM recurrent_dropout": (rnnkit.LSTM, {"recurrent_dropout": 0.25}, torch.nn.LSTM, True),
+}
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__, "rnnkit": rnnkit.__version__,
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def _train_step(layer, x):
+    def run():
+        layer.zero_grad(set_to_none=True)
+        layer(x)[0].sum().backward()
+    return run
+
+
+def _inference(layer, x):
+    def run():
+        with torch.no_grad():
+            layer(x)
+    return run
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median_pair(fn_a, fn_b, repeats: int, device) -> tuple[float, float]:
+    """Median seconds of fn_a and fn_b, run alternately after one warm-up each."""
+    times_a, times_b = [], []
+    fn_a(), fn_b()
+    for _ in range(repeats):
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times_a), statistics.median(times_b)
+
+
+def time_case(label: str, shape: str, repeats: int, device: torch.device) -> dict:
+    cls, kwargs, ref_cls, train_only = CASES[label]
+    B, T, I, H = SHAPES[shape]
+    torch.manual_seed(0)
+    ours = cls(I, H, batch_first=True, device=device, **kwargs)
+    ref = ref_cls(I, H, batch_first=True, device=device)
+    x = torch.randn(B, T, I, device=device)
+    row = {"case": label, "shape": shape, "impl": _impl_used(ours, x)}
+    ours.train(), ref.train()
+    row["train_s"], row["train_ref_s"] = _median_pair(_train_step(ours, x), _train_step(ref, x), repeats, device)
+    row["train_ratio"] = row["train_s"] / row["train_ref_s"]
+    if not train_only:
+        ours.eval(), ref.eval()
+        row["infer_s"], row["infer_ref_s"] = _median_pair(_inference(ours, x), _inference(ref, x), repeats, device)
+        row["infer_ratio"] = row["infer_s"] / row["infer_ref_s"]
+    return row
+
+
+def _impl_used(layer, x) -> str:
+    from .dispatch import choose
+    return choose(layer.impl, layer.step, x.device, layer.recurrent_dropout, True, None)
+
+
+PEAK_SCRIPT = """
+import resource, sys, torch, rnnkit
+from rnnkit.bench import CASES, SHAPES
+label, shape, which = sys.argv[1], sys.argv[2], sys.argv[3]
+cls, kwargs, ref_cls, _ = CASES[label]
+B, T, I, H = SHAPES[shape]
+layer = cls(I, H, batch_first=True, **kwargs) if which == "rnnkit" else ref_cls(I, H, batch_first=True)
+x = torch.randn(B, T, I)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+layer(x)[0].sum().backward()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def peak_memory(label: str, shape: str) -> dict:
+    """Peak resident memory (KiB) one train step adds, rnnkit and torch.nn, each in a new process."""
+    peaks = {}
+    for which in ("rnnkit", "torch"):
+        out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, label, shape, which],
+                             capture_output=True, text=True, check=True)
+        peaks[which] = int(out.stdout.strip().splitlines()[-1])
+    return {"case": label, "shape": shape, "peak_kib": peaks["rnnkit"], "peak_ref_kib": peaks["torch"],
+            "peak_ratio": peaks["rnnkit"] / max(peaks["torch"], 1)}
+
+
+def run(shapes=tuple(SHAPES), cases=tuple(CASES), repeats: int = 5, device: str = "cpu", memory: bool = True,
+        progress=None) -> dict:
+    device = torch.device(device)
+    rows = []
+    for shape in shapes:
+        for label in cases:
+            rows.append(time_case(label, shape, repeats, device))
+            if progress:
+                progress(rows[-1])
+    memory_rows = [peak_memory(label, "B") for label in cases] if memory and device.type == "cpu" else []
+    return {"machine": machine(), "repeats": repeats, "device": str(device), "time": rows, "memory": memory_rows}
+
+
+def format_table(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"rnnkit {m['rnnkit']}, torch {m['torch']}, Python {m['python']}; {m['cpu']}, "
+             f"{m['cores']} cores, {m['threads']} threads; device {result['device']}; "
+             f"median of {result['repeats']}",
+             "",
+             "| case | shape | path | train ratio | infer ratio | train ms | torch.nn train ms |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["time"]:
+        infer = f"{r['infer_ratio']:.2f}" if "infer_ratio" in r else "-"
+        lines.append(f"| {r['case']} | {r['shape']} | {r['impl']} | {r['train_ratio']:.2f} | {infer} | "
+                     f"{r['train_s'] * 1e3:.1f} | {r['train_ref_s'] * 1e3:.1f} |")
+    if result["memory"]:
+        lines += ["", "| case | shape | peak memory ratio | rnnkit MiB | torch.nn MiB |", "|---|---|---|---|---|"]
+        for r in result["memory"]:
+            lines.append(f"| {r['case']} | {r['shape']} | {r['peak_ratio']:.2f} | {r['peak_kib'] / 1024:.0f} | "
+                         f"{r['peak_ref_kib'] / 1024:.0f} |")
+    return "\n".join(lines)

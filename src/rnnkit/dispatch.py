@@ -1,0 +1,84 @@
+"""Which implementation runs a layer, decided here and nowhere else.
+
+  native    PyTorch's fused kernel (oneDNN on CPU, cuDNN on GPU) through torch.lstm / torch.gru /
+            torch.rnn_tanh / torch.rnn_relu: only for the configurations torch.nn itself has.
+  engine    rnnkit's time loop with hand-written BPTT (engine.run, bptt="explicit").
+  autograd  the same loop recorded by autograd: the reference, and twice differentiable.
+
+`impl="auto"` picks native where it can run and is the faster of the two on that device, and
+the engine otherwise. Both give the same numbers (tests/test_layers.py runs the torch.nn parity
+suite through each).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from .cells import GRUStep, LSTMStep, RNNStep, Step
+
+IMPLS = ("auto", "native", "engine", "autograd")
+
+# (device type, kernel) pairs where the engine beat PyTorch's kernel in benchmarks/bench_layers.py
+# (train step and inference, every benchmark shape); everywhere else native wins where it can run.
+ENGINE_FASTER = frozenset({("cpu", "gru")})
+
+
+def native_kernel(step: Step) -> str | None:
+    """The torch kernel that computes exactly this cell, or None."""
+    if isinstance(step, LSTMStep):
+        plain = not (step.peephole or step.coupled or step.layer_norm) and step.activation == "tanh"
+        return "lstm" if plain else None
+    if isinstance(step, GRUStep):
+        return "gru" if step.reset_after and step.activation == "tanh" else None
+    if isinstance(step, RNNStep) and step.nonlinearity in ("tanh", "relu"):
+        return f"rnn_{step.nonlinearity}"
+    return None
+
+
+def why_not_native(step: Step, recurrent_dropout: float, training: bool, lengths: Tensor | None) -> str | None:
+    """Why PyTorch's kernel cannot run this call, or None if it can."""
+    if native_kernel(step) is None:
+        return f"torch.nn has no kernel for {step}"
+    if recurrent_dropout > 0 and training:
+        return "torch.nn has no recurrent dropout"
+    if lengths is not None and lengths.numel() and int(lengths.min()) == 0:
+        return "torch.nn's packed sequences cannot hold zero-length sequences"
+    return None
+
+
+def choose(impl: str, step: Step, device: torch.device, recurrent_dropout: float, training: bool,
+           lengths: Tensor | None) -> str:
+    """Resolve `impl` to "native", "engine" or "autograd" for one forward call."""
+    if impl in ("engine", "autograd"):
+        return impl
+    reason = why_not_native(step, recurrent_dropout, training, lengths)
+    if impl == "native":
+        if reason:
+            raise ValueError(f"impl='native' cannot run this layer: {reason}")
+        return "native"
+    if reason or (device.type, native_kernel(step).split("_")[0]) in ENGINE_FASTER:
+        return "engine"
+    return "native"
+
+
+def run_native(step: Step, weights: list[Tensor], x: Tensor, states: tuple[Tensor, ...],
+               lengths: Tensor | None, num_layers: int, dropout: float, training: bool,
+               bidirectional: bool) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """x (T, B, I), sorted longest first when lengths are given -> out (T, B, D*P), final states.
+
+    `weights` are the flat per-layer, per-direction parameters in torch.nn's order
+    (w_ih, w_hh[, b_ih, b_hh][, w_hr]).
+    """
+    kernel = getattr(torch, native_kernel(step))
+    hx = states if len(states) == 2 else states[0]
+    options = (step.bias, num_layers, dropout, training, bidirectional)
+    if lengths is None:
+        result = kernel(x, hx, weights, *options, False)
+        out, finals = result[0], tuple(result[1:])
+    else:
+        packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=True)
+        result = kernel(packed.data, packed.batch_sizes, hx, weights, *options)
+        out = pad_packed_sequence(packed._replace(data=result[0]), total_length=x.shape[0])[0]
+        finals = tuple(result[1:])
+    return out, finals
