@@ -3,7 +3,8 @@
 A cell here is configuration plus two pure functions of tensors, with no loop, direction,
 padding or parameters of its own (the layers own the parameters):
 
-    cell.project_input(x, p)            -> xp              the time-independent part, (..., G*H)
+    cell.project_input(x, p)            -> xp              the time-independent part, (..., G*H),
+                                                            b_hh included where it is additive
     cell.step(xp, state, p, mask)       -> state', saved    one step forward; saved is a flat
                                                             tuple of tensors (or None)
     cell.step_backward(d_state, saved, p, mask)
@@ -18,6 +19,8 @@ which the engine sums over batch and time at the end of the backward pass:
   - a list of `(d_pre, inp)` pairs: the parameter is a matrix used as `inp @ W.T`, its gradient
     is `cat([d_pre.T @ inp for each pair], dim=0)` (one pair per block of rows it holds);
   - a tensor `(B, n)`: the parameter is a vector, its gradient is the sum over the batch.
+A step whose recurrent product's gradient is its gate gradient returns the very tensor it returns
+as d_xp in the pair; the engine then reuses the buffer it already holds instead of copying.
 
 Shapes: B batch, I input, H hidden, P = proj_size or H (the size of h), G gates.
 """
@@ -104,17 +107,13 @@ class Step:
     def state_sizes(self) -> tuple[int, ...]:
         return (self.output_size,)
 
+    def _input_bias(self, p: dict[str, Tensor]) -> Tensor | None:
+        """b_ih + b_hh: both biases add to the gate pre-activations, so both are hoisted."""
+        return p["bias_ih"] + p["bias_hh"] if self.bias else None
+
     def project_input(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
-        """xp = x W_ih^T + b_ih for every time step at once: (..., I) -> (..., G*H)."""
-        return torch.nn.functional.linear(x, p["weight_ih"], p.get("bias_ih"))
-
-    def _recurrent(self, hr: Tensor, p: dict[str, Tensor]) -> Tensor:
-        """hr W_hh^T + b_hh."""
-        b = p.get("bias_hh")
-        return hr @ p["weight_hh"].T if b is None else torch.addmm(b, hr, p["weight_hh"].T)
-
-    def _bias_grads(self, d_pre: Tensor) -> dict[str, Tensor]:
-        return {"bias_hh": d_pre} if self.bias else {}
+        """xp = x W_ih^T + b_ih + b_hh for every time step at once: (..., I) -> (..., G*H)."""
+        return torch.nn.functional.linear(x, p["weight_ih"], self._input_bias(p))
 
 
 @dataclass(frozen=True)
@@ -143,7 +142,7 @@ class RNNStep(Step):
     def step(self, xp, state, p, mask=None):
         (h,) = state
         hr = _masked(h, mask)
-        h_new = self.act.fn(xp + self._recurrent(hr, p))  # (B, H)
+        h_new = self.act.fn(torch.addmm(xp, hr, p["weight_hh"].T))  # (B, H)
         return (h_new,), (hr, h_new)
 
     def step_backward(self, d_state, saved, p, mask=None):
@@ -151,7 +150,7 @@ class RNNStep(Step):
         hr, h_new = saved
         d_pre = d_h * self.act.grad(h_new)  # (B, H)
         d_h_prev = _masked(d_pre @ p["weight_hh"], mask)
-        return d_pre, (d_h_prev,), {"weight_hh": [(d_pre, hr)], **self._bias_grads(d_pre)}
+        return d_pre, (d_h_prev,), {"weight_hh": [(d_pre, hr)]}
 
 
 @dataclass(frozen=True)
@@ -225,7 +224,7 @@ class LSTMStep(Step):
         if not self.layer_norm:
             return super().project_input(x, p)
         a = x @ p["weight_ih"].T  # (..., G*H)
-        return torch.nn.functional.layer_norm(a, a.shape[-1:], p["ln_weight_ih"], p.get("bias_ih"), LN_EPS)
+        return torch.nn.functional.layer_norm(a, a.shape[-1:], p["ln_weight_ih"], self._input_bias(p), LN_EPS)
 
     def step(self, xp, state, p, mask=None):
         h, c = state  # (B, P), (B, H)
@@ -233,12 +232,10 @@ class LSTMStep(Step):
         a_hat = rstd = c_hat = rstd_c = None
         if self.layer_norm:
             a_hat, rstd = layer_norm(hr @ p["weight_hh"].T)  # (B, G*H)
-            rec = a_hat * p["ln_weight_hh"]
-            if self.bias:
-                rec = rec + p["bias_hh"]
+            gates = xp + a_hat * p["ln_weight_hh"]
         else:
-            rec = self._recurrent(hr, p)
-        gates = (xp + rec).chunk(self.gates, 1)  # G x (B, H)
+            gates = torch.addmm(xp, hr, p["weight_hh"].T)
+        gates = gates.chunk(self.gates, 1)  # G x (B, H)
         peep = p["weight_peephole"].chunk(self.gates - 1) if self.peephole else None
         if self.coupled:
             f, g, o = gates
@@ -307,7 +304,6 @@ class LSTMStep(Step):
                 peep_grads.insert(0, d_i * c)
             grads["weight_peephole"] = torch.cat(peep_grads, 1)
         d_xp = torch.cat(d_gates, 1)  # (B, G*H)
-        grads.update(self._bias_grads(d_xp))
         d_pre = d_xp
         if self.layer_norm:
             grads["ln_weight_hh"] = d_xp * a_hat
@@ -348,26 +344,30 @@ class GRUStep(Step):
     def act(self) -> Activation:
         return ACTIVATIONS[self.activation]
 
+    def _input_bias(self, p):
+        if self.reset_after and self.bias:  # b_hn is multiplied by r: only b_ih is hoisted
+            return p["bias_ih"]
+        return super()._input_bias(p)
+
     def step(self, xp, state, p, mask=None):
         (h,) = state  # (B, H)
         H = self.hidden_size
         hr = _masked(h, mask)
         xr, xz, xn = xp.chunk(3, 1)
         if self.reset_after:
-            hh_r, hh_z, hh_n = self._recurrent(hr, p).chunk(3, 1)
+            b = p.get("bias_hh")  # b_hn sits inside r * (...): the bias stays in the loop
+            rec = hr @ p["weight_hh"].T if b is None else torch.addmm(b, hr, p["weight_hh"].T)
+            hh_r, hh_z, hh_n = rec.chunk(3, 1)
             r = torch.sigmoid(xr + hh_r)
             z = torch.sigmoid(xz + hh_z)
             n = self.act.fn(xn + r * hh_n)
             rh = None
         else:
-            w, b = p["weight_hh"], p.get("bias_hh")
-            rz = hr @ w[: 2 * H].T if b is None else torch.addmm(b[: 2 * H], hr, w[: 2 * H].T)
-            hh_r, hh_z = rz.chunk(2, 1)
-            r = torch.sigmoid(xr + hh_r)
-            z = torch.sigmoid(xz + hh_z)
+            w = p["weight_hh"]
+            r, z = torch.sigmoid(torch.addmm(xp[:, : 2 * H], hr, w[: 2 * H].T)).chunk(2, 1)
             rh = r * hr
-            hh_n = rh @ w[2 * H :].T if b is None else torch.addmm(b[2 * H :], rh, w[2 * H :].T)
-            n = self.act.fn(xn + hh_n)
+            hh_n = None
+            n = self.act.fn(torch.addmm(xn, rh, w[2 * H :].T))
         h_new = (1 - z) * n + z * h
         return (h_new,), (h, hr, r, z, n, hh_n, rh)
 
@@ -382,13 +382,15 @@ class GRUStep(Step):
         if self.reset_after:
             d_r = d_n * hh_n * dsigmoid(r)
             d_rec = torch.cat([d_r, d_z, d_n * r], 1)  # (B, 3H), at W_hh h + b_hh
-            grads = {"weight_hh": [(d_rec, hr)], **self._bias_grads(d_rec)}
+            grads = {"weight_hh": [(d_rec, hr)]}
+            if self.bias:
+                grads["bias_hh"] = d_rec
             d_hr = d_rec @ w
         else:
             d_rh = d_n @ w[2 * H :]
             d_r = d_rh * hr * dsigmoid(r)
             d_rz = torch.cat([d_r, d_z], 1)  # (B, 2H)
-            grads = {"weight_hh": [(d_rz, hr), (d_n, rh)], **self._bias_grads(torch.cat([d_rz, d_n], 1))}
+            grads = {"weight_hh": [(d_rz, hr), (d_n, rh)]}
             d_hr = d_rh * r + d_rz @ w[: 2 * H]
         d_xp = torch.cat([d_r, d_z, d_n], 1)  # (B, 3H)
         return d_xp, (d_h_prev + _masked(d_hr, mask),), grads

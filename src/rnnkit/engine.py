@@ -46,14 +46,14 @@ def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
     """
     if lengths is None:
         return x.flip(0)
-    T = x.shape[0]
+    T, B = x.shape[:2]
     t = torch.arange(T, device=x.device).unsqueeze(1)  # (T, 1)
     lengths = lengths.to(x.device).unsqueeze(0)  # (1, B)
     valid = t < lengths  # (T, B)
     src = torch.where(valid, lengths - 1 - t, t)  # (T, B)
-    index = src.reshape(T, -1, *([1] * (x.dim() - 2))).expand_as(x)
-    y = x.gather(0, index)
-    return y * valid.reshape(T, -1, *([1] * (x.dim() - 2))).to(y.dtype)
+    feature_dims = [1] * (x.dim() - 2)
+    y = x.gather(0, src.reshape(T, B, *feature_dims).expand_as(x))
+    return y * valid.reshape(T, B, *feature_dims).to(y.dtype)
 
 
 def _forward_loop(step: Step, xp, state0, p, batch_sizes, mask, keep_saved: bool):
@@ -115,7 +115,7 @@ class _ExplicitBPTT(torch.autograd.Function):
         B = ctx.xp_shape[1]
         d_state = [torch.zeros_like(s) if d is None else d.clone() for s, d in zip(state0, d_final)]
         d_xp = d_out.new_zeros(ctx.xp_shape)  # (T, B, G*H)
-        terms: dict[str, list] = {}
+        sums = _TimeSums(d_xp)
         for t in reversed(ctx.ran):
             bs = B if batch_sizes is None else batch_sizes[t]
             d_s = [d[:bs] for d in d_state]
@@ -125,24 +125,49 @@ class _ExplicitBPTT(torch.autograd.Function):
             d_xp[t, :bs] = d_xp_t
             for d, g in zip(d_state, d_prev):
                 d[:bs] = g
-            for name, g in grads.items():
-                terms.setdefault(name, []).append(g)
-        d_params = [_sum_over_time(terms.get(name), params[name]) for name in names]
+            sums.add(t, bs, d_xp_t, grads)
+        d_params = [sums.total(name, params[name]) for name in names]
         return (None, None, None, d_xp, None, *d_state, *d_params)
 
 
-def _sum_over_time(terms: list | None, param: Tensor) -> Tensor:
-    """Total gradient of a shared parameter from its per-step contributions (see cells.py)."""
-    if not terms:
-        return torch.zeros_like(param)
-    if isinstance(terms[0], Tensor):  # vector parameter: (B, n) per step
-        return torch.cat(terms).sum(0)
-    blocks = []  # matrix parameter: per step, one (d_pre, inp) pair per block of rows
-    for pairs in zip(*terms):
-        d_pre = torch.cat([d for d, _ in pairs])  # (sum_t B_t, rows)
-        inp = torch.cat([x for _, x in pairs])  # (sum_t B_t, cols)
-        blocks.append(d_pre.T @ inp)  # one product over all steps
-    return torch.cat(blocks) if len(blocks) > 1 else blocks[0]
+class _TimeSums:
+    """Sums the shared parameters' per-step gradient terms (see cells.py) over time.
+
+    Each term is written into a (T, B, n) buffer as it is made, while it is in cache; at the end a
+    matrix parameter's gradient is one product over all steps and a vector's one reduction. Rows
+    past a sequence's end stay zero, so they add nothing.
+    """
+
+    def __init__(self, d_xp: Tensor):
+        self.d_xp = d_xp  # (T, B, G*H), filled by the backward loop
+        self.buffers: dict[str, object] = {}
+
+    def _buffer(self, like: Tensor) -> Tensor:
+        T, B = self.d_xp.shape[:2]
+        return like.new_zeros(T, B, like.shape[1])
+
+    def add(self, t: int, bs: int, d_xp_t: Tensor, grads: dict) -> None:
+        for name, g in grads.items():
+            if isinstance(g, Tensor):  # vector parameter
+                if name not in self.buffers:
+                    self.buffers[name] = self._buffer(g)
+                self.buffers[name][t, :bs] = g
+                continue
+            if name not in self.buffers:  # matrix parameter: (d_pre, inp) per block of rows
+                self.buffers[name] = [(None if d is d_xp_t else self._buffer(d), self._buffer(x)) for d, x in g]
+            for (d_buf, x_buf), (d, x) in zip(self.buffers[name], g):
+                if d_buf is not None:
+                    d_buf[t, :bs] = d
+                x_buf[t, :bs] = x
+
+    def total(self, name: str, param: Tensor) -> Tensor:
+        buf = self.buffers.get(name)
+        if buf is None:
+            return torch.zeros_like(param)
+        if isinstance(buf, Tensor):
+            return buf.sum((0, 1))
+        blocks = [(self.d_xp if d is None else d).flatten(0, 1).T @ x.flatten(0, 1) for d, x in buf]
+        return torch.cat(blocks) if len(blocks) > 1 else blocks[0]
 
 
 def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor],
