@@ -37,11 +37,11 @@ LN_EPS = 1e-5
 
 @dataclass(frozen=True)
 class Activation:
-    """A nonlinearity with its derivative written in terms of its own output y = act(v)."""
+    """A nonlinearity and its backward written in terms of its own output y = act(v)."""
 
     name: str
     fn: Callable[[Tensor], Tensor]
-    grad: Callable[[Tensor], Tensor]  # d act / dv, as a function of y
+    backward: Callable[[Tensor, Tensor], Tensor]  # (d, y) -> d * act'(v)
 
 
 def softsign(v: Tensor) -> Tensor:
@@ -49,11 +49,12 @@ def softsign(v: Tensor) -> Tensor:
     return v / (1 + v.abs())
 
 
+_aten = torch.ops.aten  # fused backward kernels: one op each instead of three
 ACTIVATIONS = {
-    "tanh": Activation("tanh", torch.tanh, lambda y: 1 - y * y),
-    "relu": Activation("relu", torch.relu, lambda y: (y > 0).to(y.dtype)),
+    "tanh": Activation("tanh", torch.tanh, _aten.tanh_backward),  # d * (1 - y^2)
+    "relu": Activation("relu", torch.relu, lambda d, y: _aten.threshold_backward(d, y, 0)),  # d * (y > 0)
     # y = v/(1+|v|)  =>  1 - |y| = 1/(1+|v|)  =>  dy/dv = (1 - |y|)^2
-    "softsign": Activation("softsign", softsign, lambda y: (1 - y.abs()) ** 2),
+    "softsign": Activation("softsign", softsign, lambda d, y: d * (1 - y.abs()).square()),
 }
 
 
@@ -63,9 +64,9 @@ def get_activation(name: object, argument: str, allowed: tuple[str, ...]) -> Act
     return ACTIVATIONS[name]
 
 
-def dsigmoid(y: Tensor) -> Tensor:
-    """sigmoid'(v) in terms of y = sigmoid(v)."""
-    return y * (1 - y)
+def sigmoid_backward(d: Tensor, y: Tensor) -> Tensor:
+    """d * sigmoid'(v) in terms of y = sigmoid(v): d * y * (1 - y)."""
+    return _aten.sigmoid_backward(d, y)
 
 
 def layer_norm(a: Tensor) -> tuple[Tensor, Tensor]:
@@ -148,7 +149,7 @@ class RNNStep(Step):
     def step_backward(self, d_state, saved, p, mask=None):
         (d_h,) = d_state
         hr, h_new = saved
-        d_pre = d_h * self.act.grad(h_new)  # (B, H)
+        d_pre = self.act.backward(d_h, h_new)  # (B, H)
         d_h_prev = _masked(d_pre @ p["weight_hh"], mask)
         return d_pre, (d_h_prev,), {"weight_hh": [(d_pre, hr)]}
 
@@ -243,15 +244,18 @@ class LSTMStep(Step):
         else:
             i, f, g, o = gates
             if peep:
-                i = i + peep[0] * c
+                i = torch.addcmul(i, peep[0], c)  # i + p_i * c
             i = torch.sigmoid(i)
         if peep:
-            f = f + peep[-2] * c
+            f = torch.addcmul(f, peep[-2], c)
         f = torch.sigmoid(f)
         g = self.act.fn(g)
-        c_new = f * c + (1 - f) * g if self.coupled else f * c + i * g
+        if self.coupled:
+            c_new = torch.lerp(g, c, f)  # g + f * (c - g) = f * c + (1 - f) * g
+        else:
+            c_new = torch.addcmul(f * c, i, g)  # f * c + i * g
         if peep:
-            o = o + peep[-1] * c_new
+            o = torch.addcmul(o, peep[-1], c_new)
         o = torch.sigmoid(o)
         if self.layer_norm:
             c_hat, rstd_c = layer_norm(c_new)
@@ -275,8 +279,8 @@ class LSTMStep(Step):
         if self.proj_size:
             grads["weight_hr"] = [(d_h, h_new)]
             d_h = d_h @ p["weight_hr"]  # (B, H)
-        d_o = d_h * act_c * dsigmoid(o)
-        d_c_out = d_h * o * self.act.grad(act_c)
+        d_o = sigmoid_backward(d_h * act_c, o)
+        d_c_out = self.act.backward(d_h * o, act_c)
         if self.layer_norm:
             grads["ln_weight_c"] = d_c_out * c_hat
             if self.bias:
@@ -285,22 +289,22 @@ class LSTMStep(Step):
         d_c_new = d_c + d_c_out
         peep = p["weight_peephole"].chunk(self.gates - 1) if self.peephole else None
         if peep:
-            d_c_new = d_c_new + d_o * peep[-1]
+            d_c_new = torch.addcmul(d_c_new, d_o, peep[-1])
         if self.coupled:
-            d_f = d_c_new * (c - g) * dsigmoid(f)
-            d_g = d_c_new * (1 - f) * self.act.grad(g)
+            d_f = sigmoid_backward(d_c_new * (c - g), f)
+            d_g = self.act.backward(d_c_new * (1 - f), g)
             d_gates = [d_f, d_g, d_o]
         else:
-            d_i = d_c_new * g * dsigmoid(i)
-            d_f = d_c_new * c * dsigmoid(f)
-            d_g = d_c_new * i * self.act.grad(g)
+            d_i = sigmoid_backward(d_c_new * g, i)
+            d_f = sigmoid_backward(d_c_new * c, f)
+            d_g = self.act.backward(d_c_new * i, g)
             d_gates = [d_i, d_f, d_g, d_o]
         d_c_prev = d_c_new * f
         if peep:
-            d_c_prev = d_c_prev + d_f * peep[-2]
+            d_c_prev = torch.addcmul(d_c_prev, d_f, peep[-2])
             peep_grads = [d_f * c, d_o * c_new]
             if not self.coupled:
-                d_c_prev = d_c_prev + d_i * peep[0]
+                d_c_prev = torch.addcmul(d_c_prev, d_i, peep[0])
                 peep_grads.insert(0, d_i * c)
             grads["weight_peephole"] = torch.cat(peep_grads, 1)
         d_xp = torch.cat(d_gates, 1)  # (B, G*H)
@@ -353,14 +357,13 @@ class GRUStep(Step):
         (h,) = state  # (B, H)
         H = self.hidden_size
         hr = _masked(h, mask)
-        xr, xz, xn = xp.chunk(3, 1)
+        xn = xp[:, 2 * H :]
         if self.reset_after:
             b = p.get("bias_hh")  # b_hn sits inside r * (...): the bias stays in the loop
             rec = hr @ p["weight_hh"].T if b is None else torch.addmm(b, hr, p["weight_hh"].T)
-            hh_r, hh_z, hh_n = rec.chunk(3, 1)
-            r = torch.sigmoid(xr + hh_r)
-            z = torch.sigmoid(xz + hh_z)
-            n = self.act.fn(xn + r * hh_n)
+            hh_n = rec[:, 2 * H :]
+            r, z = torch.sigmoid(xp[:, : 2 * H] + rec[:, : 2 * H]).chunk(2, 1)
+            n = self.act.fn(torch.addcmul(xn, r, hh_n))  # xn + r * hh_n
             rh = None
         else:
             w = p["weight_hh"]
@@ -368,7 +371,7 @@ class GRUStep(Step):
             rh = r * hr
             hh_n = None
             n = self.act.fn(torch.addmm(xn, rh, w[2 * H :].T))
-        h_new = (1 - z) * n + z * h
+        h_new = torch.lerp(n, h, z)  # n + z * (h - n) = (1 - z) * n + z * h
         return (h_new,), (h, hr, r, z, n, hh_n, rh)
 
     def step_backward(self, d_state, saved, p, mask=None):
@@ -376,11 +379,11 @@ class GRUStep(Step):
         h, hr, r, z, n, hh_n, rh = saved
         H = self.hidden_size
         w = p["weight_hh"]
-        d_n = d_h * (1 - z) * self.act.grad(n)  # gradient at n's pre-activation
-        d_z = d_h * (h - n) * dsigmoid(z)
+        d_n = self.act.backward(d_h * (1 - z), n)  # gradient at n's pre-activation
+        d_z = sigmoid_backward(d_h * (h - n), z)
         d_h_prev = d_h * z
         if self.reset_after:
-            d_r = d_n * hh_n * dsigmoid(r)
+            d_r = sigmoid_backward(d_n * hh_n, r)
             d_rec = torch.cat([d_r, d_z, d_n * r], 1)  # (B, 3H), at W_hh h + b_hh
             grads = {"weight_hh": [(d_rec, hr)]}
             if self.bias:
@@ -388,7 +391,7 @@ class GRUStep(Step):
             d_hr = d_rec @ w
         else:
             d_rh = d_n @ w[2 * H :]
-            d_r = d_rh * hr * dsigmoid(r)
+            d_r = sigmoid_backward(d_rh * hr, r)
             d_rz = torch.cat([d_r, d_z], 1)  # (B, 2H)
             grads = {"weight_hh": [(d_rz, hr), (d_n, rh)]}
             d_hr = d_rh * r + d_rz @ w[: 2 * H]

@@ -114,8 +114,10 @@ class _ExplicitBPTT(torch.autograd.Function):
         cache = {t: flat[j * k:(j + 1) * k] for j, t in enumerate(ctx.ran)}
         B = ctx.xp_shape[1]
         d_state = [torch.zeros_like(s) if d is None else d.clone() for s, d in zip(state0, d_final)]
-        d_xp = d_out.new_zeros(ctx.xp_shape)  # (T, B, G*H)
-        sums = _TimeSums(d_xp)
+        # every entry is written unless rows end early or steps are skipped: only then zero-fill
+        new = d_out.new_empty if batch_sizes is None else d_out.new_zeros
+        d_xp = new(ctx.xp_shape)  # (T, B, G*H)
+        sums = _TimeSums(d_xp, new)
         for t in reversed(ctx.ran):
             bs = B if batch_sizes is None else batch_sizes[t]
             d_s = [d[:bs] for d in d_state]
@@ -138,13 +140,14 @@ class _TimeSums:
     past a sequence's end stay zero, so they add nothing.
     """
 
-    def __init__(self, d_xp: Tensor):
+    def __init__(self, d_xp: Tensor, new):
         self.d_xp = d_xp  # (T, B, G*H), filled by the backward loop
+        self.new = new  # new_zeros, or new_empty when every entry will be written
         self.buffers: dict[str, object] = {}
 
     def _buffer(self, like: Tensor) -> Tensor:
         T, B = self.d_xp.shape[:2]
-        return like.new_zeros(T, B, like.shape[1])
+        return self.new(T, B, like.shape[1])
 
     def add(self, t: int, bs: int, d_xp_t: Tensor, grads: dict) -> None:
         for name, g in grads.items():
