@@ -18,7 +18,8 @@ recurrent-dropout mask on `h` as it enters the recurrent product.
 which the engine sums over batch and time at the end of the backward pass:
   - a list of `(d_pre, inp)` pairs: the parameter is a matrix used as `inp @ W.T`, its gradient
     is `cat([d_pre.T @ inp for each pair], dim=0)` (one pair per block of rows it holds);
-  - a tensor `(B, n)`: the parameter is a vector, its gradient is the sum over the batch.
+  - a tensor `(B, n)`: the parameter is a vector, its gradient is the sum over the batch
+    (or `(n,)`, already summed over the batch).
 A step whose recurrent product's gradient is its gate gradient returns the very tensor it returns
 as d_xp in the pair; the engine then reuses the buffer it already holds instead of copying.
 
@@ -69,16 +70,17 @@ def sigmoid_backward(d: Tensor, y: Tensor) -> Tensor:
     return _aten.sigmoid_backward(d, y)
 
 
-def layer_norm(a: Tensor) -> tuple[Tensor, Tensor]:
-    """Normalise over the last dim without gain or bias; returns (a_hat, 1/std)."""
-    mu = a.mean(-1, keepdim=True)
-    rstd = torch.rsqrt(a.var(-1, unbiased=False, keepdim=True) + LN_EPS)
-    return (a - mu) * rstd, rstd
+def layer_norm(a: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """LN(a) = (a - mean) / sqrt(var + eps) * weight + bias over the last dim, with the mean and
+    1/std it used (PyTorch's fused kernel, which autograd also differentiates)."""
+    return torch.native_layer_norm(a, a.shape[-1:], weight, bias, LN_EPS)
 
 
-def layer_norm_backward(d_hat: Tensor, a_hat: Tensor, rstd: Tensor) -> Tensor:
-    """Gradient w.r.t. `a` of `a_hat = layer_norm(a)`, given the gradient w.r.t. `a_hat`."""
-    return rstd * (d_hat - d_hat.mean(-1, keepdim=True) - a_hat * (d_hat * a_hat).mean(-1, keepdim=True))
+def layer_norm_backward(d_out: Tensor, a: Tensor, mean: Tensor, rstd: Tensor, weight: Tensor,
+                        bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Gradients of LN w.r.t. a (B, n), and its weight and bias summed over the batch (n,)."""
+    return _aten.native_layer_norm_backward(d_out, a, a.shape[-1:], mean, rstd, weight, bias,
+                                            [True, True, bias is not None])
 
 
 def _masked(h: Tensor, mask: Tensor | None) -> Tensor:
@@ -230,10 +232,11 @@ class LSTMStep(Step):
     def step(self, xp, state, p, mask=None):
         h, c = state  # (B, P), (B, H)
         hr = _masked(h, mask)
-        a_hat = rstd = c_hat = rstd_c = None
+        a = mean = rstd = mean_c = rstd_c = None
         if self.layer_norm:
-            a_hat, rstd = layer_norm(hr @ p["weight_hh"].T)  # (B, G*H)
-            gates = xp + a_hat * p["ln_weight_hh"]
+            a = hr @ p["weight_hh"].T  # (B, G*H)
+            rec, mean, rstd = layer_norm(a, p["ln_weight_hh"], None)
+            gates = xp + rec
         else:
             gates = torch.addmm(xp, hr, p["weight_hh"].T)
         gates = gates.chunk(self.gates, 1)  # G x (B, H)
@@ -258,10 +261,7 @@ class LSTMStep(Step):
             o = torch.addcmul(o, peep[-1], c_new)
         o = torch.sigmoid(o)
         if self.layer_norm:
-            c_hat, rstd_c = layer_norm(c_new)
-            c_out = c_hat * p["ln_weight_c"]
-            if self.bias:
-                c_out = c_out + p["ln_bias_c"]
+            c_out, mean_c, rstd_c = layer_norm(c_new, p["ln_weight_c"], p.get("ln_bias_c"))
         else:
             c_out = c_new
         act_c = self.act.fn(c_out)
@@ -270,11 +270,11 @@ class LSTMStep(Step):
             h_out = h_new @ p["weight_hr"].T  # (B, P)
         else:
             h_out = h_new
-        return (h_out, c_new), (hr, c, i, f, g, o, c_new, act_c, h_new, a_hat, rstd, c_hat, rstd_c)
+        return (h_out, c_new), (hr, c, i, f, g, o, c_new, act_c, h_new, a, mean, rstd, mean_c, rstd_c)
 
     def step_backward(self, d_state, saved, p, mask=None):
         d_h, d_c = d_state
-        hr, c, i, f, g, o, c_new, act_c, h_new, a_hat, rstd, c_hat, rstd_c = saved
+        hr, c, i, f, g, o, c_new, act_c, h_new, a, mean, rstd, mean_c, rstd_c = saved
         grads = {}
         if self.proj_size:
             grads["weight_hr"] = [(d_h, h_new)]
@@ -282,10 +282,10 @@ class LSTMStep(Step):
         d_o = sigmoid_backward(d_h * act_c, o)
         d_c_out = self.act.backward(d_h * o, act_c)
         if self.layer_norm:
-            grads["ln_weight_c"] = d_c_out * c_hat
+            d_c_out, grads["ln_weight_c"], d_ln_bias = layer_norm_backward(
+                d_c_out, c_new, mean_c, rstd_c, p["ln_weight_c"], p.get("ln_bias_c"))
             if self.bias:
-                grads["ln_bias_c"] = d_c_out
-            d_c_out = layer_norm_backward(d_c_out * p["ln_weight_c"], c_hat, rstd_c)
+                grads["ln_bias_c"] = d_ln_bias
         d_c_new = d_c + d_c_out
         peep = p["weight_peephole"].chunk(self.gates - 1) if self.peephole else None
         if peep:
@@ -310,8 +310,7 @@ class LSTMStep(Step):
         d_xp = torch.cat(d_gates, 1)  # (B, G*H)
         d_pre = d_xp
         if self.layer_norm:
-            grads["ln_weight_hh"] = d_xp * a_hat
-            d_pre = layer_norm_backward(d_xp * p["ln_weight_hh"], a_hat, rstd)
+            d_pre, grads["ln_weight_hh"], _ = layer_norm_backward(d_xp, a, mean, rstd, p["ln_weight_hh"], None)
         grads["weight_hh"] = [(d_pre, hr)]
         d_h_prev = _masked(d_pre @ p["weight_hh"], mask)
         return d_xp, (d_h_prev, d_c_prev), grads
