@@ -7,8 +7,9 @@ padding or parameters of its own (the layers own the parameters):
                                                             b_hh included where it is additive
     cell.step(xp, state, p, mask)       -> state', saved    one step forward; saved is a flat
                                                             tuple of tensors (or None)
-    cell.step_backward(d_state, saved, p, mask)
-                                        -> d_xp, d_state_prev, grads
+    cell.step_backward(d_state, saved, p, mask, out)
+                                        -> d_xp, d_state_prev, grads     (d_xp written into
+                                                            `out` when one is given and the step can)
 
 `p` maps generic parameter names (`weight_hh`, `bias_hh`, ...) to tensors. `state` is `(h,)` or
 `(h, c)`; `h` is both the step's output and its recurrent input. `mask` is the optional
@@ -148,7 +149,7 @@ class RNNStep(Step):
         h_new = self.act.fn(torch.addmm(xp, hr, p["weight_hh"].T))  # (B, H)
         return (h_new,), (hr, h_new)
 
-    def step_backward(self, d_state, saved, p, mask=None):
+    def step_backward(self, d_state, saved, p, mask=None, out=None):
         (d_h,) = d_state
         hr, h_new = saved
         d_pre = self.act.backward(d_h, h_new)  # (B, H)
@@ -272,7 +273,7 @@ class LSTMStep(Step):
             h_out = h_new
         return (h_out, c_new), (hr, c, i, f, g, o, c_new, act_c, h_new, a, mean, rstd, mean_c, rstd_c)
 
-    def step_backward(self, d_state, saved, p, mask=None):
+    def step_backward(self, d_state, saved, p, mask=None, out=None):
         d_h, d_c = d_state
         hr, c, i, f, g, o, c_new, act_c, h_new, a, mean, rstd, mean_c, rstd_c = saved
         grads = {}
@@ -307,7 +308,7 @@ class LSTMStep(Step):
                 d_c_prev = torch.addcmul(d_c_prev, d_i, peep[0])
                 peep_grads.insert(0, d_i * c)
             grads["weight_peephole"] = torch.cat(peep_grads, 1)
-        d_xp = torch.cat(d_gates, 1)  # (B, G*H)
+        d_xp = torch.cat(d_gates, 1, out=out)  # (B, G*H)
         d_pre = d_xp
         if self.layer_norm:
             d_pre, grads["ln_weight_hh"], _ = layer_norm_backward(d_xp, a, mean, rstd, p["ln_weight_hh"], None)
@@ -373,7 +374,7 @@ class GRUStep(Step):
         h_new = torch.lerp(n, h, z)  # n + z * (h - n) = (1 - z) * n + z * h
         return (h_new,), (h, hr, r, z, n, hh_n, rh)
 
-    def step_backward(self, d_state, saved, p, mask=None):
+    def step_backward(self, d_state, saved, p, mask=None, out=None):
         (d_h,) = d_state
         h, hr, r, z, n, hh_n, rh = saved
         H = self.hidden_size
@@ -394,5 +395,5 @@ class GRUStep(Step):
             d_rz = torch.cat([d_r, d_z], 1)  # (B, 2H)
             grads = {"weight_hh": [(d_rz, hr), (d_n, rh)]}
             d_hr = d_rh * r + d_rz @ w[: 2 * H]
-        d_xp = torch.cat([d_r, d_z, d_n], 1)  # (B, 3H)
+        d_xp = torch.cat([d_r, d_z, d_n], 1, out=out)  # (B, 3H)
         return d_xp, (d_h_prev + _masked(d_hr, mask),), grads

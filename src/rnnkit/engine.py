@@ -122,11 +122,16 @@ class _ExplicitBPTT(torch.autograd.Function):
             bs = B if batch_sizes is None else batch_sizes[t]
             d_s = [d[:bs] for d in d_state]
             d_s[0] = d_s[0] + d_out[t, :bs]
+            target = d_xp[t, :bs]
             d_xp_t, d_prev, grads = step.step_backward(
-                d_s, cache[t], params, None if mask is None else mask[:bs])
-            d_xp[t, :bs] = d_xp_t
-            for d, g in zip(d_state, d_prev):
-                d[:bs] = g
+                d_s, cache[t], params, None if mask is None else mask[:bs], out=target)
+            if d_xp_t is not target:
+                target.copy_(d_xp_t)
+            if bs == B:
+                d_state = list(d_prev)
+            else:  # rows bs.. have ended: their gradients wait for their last step
+                for d, g in zip(d_state, d_prev):
+                    d[:bs] = g
             sums.add(t, bs, d_xp_t, grads)
         d_params = [sums.total(name, params[name]) for name in names]
         return (None, None, None, d_xp, None, *d_state, *d_params)
@@ -186,11 +191,12 @@ def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor]
     With `batch_sizes`, rows must be sorted longest first (see the module docstring).
     `mask` (B, P) is the recurrent-dropout mask, reused at every step.
     """
-    if bptt == "autograd":
+    if bptt not in BPTT_MODES:
+        raise ValueError(f"bptt must be one of {', '.join(map(repr, BPTT_MODES))}; got {bptt!r}")
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (xp, *state0, *p.values()))
+    if bptt == "autograd" or not needs_grad:  # inference runs the loop alone, keeping nothing
         out, final, _ = _forward_loop(step, xp, state0, p, batch_sizes, mask, keep_saved=False)
         return out, final
-    if bptt != "explicit":
-        raise ValueError(f"bptt must be one of {', '.join(map(repr, BPTT_MODES))}; got {bptt!r}")
     names = tuple(p)
     out, *final = _ExplicitBPTT.apply(step, batch_sizes, names, xp, mask, *state0, *p.values())
     return out, tuple(final)

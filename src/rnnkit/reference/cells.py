@@ -251,7 +251,7 @@ class GRUCell:
     def step(self, xp, state, p):
         act, _ = ACTIVATIONS[self.activation]
         (h,) = state                                            # (B, H)
-        x_z, x_r, x_n = np.split(xp, 3, axis=1)                 # (B, H) each
+        x_r, x_z, x_n = np.split(xp, 3, axis=1)                 # (B, H) each
         W_hr, W_hz, W_hn = np.split(p["weight_hh"], 3)          # (H, H) each
         b_hr, b_hz, b_hn = np.split(p["bias_hh"], 3)            # (H,) each
         r = sigmoid(x_r + h @ W_hr.T + b_hr)

@@ -74,7 +74,7 @@ def check_args(args):
     for name in ("lr", "clip"):
         value = getattr(args, name)
         if not value > 0 or not np.isfinite(value):
-            raise UsageError(f"--{name} must be a positive number; got {value}")
+            raise UsageError(f"--{name} must be a finite positive number; got {value}")
 
 
 def read_text(path):

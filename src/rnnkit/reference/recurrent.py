@@ -113,9 +113,16 @@ class Recurrent:
         suffix = _suffix(layer, direction)
         return {name: params[name + suffix] for name in self.cell.param_shapes(1)}
 
-    def zero_state(self, batch_size, dtype=float):
+    def zero_state(self, batch_size, dtype):
         L, D, H = self.num_layers, self.num_directions, self.cell.hidden_size
         return tuple(np.zeros((L * D, batch_size, H), dtype) for _ in range(self.cell.num_states))
+
+    def _check_state(self, name, states, batch_size):
+        """A state (or its gradient) must be a tuple of num_states arrays (L*D, B, H)."""
+        shape = (self.num_layers * self.num_directions, batch_size, self.cell.hidden_size)
+        if len(states) != self.cell.num_states or any(s is not None and s.shape != shape for s in states):
+            got = [None if s is None else s.shape for s in states]
+            raise ValueError(f"{name} must be a tuple of {self.cell.num_states} arrays of shape {shape}; got {got}")
 
     def forward(self, params, x, state0=None):
         """Run the stack over x (T, B, I) from state0 (zeros if None).
@@ -123,25 +130,26 @@ class Recurrent:
         Returns out (T, B, D*H), the top layer's h at every step; the final state, as state0;
         and the cache that `backward` needs.
         """
-        if x.ndim != 3 or x.shape[2] != self.input_size:
-            raise ValueError(f"x must have shape (T, B, {self.input_size}); got {x.shape}")
+        if x.ndim != 3 or x.shape[0] < 1 or x.shape[2] != self.input_size:
+            raise ValueError(f"x must have shape (T, B, {self.input_size}) with T >= 1; got {x.shape}")
         D = self.num_directions
         if state0 is None:
             state0 = self.zero_state(x.shape[1], x.dtype)
+        self._check_state("state0", state0, x.shape[1])
         final = [np.empty_like(s) for s in state0]
         cache = []
         inp = x                                                     # (T, B, I), then (T, B, D*H)
         for layer in range(self.num_layers):
             outs = []
             for direction in range(D):
-                k = layer * D + direction
+                index = layer * D + direction                       # in the states: l0, l0_reverse, l1, ...
                 p = self.layer_params(params, layer, direction)
                 seq = inp[::-1] if direction else inp               # the reverse direction reads t = T-1 first
                 xp = seq @ p["weight_ih"].T + p["bias_ih"]          # (T, B, G*H), hoisted out of the loop
-                out, last, caches = run_forward(self.cell, p, xp, tuple(s[k] for s in state0))
+                out, last, caches = run_forward(self.cell, p, xp, tuple(s[index] for s in state0))
                 outs.append(out[::-1] if direction else out)        # back in forward time order
                 for f, s in zip(final, last):
-                    f[k] = s
+                    f[index] = s
                 cache.append((seq, caches))
             inp = np.concatenate(outs, axis=2)                      # (T, B, D*H)
         return inp, tuple(final), cache
@@ -161,20 +169,25 @@ class Recurrent:
         zero = self.zero_state(B, cache[0][0].dtype)
         if d_final is None:
             d_final = zero
+        self._check_state("d_final", d_final, B)
         d_final = tuple(z if d is None else d for z, d in zip(zero, d_final))
         d_state0 = tuple(np.zeros_like(z) for z in zero)
-        d_inp = np.zeros((T, B, D * H), zero[0].dtype) if d_out is None else d_out  # (T, B, D*H)
+        if d_out is None:
+            d_out = np.zeros((T, B, D * H), zero[0].dtype)
+        if d_out.shape != (T, B, D * H):
+            raise ValueError(f"d_out must have the output's shape {(T, B, D * H)}; got {d_out.shape}")
+        d_inp = d_out                                               # (T, B, D*H)
         grads = {}
         for layer in reversed(range(self.num_layers)):
             d_below = 0                                             # dL/d(this layer's input)
             for direction in range(D):
-                k = layer * D + direction
+                index = layer * D + direction
                 p = self.layer_params(params, layer, direction)
-                seq, caches = cache[k]
+                seq, caches = cache[index]
                 d_seq_out = d_inp[:, :, direction * H:(direction + 1) * H]  # (T, B, H), this direction's share
                 if direction:
                     d_seq_out = d_seq_out[::-1]
-                d_xp, d_first, g = run_backward(self.cell, p, caches, d_seq_out, tuple(d[k] for d in d_final))
+                d_xp, d_first, g = run_backward(self.cell, p, caches, d_seq_out, tuple(d[index] for d in d_final))
                 g["weight_ih"] = np.einsum("tbg,tbi->gi", d_xp, seq)  # sum over t and b of d_xp_t x_t^T
                 g["bias_ih"] = d_xp.sum(axis=(0, 1))
                 d_seq = d_xp @ p["weight_ih"]                       # (T, B, this layer's input size)
@@ -182,7 +195,7 @@ class Recurrent:
                 for name, value in g.items():
                     grads[name + _suffix(layer, direction)] = value
                 for d, s in zip(d_state0, d_first):
-                    d[k] = s
+                    d[index] = s
             d_inp = d_below
         return {name: grads[name] for name in self.param_shapes()}, d_inp, d_state0
 
