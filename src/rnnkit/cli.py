@@ -38,7 +38,7 @@ class UsageError(Exception):
 def cmd_info(args) -> int:
     print(f"rnnkit {__version__} (torch {torch.__version__})\n")
     print("Layers RNN, LSTM, GRU (drop-in for torch.nn) and cells RNNCell, LSTMCell, GRUCell.\n"
-          "Every layer also takes lengths= in forward, recurrent_dropout= and bptt= ('explicit' or 'autograd').\n")
+          "Every layer also takes lengths= in forward, recurrent_dropout= and impl= ('auto', 'native', 'engine', 'autograd').\n")
     for title, step in (("RNN / RNNCell", RNNStep), ("LSTM / LSTMCell", LSTMStep), ("GRU / GRUCell", GRUStep)):
         print(f"== {title}")
         print(inspect.cleandoc(step.__doc__))
