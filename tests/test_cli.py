@@ -39,6 +39,10 @@ def test_demo_runs_every_layer_and_matches_torch(capsys):
     (["demo", "--batch", "0"], 2, "--batch, --steps and --hidden must be positive; got 0"),
     (["demo", "--hidden", "x"], 2, "invalid int value: 'x'"),
     (["nonsense"], 2, "invalid choice: 'nonsense'"),
+    (["numpy-demo", "--hidden", "0"], 2, "--hidden"),
+    (["numpy-demo", "--text", "/nonexistent/file.txt"], 1, "/nonexistent/file.txt"),
+    (["bench", "--shapes", "Z"], 2, "--shapes takes a comma-separated subset of A,B,C,D; got 'Z'"),
+    (["bench", "--cases", "LSTM,Nope"], 2, "unknown --cases ['Nope']"),
     ([], 2, "usage: rnnkit"),
 ])
 def test_bad_usage_exits_2_without_traceback(args, code, message):
@@ -46,3 +50,21 @@ def test_bad_usage_exits_2_without_traceback(args, code, message):
     assert result.returncode == code
     assert message in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_numpy_demo_learns(capsys):
+    assert main(["numpy-demo", "--hidden", "16", "--steps", "60", "--sample-every", "30", "--sample-len", "10"]) == 0
+    losses = [float(line.split("loss")[1].split()[0]) for line in capsys.readouterr().out.splitlines()
+              if line.startswith("step")]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+
+
+def test_bench_prints_a_ratio_table(capsys, tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--shapes", "A", "--cases", "GRU reset_before", "--repeats", "1", "--no-memory",
+                 "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| GRU reset_before | A | engine |" in table and "torch " in table
+    import json
+    row = json.loads(out.read_text())["time"][0]
+    assert row["train_ratio"] == row["train_s"] / row["train_ref_s"]

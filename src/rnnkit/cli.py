@@ -1,4 +1,4 @@
-"""The `rnnkit` command: --version, `info` (cells, variants, equations), `demo` and `bench`."""
+"""The `rnnkit` command: --version, `info` (cells, variants, equations), `demo`, `bench`, `numpy-demo`."""
 from __future__ import annotations
 
 import argparse
@@ -115,6 +115,15 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_numpy_demo(args) -> int:
+    from .reference import chardemo
+
+    try:
+        return chardemo.run(args)
+    except chardemo.UsageError as e:
+        raise UsageError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnkit", description=__doc__)
     parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
@@ -136,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bench.set_defaults(fn=cmd_bench)
+    from .reference import chardemo
+
+    numpy_demo = sub.add_parser("numpy-demo", help="a character-level model trained from scratch in NumPy, "
+                                "printing loss and samples (see docs/bptt.md)")
+    chardemo.add_arguments(numpy_demo)
+    numpy_demo.set_defaults(fn=cmd_numpy_demo)
     return parser
 
 
