@@ -1,0 +1,55 @@
+"""The dispatcher: which implementation runs, and clear refusals where torch.nn cannot."""
+import pytest
+import torch
+
+import rnnkit
+from rnnkit import dispatch, engine
+from rnnkit.cells import GRUStep, LSTMStep, RNNStep
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("step,kernel", [
+    (LSTMStep(4), "lstm"), (LSTMStep(4, proj_size=2), "lstm"), (GRUStep(4), "gru"),
+    (RNNStep(4, "tanh"), "rnn_tanh"), (RNNStep(4, "relu"), "rnn_relu"),
+    (LSTMStep(4, peephole=True), None), (LSTMStep(4, coupled=True), None), (LSTMStep(4, layer_norm=True), None),
+    (LSTMStep(4, activation="softsign"), None), (GRUStep(4, reset_after=False), None),
+    (GRUStep(4, activation="softsign"), None), (RNNStep(4, "softsign"), None),
+])
+def test_native_kernel_exists_only_for_torch_configurations(step, kernel):
+    assert dispatch.native_kernel(step) == kernel
+
+
+def test_auto_decisions():
+    lstm, gru = LSTMStep(4), GRUStep(4)
+    assert dispatch.choose("auto", lstm, CPU, 0.0, True, None) == "native"
+    assert dispatch.choose("auto", LSTMStep(4, peephole=True), CPU, 0.0, True, None) == "engine"
+    assert dispatch.choose("auto", lstm, CPU, 0.3, True, None) == "engine"  # recurrent dropout, training
+    assert dispatch.choose("auto", lstm, CPU, 0.3, False, None) == "native"  # ... is off in eval mode
+    assert dispatch.choose("auto", lstm, CPU, 0.0, True, torch.tensor([3, 0])) == "engine"
+    assert dispatch.choose("auto", lstm, CPU, 0.0, True, torch.tensor([3, 1])) == "native"
+    expected = "engine" if ("cpu", "gru") in dispatch.ENGINE_FASTER else "native"
+    assert dispatch.choose("auto", gru, CPU, 0.0, True, None) == expected
+    for impl in ("engine", "autograd"):
+        assert dispatch.choose(impl, lstm, CPU, 0.0, True, None) == impl
+
+
+@pytest.mark.parametrize("kwargs,call,message", [
+    ({"peephole": True}, {}, r"impl='native' needs a configuration torch.nn has"),
+    ({"recurrent_dropout": 0.2}, {}, r"impl='native' cannot run this layer: torch.nn has no recurrent dropout"),
+    ({}, {"lengths": torch.tensor([2, 0])}, r"impl='native' cannot run this layer: .*zero-length"),
+])
+def test_native_refuses_what_torch_cannot_do(kwargs, call, message):
+    with pytest.raises(ValueError, match=message):
+        rnnkit.LSTM(3, 4, impl="native", **kwargs)(torch.randn(5, 2, 3), **call)
+
+
+@pytest.mark.parametrize("impl,expected", [("auto", "native"), ("native", "native"), ("engine", "engine"),
+                                           ("autograd", "autograd")])
+def test_the_layer_runs_the_chosen_path(monkeypatch, impl, expected):
+    ran = []
+    native, run = dispatch.run_native, engine.run
+    monkeypatch.setattr(dispatch, "run_native", lambda *a, **k: ran.append("native") or native(*a, **k))
+    monkeypatch.setattr(engine, "run", lambda *a, **k: ran.append(a[-1] if len(a) > 6 else k.get("bptt")) or run(*a, **k))
+    rnnkit.LSTM(3, 4, impl=impl)(torch.randn(5, 2, 3))
+    assert ran == [{"explicit": "engine"}.get(expected, expected) if expected != "engine" else "explicit"]
