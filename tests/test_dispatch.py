@@ -22,16 +22,18 @@ def test_native_kernel_exists_only_for_torch_configurations(step, kernel):
 
 def test_auto_decisions():
     lstm, gru = LSTMStep(4), GRUStep(4)
-    assert dispatch.choose("auto", lstm, CPU, 0.0, True, None) == "native"
-    assert dispatch.choose("auto", LSTMStep(4, peephole=True), CPU, 0.0, True, None) == "engine"
-    assert dispatch.choose("auto", lstm, CPU, 0.3, True, None) == "engine"  # recurrent dropout, training
-    assert dispatch.choose("auto", lstm, CPU, 0.3, False, None) == "native"  # ... is off in eval mode
-    assert dispatch.choose("auto", lstm, CPU, 0.0, True, torch.tensor([3, 0])) == "engine"
-    assert dispatch.choose("auto", lstm, CPU, 0.0, True, torch.tensor([3, 1])) == "native"
-    expected = "engine" if ("cpu", "gru") in dispatch.ENGINE_FASTER else "native"
-    assert dispatch.choose("auto", gru, CPU, 0.0, True, None) == expected
+    assert dispatch.choose("auto", lstm, CPU, 8, 0.0, True, None) == "native"
+    assert dispatch.choose("auto", LSTMStep(4, peephole=True), CPU, 8, 0.0, True, None) == "engine"
+    assert dispatch.choose("auto", lstm, CPU, 8, 0.3, True, None) == "engine"  # recurrent dropout, training
+    assert dispatch.choose("auto", lstm, CPU, 8, 0.3, False, None) == "native"  # ... is off in eval mode
+    assert dispatch.choose("auto", lstm, CPU, 2, 0.0, True, torch.tensor([3, 0])) == "engine"
+    assert dispatch.choose("auto", lstm, CPU, 2, 0.0, True, torch.tensor([3, 1])) == "native"
+    # GRU on CPU: the engine for small batches, where it measured faster than torch's kernel
+    assert dispatch.choose("auto", gru, CPU, 1, 0.0, True, None) == "engine"
+    assert dispatch.choose("auto", gru, CPU, 128, 0.0, True, None) == "native"
+    assert dispatch.choose("auto", gru, torch.device("cuda"), 1, 0.0, True, None) == "native"
     for impl in ("engine", "autograd"):
-        assert dispatch.choose(impl, lstm, CPU, 0.0, True, None) == impl
+        assert dispatch.choose(impl, lstm, CPU, 8, 0.0, True, None) == impl
 
 
 @pytest.mark.parametrize("kwargs,call,message", [

@@ -18,6 +18,7 @@ import time
 import torch
 
 import rnnkit
+from rnnkit import dispatch
 
 SHAPES = {  # name: (B, T, I, H)
     "A": (128, 28, 28, 128),  # MNIST rows
@@ -91,7 +92,7 @@ def time_case(label: str, shape: str, repeats: int, device: torch.device) -> dic
     ours = cls(I, H, batch_first=True, device=device, **kwargs)
     ref = ref_cls(I, H, batch_first=True, device=device)
     x = torch.randn(B, T, I, device=device)
-    row = {"case": label, "shape": shape, "impl": _impl_used(ours, x)}
+    row = {"case": label, "shape": shape, "impl": _impl_used(ours, x, B)}
     ours.train(), ref.train()
     row["train_s"], row["train_ref_s"] = _median_pair(_train_step(ours, x), _train_step(ref, x), repeats, device)
     row["train_ratio"] = row["train_s"] / row["train_ref_s"]
@@ -102,9 +103,8 @@ def time_case(label: str, shape: str, repeats: int, device: torch.device) -> dic
     return row
 
 
-def _impl_used(layer, x) -> str:
-    from .dispatch import choose
-    return choose(layer.impl, layer.step, x.device, layer.recurrent_dropout, True, None)
+def _impl_used(layer, x, batch) -> str:
+    return dispatch.choose(layer.impl, layer.step, x.device, batch, layer.recurrent_dropout, True, None)
 
 
 PEAK_SCRIPT = """

@@ -19,9 +19,12 @@ from .cells import GRUStep, LSTMStep, RNNStep, Step
 
 IMPLS = ("auto", "native", "engine", "autograd")
 
-# (device type, kernel) pairs where the engine beat PyTorch's kernel in benchmarks/bench_layers.py
-# (train step and inference, every benchmark shape); everywhere else native wins where it can run.
-ENGINE_FASTER = frozenset({("cpu", "gru")})
+
+def engine_is_faster(device_type: str, kernel: str, batch: int) -> bool:
+    """Where both can run, whether the engine beat PyTorch's kernel in `rnnkit bench` (2-core CPU,
+    torch 2.13): on CPU PyTorch's GRU is not fused like its LSTM, and the engine wins up to a batch
+    of 32 (0.46x at B=1, even at B=32, 1.06-1.14x slower at B=64-128). Elsewhere native wins."""
+    return device_type == "cpu" and kernel == "gru" and batch <= 32
 
 
 def native_kernel(step: Step) -> str | None:
@@ -47,8 +50,8 @@ def why_not_native(step: Step, recurrent_dropout: float, training: bool, lengths
     return None
 
 
-def choose(impl: str, step: Step, device: torch.device, recurrent_dropout: float, training: bool,
-           lengths: Tensor | None) -> str:
+def choose(impl: str, step: Step, device: torch.device, batch: int, recurrent_dropout: float,
+           training: bool, lengths: Tensor | None) -> str:
     """Resolve `impl` to "native", "engine" or "autograd" for one forward call."""
     if impl in ("engine", "autograd"):
         return impl
@@ -57,7 +60,7 @@ def choose(impl: str, step: Step, device: torch.device, recurrent_dropout: float
         if reason:
             raise ValueError(f"impl='native' cannot run this layer: {reason}")
         return "native"
-    if reason or (device.type, native_kernel(step).split("_")[0]) in ENGINE_FASTER:
+    if reason or engine_is_faster(device.type, native_kernel(step), batch):
         return "engine"
     return "native"
 
