@@ -35,6 +35,22 @@ def _check_prob(value, name: str) -> float:
     return float(value)
 
 
+def check_lengths(lengths, T: int, B: int) -> Tensor:
+    """Validate `lengths=` for an input of T steps and B sequences; returns an int64 tensor."""
+    if not isinstance(lengths, Tensor):
+        lengths = torch.as_tensor(lengths)
+    if lengths.dim() == 0:
+        lengths = lengths.reshape(1)
+    if lengths.dim() != 1 or lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be a 1-D integer tensor; got dtype {lengths.dtype}, shape {tuple(lengths.shape)}")
+    if lengths.numel() != B:
+        raise ValueError(f"lengths has {lengths.numel()} entries; expected one per sequence, batch size {B}")
+    lo, hi = (int(lengths.min()), int(lengths.max())) if B else (0, 0)
+    if lo < 0 or hi > T:
+        raise ValueError(f"lengths must lie in [0, {T}] (the input's time steps); got min {lo}, max {hi}")
+    return lengths.long()
+
+
 def _init_parameters(module: nn.Module, step: Step, named: dict[str, str], forget_bias: float | None):
     """torch.nn's init, U(-1/sqrt(H), 1/sqrt(H)), for weights, biases and peepholes; layer-norm
     gains 1 and biases 0; then the forget-gate bias, if one is asked for."""
@@ -146,7 +162,7 @@ class _Recurrent(nn.Module):
         else:
             x, batched = self._check_input(input)
             if lengths is not None:
-                lengths = self._check_lengths(lengths, x.shape[0], x.shape[1])
+                lengths = check_lengths(lengths, x.shape[0], x.shape[1])
         T, B = x.shape[:2]
         states = self._check_state(hx, B, batched, x)
         if lengths is not None and perm is None:
@@ -220,20 +236,6 @@ class _Recurrent(nn.Module):
         if not batched:
             return input.unsqueeze(1), False  # (T, 1, I)
         return (input.transpose(0, 1) if self.batch_first else input), True
-
-    def _check_lengths(self, lengths, T: int, B: int) -> Tensor:
-        if not isinstance(lengths, Tensor):
-            lengths = torch.as_tensor(lengths)
-        if lengths.dim() == 0:
-            lengths = lengths.reshape(1)
-        if lengths.dim() != 1 or lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-            raise ValueError(f"lengths must be a 1-D integer tensor; got dtype {lengths.dtype}, shape {tuple(lengths.shape)}")
-        if lengths.numel() != B:
-            raise ValueError(f"lengths has {lengths.numel()} entries; expected one per sequence, batch size {B}")
-        lo, hi = (int(lengths.min()), int(lengths.max())) if B else (0, 0)
-        if lo < 0 or hi > T:
-            raise ValueError(f"lengths must lie in [0, {T}] (the input's time steps); got min {lo}, max {hi}")
-        return lengths.long()
 
     def _state_shapes(self, B: int, batched: bool) -> list[tuple[int, ...]]:
         LD = self.num_layers * self.num_directions
