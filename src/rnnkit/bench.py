@@ -7,7 +7,6 @@ process. Ratios below 1 mean rnnkit is faster or smaller.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics

@@ -35,6 +35,18 @@ def _check_prob(value, name: str) -> float:
     return float(value)
 
 
+def _check_choice(value, name: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def _warn_if_dropout_is_inert(dropout: float, num_layers: int) -> None:
+    if dropout > 0 and num_layers == 1:
+        warnings.warn(f"dropout={dropout} has no effect with num_layers=1: rnnkit applies "
+                      "dropout between layers only, as torch.nn does", stacklevel=4)
+
+
 def check_lengths(lengths, T: int, B: int) -> Tensor:
     """Validate `lengths=` for an input of T steps and B sequences; returns an int64 tensor."""
     if not isinstance(lengths, Tensor):
@@ -85,14 +97,10 @@ class _Recurrent(nn.Module):
         self.dropout = _check_prob(dropout, "dropout")
         self.bidirectional = bool(bidirectional)
         self.recurrent_dropout = _check_prob(recurrent_dropout, "recurrent_dropout")
-        if impl not in dispatch.IMPLS:
-            raise ValueError(f"impl must be one of {', '.join(map(repr, dispatch.IMPLS))}; got {impl!r}")
+        self.impl = _check_choice(impl, "impl", dispatch.IMPLS)
         if impl == "native" and dispatch.native_kernel(step) is None:
             raise ValueError(f"impl='native' needs a configuration torch.nn has; {step} is not one")
-        self.impl = impl
-        if self.dropout > 0 and self.num_layers == 1:
-            warnings.warn(f"dropout={self.dropout} has no effect with num_layers=1: rnnkit applies "
-                          "dropout between layers only, as torch.nn does", stacklevel=3)
+        _warn_if_dropout_is_inert(self.dropout, self.num_layers)
         D, P = self.num_directions, step.output_size
         factory = {"device": device, "dtype": dtype}
         self._names = []  # per (layer, direction): generic name -> attribute name
