@@ -28,8 +28,9 @@ def test_auto_decisions():
     assert dispatch.choose("auto", lstm, CPU, 8, 0.3, False, None) == "native"  # ... is off in eval mode
     assert dispatch.choose("auto", lstm, CPU, 2, 0.0, True, torch.tensor([3, 0])) == "engine"
     assert dispatch.choose("auto", lstm, CPU, 2, 0.0, True, torch.tensor([3, 1])) == "native"
-    # GRU on CPU: the engine for small batches, where it measured faster than torch's kernel
+    # GRU on CPU: the engine for small batches when a backward follows, where it measured faster
     assert dispatch.choose("auto", gru, CPU, 1, 0.0, True, None) == "engine"
+    assert dispatch.choose("auto", gru, CPU, 1, 0.0, False, None, recording=False) == "native"
     assert dispatch.choose("auto", gru, CPU, 128, 0.0, True, None) == "native"
     assert dispatch.choose("auto", gru, torch.device("cuda"), 1, 0.0, True, None) == "native"
     for impl in ("engine", "autograd"):
@@ -55,3 +56,14 @@ def test_the_layer_runs_the_chosen_path(monkeypatch, impl, expected):
     monkeypatch.setattr(engine, "run", lambda *a, **k: ran.append(a[-1] if len(a) > 6 else k.get("bptt")) or run(*a, **k))
     rnnkit.LSTM(3, 4, impl=impl)(torch.randn(5, 2, 3))
     assert ran == [{"explicit": "engine"}.get(expected, expected) if expected != "engine" else "explicit"]
+
+
+def test_gru_inference_and_training_paths(monkeypatch):
+    ran = []
+    native = dispatch.run_native
+    monkeypatch.setattr(dispatch, "run_native", lambda *a, **k: ran.append("native") or native(*a, **k))
+    gru = rnnkit.GRU(3, 4)
+    gru(torch.randn(5, 1, 3))  # batch of one, recording: the engine
+    with torch.no_grad():
+        gru(torch.randn(5, 1, 3))  # no backward to follow: torch's kernel
+    assert ran == ["native"]

@@ -91,7 +91,7 @@ def time_case(label: str, shape: str, repeats: int, device: torch.device) -> dic
     ours = cls(I, H, batch_first=True, device=device, **kwargs)
     ref = ref_cls(I, H, batch_first=True, device=device)
     x = torch.randn(B, T, I, device=device)
-    row = {"case": label, "shape": shape, "impl": _impl_used(ours, x, B)}
+    row = {"case": label, "shape": shape, "impl": _impl_used(ours, x, B, True)}
     ours.train(), ref.train()
     row["train_s"], row["train_ref_s"] = _median_pair(_train_step(ours, x), _train_step(ref, x), repeats, device)
     row["train_ratio"] = row["train_s"] / row["train_ref_s"]
@@ -99,11 +99,13 @@ def time_case(label: str, shape: str, repeats: int, device: torch.device) -> dic
         ours.eval(), ref.eval()
         row["infer_s"], row["infer_ref_s"] = _median_pair(_inference(ours, x), _inference(ref, x), repeats, device)
         row["infer_ratio"] = row["infer_s"] / row["infer_ref_s"]
+        row["infer_impl"] = _impl_used(ours, x, B, False)
     return row
 
 
-def _impl_used(layer, x, batch) -> str:
-    return dispatch.choose(layer.impl, layer.step, x.device, batch, layer.recurrent_dropout, True, None)
+def _impl_used(layer, x, batch, recording) -> str:
+    return dispatch.choose(layer.impl, layer.step, x.device, batch, layer.recurrent_dropout, recording, None,
+                           recording=recording)
 
 
 PEAK_SCRIPT = """
@@ -162,10 +164,10 @@ def format_table(result: dict) -> str:
              f"{m['cores']} cores, {m['threads']} threads; device {result['device']}; "
              f"median of {result['repeats']}",
              "",
-             "| case | shape | path | train ratio | infer ratio | train ms | torch.nn train ms |",
-             "|---|---|---|---|---|---|---|"]
+             "| case | shape | train path | train ratio | infer path | infer ratio | train ms | torch.nn train ms |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in result["time"]:
-        infer = f"{r['infer_ratio']:.2f}" if "infer_ratio" in r else "-"
+        infer = f"{r['infer_impl']} | {r['infer_ratio']:.2f}" if "infer_ratio" in r else "- | -"
         lines.append(f"| {r['case']} | {r['shape']} | {r['impl']} | {r['train_ratio']:.2f} | {infer} | "
                      f"{r['train_s'] * 1e3:.1f} | {r['train_ref_s'] * 1e3:.1f} |")
     if result["memory"]:

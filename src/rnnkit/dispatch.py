@@ -20,11 +20,12 @@ from .cells import GRUStep, LSTMStep, RNNStep, Step
 IMPLS = ("auto", "native", "engine", "autograd")
 
 
-def engine_is_faster(device_type: str, kernel: str, batch: int) -> bool:
+def engine_is_faster(device_type: str, kernel: str, batch: int, recording: bool) -> bool:
     """Where both can run, whether the engine beat PyTorch's kernel in `rnnkit bench` (2-core CPU,
-    torch 2.13): on CPU PyTorch's GRU is not fused like its LSTM, and the engine wins up to a batch
-    of 32 (0.46x at B=1, even at B=32, 1.06-1.14x slower at B=64-128). Elsewhere native wins."""
-    return device_type == "cpu" and kernel == "gru" and batch <= 32
+    torch 2.13). On CPU PyTorch's GRU is not fused like its LSTM, and the engine's train step wins at
+    small batches (0.45x at B=1, 1.09x slower at B=32, 1.02-1.04x at B=64-128); without gradients
+    PyTorch's kernel wins everywhere (the engine is 1.38x slower at B=1). Elsewhere native wins."""
+    return device_type == "cpu" and kernel == "gru" and batch <= 16 and recording
 
 
 def native_kernel(step: Step) -> str | None:
@@ -51,8 +52,9 @@ def why_not_native(step: Step, recurrent_dropout: float, training: bool, lengths
 
 
 def choose(impl: str, step: Step, device: torch.device, batch: int, recurrent_dropout: float,
-           training: bool, lengths: Tensor | None) -> str:
-    """Resolve `impl` to "native", "engine" or "autograd" for one forward call."""
+           training: bool, lengths: Tensor | None, recording: bool = True) -> str:
+    """Resolve `impl` to "native", "engine" or "autograd" for one forward call (`recording`:
+    whether autograd records it, i.e. a backward pass will follow)."""
     if impl in ("engine", "autograd"):
         return impl
     reason = why_not_native(step, recurrent_dropout, training, lengths)
@@ -60,7 +62,7 @@ def choose(impl: str, step: Step, device: torch.device, batch: int, recurrent_dr
         if reason:
             raise ValueError(f"impl='native' cannot run this layer: {reason}")
         return "native"
-    if reason or engine_is_faster(device.type, native_kernel(step), batch):
+    if reason or engine_is_faster(device.type, native_kernel(step), batch, recording):
         return "engine"
     return "native"
 

@@ -180,7 +180,8 @@ class _Recurrent(nn.Module):
             x = x.index_select(1, perm.to(x.device))
             states = tuple(s.index_select(1, perm.to(s.device)) for s in states)
             lengths = lengths.index_select(0, perm.to(lengths.device))
-        impl = dispatch.choose(self.impl, self.step, x.device, B, self.recurrent_dropout, self.training, lengths)
+        impl = dispatch.choose(self.impl, self.step, x.device, B, self.recurrent_dropout, self.training, lengths,
+                               recording=torch.is_grad_enabled())
         if impl == "native":
             out, finals = dispatch.run_native(self.step, [w for ws in self.all_weights for w in ws], x, states,
                                               lengths, self.num_layers, self.dropout, self.training, self.bidirectional)
