@@ -16,3 +16,9 @@ def test_ci_runs_the_readme_test_command():
     assert ci == [test_command]
     for command in (main_job, test_command):
         assert "torch==2.13.0" in command  # never an unpinned torch, which would pull CUDA builds
+
+
+def test_readme_usage_example_runs():
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Use", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    exec(compile(block, "README.md", "exec"), {})
