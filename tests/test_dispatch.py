@@ -33,6 +33,10 @@ def test_auto_decisions():
     assert dispatch.choose("auto", gru, CPU, 1, 0.0, False, None, recording=False) == "native"
     assert dispatch.choose("auto", gru, CPU, 128, 0.0, True, None) == "native"
     assert dispatch.choose("auto", gru, torch.device("cuda"), 1, 0.0, True, None) == "native"
+    # LSTM with a projection on CPU: oneDNN has none, and the engine's train step measured faster
+    proj = LSTMStep(4, proj_size=2)
+    assert dispatch.choose("auto", proj, CPU, 64, 0.0, True, None) == "engine"
+    assert dispatch.choose("auto", proj, CPU, 64, 0.0, False, None, recording=False) == "native"
     for impl in ("engine", "autograd"):
         assert dispatch.choose(impl, lstm, CPU, 8, 0.0, True, None) == impl
 

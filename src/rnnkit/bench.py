@@ -25,11 +25,13 @@ SHAPES = {  # name: (B, T, I, H)
     "C": (32, 512, 32, 128),  # long sequences
     "D": (1, 200, 64, 512),  # batch of one
 }
-# label: (rnnkit class, keywords, torch.nn class it is compared with, train only)
+# label: (rnnkit class, keywords, the torch.nn class it is compared with, train only); "H/2" is
+# replaced by half the hidden size, and the torch.nn layer gets proj_size too
 CASES = {
     "LSTM": (rnnkit.LSTM, {}, torch.nn.LSTM, False),
     "GRU": (rnnkit.GRU, {}, torch.nn.GRU, False),
     "RNN tanh": (rnnkit.RNN, {}, torch.nn.RNN, False),
+    "LSTM proj_size=H/2": (rnnkit.LSTM, {"proj_size": "H/2"}, torch.nn.LSTM, False),
     "LSTM peephole": (rnnkit.LSTM, {"peephole": True}, torch.nn.LSTM, False),
     "LSTM coupled": (rnnkit.LSTM, {"coupled": True}, torch.nn.LSTM, False),
     "LSTM layer_norm": (rnnkit.LSTM, {"layer_norm": True}, torch.nn.LSTM, False),
@@ -37,6 +39,17 @@ CASES = {
     "GRU reset_before": (rnnkit.GRU, {"reset_after": False}, torch.nn.GRU, False),
     "LSTM recurrent_dropout": (rnnkit.LSTM, {"recurrent_dropout": 0.25}, torch.nn.LSTM, True),
 }
+
+
+def build(label: str, shape: str, device=None):
+    """The rnnkit layer of a case, the torch.nn layer it is compared with, and an input."""
+    cls, kwargs, ref_cls, _ = CASES[label]
+    B, T, I, H = SHAPES[shape]
+    kwargs = {k: H // 2 if v == "H/2" else v for k, v in kwargs.items()}
+    ref_kwargs = {"proj_size": kwargs["proj_size"]} if "proj_size" in kwargs else {}
+    ours = cls(I, H, batch_first=True, device=device, **kwargs)
+    ref = ref_cls(I, H, batch_first=True, device=device, **ref_kwargs)
+    return ours, ref, torch.randn(B, T, I, device=device)
 
 
 def machine() -> dict:
@@ -85,12 +98,11 @@ def _median_pair(fn_a, fn_b, repeats: int, device) -> tuple[float, float]:
 
 
 def time_case(label: str, shape: str, repeats: int, device: torch.device) -> dict:
-    cls, kwargs, ref_cls, train_only = CASES[label]
-    B, T, I, H = SHAPES[shape]
+    """Median train-step and inference times of one case at one shape, and their ratios."""
+    train_only = CASES[label][3]
+    B = SHAPES[shape][0]
     torch.manual_seed(0)
-    ours = cls(I, H, batch_first=True, device=device, **kwargs)
-    ref = ref_cls(I, H, batch_first=True, device=device)
-    x = torch.randn(B, T, I, device=device)
+    ours, ref, x = build(label, shape, device)
     row = {"case": label, "shape": shape, "impl": _impl_used(ours, x, B, True)}
     ours.train(), ref.train()
     row["train_s"], row["train_ref_s"] = _median_pair(_train_step(ours, x), _train_step(ref, x), repeats, device)
@@ -110,17 +122,15 @@ def _impl_used(layer, x, batch, recording) -> str:
 
 PEAK_SCRIPT = """
 import sys, torch, rnnkit
-from rnnkit.bench import CASES, SHAPES
+from rnnkit.bench import build
 
 def status(key):  # KiB, from the kernel's accounting of this process
     with open("/proc/self/status") as f:
         return int(next(line.split()[1] for line in f if line.startswith(key + ":")))
 
 label, shape, which = sys.argv[1], sys.argv[2], sys.argv[3]
-cls, kwargs, ref_cls, _ = CASES[label]
-B, T, I, H = SHAPES[shape]
-layer = cls(I, H, batch_first=True, **kwargs) if which == "rnnkit" else ref_cls(I, H, batch_first=True)
-x = torch.randn(B, T, I)
+ours, ref, x = build(label, shape)
+layer = ours if which == "rnnkit" else ref
 layer(x)[0].sum().backward()  # warm-up: lazy initialisation is not the step's memory
 layer.zero_grad(set_to_none=True)
 with open("/proc/self/clear_refs", "w") as f:

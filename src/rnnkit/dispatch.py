@@ -20,12 +20,18 @@ from .cells import GRUStep, LSTMStep, RNNStep, Step
 IMPLS = ("auto", "native", "engine", "autograd")
 
 
-def engine_is_faster(device_type: str, kernel: str, batch: int, recording: bool) -> bool:
+def engine_is_faster(device_type: str, step: Step, batch: int, recording: bool) -> bool:
     """Where both can run, whether the engine beat PyTorch's kernel in `rnnkit bench` (2-core CPU,
-    torch 2.13). On CPU PyTorch's GRU is not fused like its LSTM, and the engine's train step wins at
-    small batches (0.45x at B=1, 1.09x slower at B=32, 1.02-1.04x at B=64-128); without gradients
-    PyTorch's kernel wins everywhere (the engine is 1.38x slower at B=1). Elsewhere native wins."""
-    return device_type == "cpu" and kernel == "gru" and batch <= 16 and recording
+    torch 2.13). Only train steps on CPU, where two of PyTorch's kernels are not oneDNN's fused ones:
+      - GRU: the engine wins at small batches (0.45x at B=1; 1.09x slower at B=32, 1.02-1.04x at
+        B=64-128);
+      - LSTM with proj_size (oneDNN has no projection): the engine is 0.42-0.85x at shapes B-D,
+        even at A.
+    Without gradients PyTorch's kernel wins everywhere (the engine is 1.03-1.38x slower)."""
+    if device_type != "cpu" or not recording:
+        return False
+    kernel = native_kernel(step)
+    return (kernel == "gru" and batch <= 16) or (kernel == "lstm" and step.proj_size > 0)
 
 
 def native_kernel(step: Step) -> str | None:
@@ -62,7 +68,7 @@ def choose(impl: str, step: Step, device: torch.device, batch: int, recurrent_dr
         if reason:
             raise ValueError(f"impl='native' cannot run this layer: {reason}")
         return "native"
-    if reason or engine_is_faster(device.type, native_kernel(step), batch, recording):
+    if reason or engine_is_faster(device.type, step, batch, recording):
         return "engine"
     return "native"
 
