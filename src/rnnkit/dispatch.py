@@ -22,11 +22,10 @@ IMPLS = ("auto", "native", "engine", "autograd")
 
 def engine_is_faster(device_type: str, step: Step, batch: int, recording: bool) -> bool:
     """Where both can run, whether the engine beat PyTorch's kernel in `rnnkit bench` (2-core CPU,
-    torch 2.13). Only train steps on CPU, where two of PyTorch's kernels are not oneDNN's fused ones:
-      - GRU: the engine wins at small batches (0.45x at B=1; 1.09x slower at B=32, 1.02-1.04x at
-        B=64-128);
-      - LSTM with proj_size (oneDNN has no projection): the engine is 0.42-0.85x at shapes B-D,
-        even at A.
+    torch 2.13; the README's speed table). Only train steps on CPU, where two of PyTorch's kernels
+    are not oneDNN's fused ones:
+      - GRU: the engine wins at small batches (0.44x at B=1; 1.09x slower at B=32);
+      - LSTM with proj_size (oneDNN has no projection): the engine is 0.44-1.01x.
     Without gradients PyTorch's kernel wins everywhere (the engine is 1.03-1.38x slower)."""
     if device_type != "cpu" or not recording:
         return False
