@@ -63,6 +63,17 @@ def check_lengths(lengths, T: int, B: int) -> Tensor:
     return lengths.long()
 
 
+def check_sequence_input(input: Tensor, input_size: int, dtype: torch.dtype) -> None:
+    """A sequence tensor: (T, B, I) or (B, T, I) batched, (T, I) unbatched, in the parameters' dtype."""
+    if input.dim() not in (2, 3):
+        raise ValueError(f"input must be 3-D (batched) or 2-D (unbatched); got shape {tuple(input.shape)}")
+    if input.shape[-1] != input_size:
+        raise ValueError(f"input has {input.shape[-1]} features (shape {tuple(input.shape)}); "
+                         f"expected input_size={input_size}")
+    if input.dtype != dtype:
+        raise ValueError(f"input has dtype {input.dtype}; the layer's parameters are {dtype}")
+
+
 def _init_parameters(module: nn.Module, step: Step, named: dict[str, str], forget_bias: float | None):
     """torch.nn's init, U(-1/sqrt(H), 1/sqrt(H)), for weights, biases and peepholes; layer-norm
     gains 1 and biases 0; then the forget-gate bias, if one is asked for."""
@@ -233,14 +244,7 @@ class _Recurrent(nn.Module):
     def _check_input(self, input) -> tuple[Tensor, bool]:
         if not isinstance(input, Tensor):
             raise TypeError(f"input must be a Tensor or PackedSequence; got {type(input).__name__}")
-        if input.dim() not in (2, 3):
-            raise ValueError(f"input must be 3-D (batched) or 2-D (unbatched); got shape {tuple(input.shape)}")
-        if input.shape[-1] != self.input_size:
-            raise ValueError(f"input has {input.shape[-1]} features (shape {tuple(input.shape)}); "
-                             f"expected input_size={self.input_size}")
-        dtype = self.weight_ih_l0.dtype
-        if input.dtype != dtype:
-            raise ValueError(f"input has dtype {input.dtype}; the layer's parameters are {dtype}")
+        check_sequence_input(input, self.input_size, self.weight_ih_l0.dtype)
         batched = input.dim() == 3
         if not batched:
             return input.unsqueeze(1), False  # (T, 1, I)

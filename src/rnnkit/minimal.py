@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import _check_choice, _check_int, _check_prob, _warn_if_dropout_is_inert, check_lengths
+from .layers import (_check_choice, _check_int, _check_prob, _warn_if_dropout_is_inert, check_lengths,
+                     check_sequence_input)
 
 MODES = ("auto", "parallel", "sequential")
 
@@ -267,12 +268,7 @@ class _MinimalRNN(nn.Module):
         if not isinstance(input, Tensor):
             hint = " (pass the padded tensor with lengths= instead)" if type(input).__name__ == "PackedSequence" else ""
             raise TypeError(f"input must be a Tensor; got {type(input).__name__}{hint}")
-        if input.dim() not in (2, 3):
-            raise ValueError(f"input must be 3-D (batched) or 2-D (unbatched); got shape {tuple(input.shape)}")
-        if input.shape[-1] != self.input_size:
-            raise ValueError(f"input has {input.shape[-1]} features (shape {tuple(input.shape)}); "
-                             f"expected input_size={self.input_size}")
-        self._check_dtype(input)
+        check_sequence_input(input, self.input_size, self.weight_ih_l0.dtype)
         if input.dim() == 2:
             return input.unsqueeze(1), False  # (T, 1, I)
         return (input.transpose(0, 1) if self.batch_first else input), True
