@@ -22,7 +22,8 @@ def test_info_lists_every_cell_with_its_equations(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     for needle in ("h' = act(W_ih x + b_ih + W_hh h + b_hh)", "c' = f * c + i * g", "coupled", "peephole",
-                   "layer_norm", "h' = (1 - z) * n + z * h", "reset_after=False", "softsign"):
+                   "layer_norm", "h' = (1 - z) * n + z * h", "reset_after=False", "softsign",
+                   "minGRU:   z = sigmoid(W_z x + b_z)", "native    PyTorch's fused kernel"):
         assert needle in out, needle
 
 

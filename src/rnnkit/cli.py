@@ -10,7 +10,7 @@ import warnings
 
 import torch
 
-from . import __version__
+from . import __version__, dispatch, minimal
 from .cells import GRUStep, LSTMStep, RNNStep
 from .layers import GRU, LSTM, RNN
 
@@ -39,9 +39,11 @@ def cmd_info(args) -> int:
     print(f"rnnkit {__version__} (torch {torch.__version__})\n")
     print("Layers RNN, LSTM, GRU (drop-in for torch.nn) and cells RNNCell, LSTMCell, GRUCell.\n"
           "Every layer also takes lengths= in forward, recurrent_dropout= and impl= ('auto', 'native', 'engine', 'autograd').\n")
-    for title, step in (("RNN / RNNCell", RNNStep), ("LSTM / LSTMCell", LSTMStep), ("GRU / GRUCell", GRUStep)):
+    for title, doc in (("RNN / RNNCell", RNNStep.__doc__), ("LSTM / LSTMCell", LSTMStep.__doc__),
+                       ("GRU / GRUCell", GRUStep.__doc__), ("MinGRU / MinLSTM", minimal.__doc__),
+                       ("Which implementation runs (impl=)", dispatch.__doc__)):
         print(f"== {title}")
-        print(inspect.cleandoc(step.__doc__))
+        print(inspect.cleandoc(doc))
         print()
     return 0
 

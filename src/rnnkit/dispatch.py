@@ -5,8 +5,8 @@
   engine    rnnkit's time loop with hand-written BPTT (engine.run, bptt="explicit").
   autograd  the same loop recorded by autograd: the reference, and twice differentiable.
 
-`impl="auto"` picks native where it can run and is the faster of the two on that device, and
-the engine otherwise. Both give the same numbers (tests/test_layers.py runs the torch.nn parity
+`impl="auto"` picks native where it can run and is the faster of the two for that device, batch
+size and kind of call (`engine_is_faster`, from measurements), and the engine otherwise. Both give the same numbers (tests/test_layers.py runs the torch.nn parity
 suite through each).
 """
 from __future__ import annotations
