@@ -193,6 +193,14 @@ def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor]
     """
     if bptt not in BPTT_MODES:
         raise ValueError(f"bptt must be one of {', '.join(map(repr, BPTT_MODES))}; got {bptt!r}")
+    device_type = xp.device.type
+    if torch.is_autocast_enabled(device_type):
+        # the loop mixes many ops: run all of it in autocast's dtype, casting once, differentiably
+        dtype = torch.get_autocast_dtype(device_type)
+        cast = lambda t: t.to(dtype) if t is not None and t.is_floating_point() else t  # noqa: E731
+        with torch.autocast(device_type, enabled=False):
+            return run(step, cast(xp), tuple(map(cast, state0)), {k: cast(v) for k, v in p.items()},
+                       batch_sizes, cast(mask), bptt)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (xp, *state0, *p.values()))
     if bptt == "autograd" or not needs_grad:  # inference runs the loop alone, keeping nothing
         out, final, _ = _forward_loop(step, xp, state0, p, batch_sizes, mask, keep_saved=False)
