@@ -6,8 +6,8 @@
   autograd  the same loop recorded by autograd: the reference, and twice differentiable.
 
 `impl="auto"` picks native where it can run and is the faster of the two for that device, batch
-size and kind of call (`engine_is_faster`, from measurements), and the engine otherwise. Both give the same numbers (tests/test_layers.py runs the torch.nn parity
-suite through each).
+size and kind of call (`engine_is_faster`, from measurements), and the engine otherwise. Both
+give the same numbers (tests/test_layers.py runs the torch.nn parity suite through each).
 """
 from __future__ import annotations
 

@@ -158,7 +158,7 @@ class _TimeSums:
         for name, g in grads.items():
             if isinstance(g, Tensor) and g.dim() == 1:  # vector parameter, summed over the batch
                 if name not in self.buffers:
-                    self.buffers[name] = self.new(self.d_xp.shape[0], 1, g.shape[0]).zero_()
+                    self.buffers[name] = self.new(self.d_xp.shape[0], 1, g.shape[0])
                 self.buffers[name][t, 0] = g
                 continue
             if isinstance(g, Tensor):  # vector parameter, one row per sequence

@@ -70,6 +70,10 @@ def check_sequence_input(input: Tensor, input_size: int, dtype: torch.dtype) -> 
     if input.shape[-1] != input_size:
         raise ValueError(f"input has {input.shape[-1]} features (shape {tuple(input.shape)}); "
                          f"expected input_size={input_size}")
+    check_input_dtype(input, dtype)
+
+
+def check_input_dtype(input: Tensor, dtype: torch.dtype) -> None:
     if input.dtype != dtype:
         raise ValueError(f"input has dtype {input.dtype}; the layer's parameters are {dtype}")
 

@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import (_check_choice, _check_int, _check_prob, _warn_if_dropout_is_inert, check_lengths,
-                     check_sequence_input)
+from .layers import (_check_choice, _check_int, _check_prob, _warn_if_dropout_is_inert, check_input_dtype,
+                     check_lengths, check_sequence_input)
 
 MODES = ("auto", "parallel", "sequential")
 
@@ -198,7 +198,7 @@ class _MinimalRNN(nn.Module):
         if input.dim() != 2 or input.shape[1] != self.input_size:
             raise ValueError(f"input must have shape (batch, input_size={self.input_size}) for one step; "
                              f"got {tuple(input.shape)}")
-        self._check_dtype(input)
+        check_input_dtype(input, self.weight_ih_l0.dtype)
         x = input.unsqueeze(0)  # (1, B, I)
         out, h = self._run(x, self._check_state(hx, x.shape[1], True, x), None, use_scan=False)
         return out[0], h
@@ -259,11 +259,6 @@ class _MinimalRNN(nn.Module):
         return h.masked_fill(~valid, 0), h_n
 
     # -- validation --------------------------------------------------------------------------
-    def _check_dtype(self, input: Tensor) -> None:
-        dtype = self.weight_ih_l0.dtype
-        if input.dtype != dtype:
-            raise ValueError(f"input has dtype {input.dtype}; the layer's parameters are {dtype}")
-
     def _check_input(self, input) -> tuple[Tensor, bool]:
         if not isinstance(input, Tensor):
             hint = " (pass the padded tensor with lengths= instead)" if type(input).__name__ == "PackedSequence" else ""
