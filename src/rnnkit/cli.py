@@ -1,4 +1,5 @@
-"""The `rnnkit` command: --version, `info` (cells, variants, equations), `demo`, `bench`, `numpy-demo`."""
+"""The `rnnkit` command: `train TASK`, `eval`, `predict`, `data download`, `info`, `demo`, `bench`,
+`numpy-demo`. Exit codes: 0 success, 2 usage error, 1 runtime error (no traceback unless --debug)."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +14,7 @@ import torch
 from . import __version__, dispatch, minimal
 from .cells import GRUStep, LSTMStep, RNNStep
 from .layers import GRU, LSTM, RNN
+from .training.config import ConfigError  # standard library only, like this module's other imports
 
 # (label, rnnkit layer, keyword arguments, the torch.nn layer with the same math or None)
 DEMO_LAYERS = [
@@ -126,11 +128,120 @@ def cmd_numpy_demo(args) -> int:
         raise UsageError(str(e)) from None
 
 
+TRAIN_EXTRAS_MISSING = "this command needs rnnkit's training extras: pip install 'rnnkit[train]' (missing: {})"
+
+
+def _print_metrics(title: str, metrics: dict) -> None:
+    print(title)
+    for name, value in metrics.items():
+        print(f"  {name:12s} {value:.4f}")
+
+
+def cmd_train(args) -> int:
+    from .tasks import get_task
+    from .training import config, run
+
+    task = get_task(args.task)
+    given = config.given_options(task.config_class, args)
+    cfg = run.resume_config(task, given.get("out", ""), given) if given.get("resume") else task.config_class(**given)
+    result = run.train(task, cfg)
+    if "artifacts" in result:  # the process that wrote the run's outputs (rank 0 under DDP)
+        out = cfg.out or run.os.environ[run.RUN_DIR_ENV]
+        print(f"\nrun directory: {out}  ({result['epochs']} epochs, {result['train_seconds']:.0f} s of training)")
+        _print_metrics("validation (best checkpoint):", result["val"])
+        _print_metrics("test (best checkpoint, evaluated once):", result["test"])
+    return 0
+
+
+def _load(path):
+    from .tasks import TASKS
+    from .training.run import load_checkpoint
+
+    return load_checkpoint(path, TASKS)
+
+
+def cmd_eval(args) -> int:
+    from .training.run import evaluate
+
+    loaded = _load(args.checkpoint)
+    metrics = evaluate(loaded, args.data_dir, args.batch_size, progress=not args.json)
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, "task": loaded.task.name, "test": metrics}, indent=2))
+    else:
+        _print_metrics(f"{loaded.task.name} checkpoint {args.checkpoint}, test set:", metrics)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    loaded = _load(args.checkpoint)
+    try:
+        results = loaded.task.predict(loaded, args.inputs, args)
+    except NotImplementedError as e:
+        raise UsageError(str(e)) from None
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        ranked = sorted(enumerate(r["probabilities"]), key=lambda kv: -kv[1])[:3]
+        print(f"{r['input']}: {r['class']}   (" + ", ".join(f"{c}: {p:.3f}" for c, p in ranked) + ")")
+    return 0
+
+
+def cmd_data_download(args) -> int:
+    from .data import DATASETS, download_dataset
+
+    if args.name not in DATASETS:
+        raise UsageError(f"unknown data set {args.name!r}; known: {', '.join(DATASETS)}")
+    path = download_dataset(args.name, args.data_dir)
+    print(f"{args.name}: verified files in {path}")
+    return 0
+
+
+def _add_training_commands(sub) -> None:
+    try:
+        from .tasks import TASKS
+        from .training.config import add_arguments
+    except ImportError as e:  # layers-only install: say what is missing when the command is used
+        def missing_extras(args, module=e.name):
+            raise UsageError(TRAIN_EXTRAS_MISSING.format(module))
+
+        for name in ("train", "eval", "predict"):
+            p = sub.add_parser(name, help="(needs rnnkit[train])", add_help=False)
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            p.set_defaults(fn=missing_extras)
+        return
+    train = sub.add_parser("train", help="train a task's model (rnnkit train TASK --help lists its options)")
+    tasks = train.add_subparsers(dest="task", metavar="TASK", required=True)
+    for task in TASKS.values():
+        p = tasks.add_parser(task.name, help=task.help, description=task.help,
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        add_arguments(p, task.config_class)
+        p.set_defaults(fn=cmd_train)
+    ev = sub.add_parser("eval", help="metrics of a checkpoint on its task's test set")
+    ev.add_argument("checkpoint", metavar="CKPT")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    ev.add_argument("--data-dir", default=None, help="data directory (default: the one the run used)")
+    ev.add_argument("--batch-size", type=int, default=None)
+    ev.set_defaults(fn=cmd_eval)
+    pr = sub.add_parser("predict", help="run a checkpoint on inputs (mnist: image files of digits)")
+    pr.add_argument("checkpoint", metavar="CKPT")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT")
+    pr.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    pr.set_defaults(fn=cmd_predict)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnkit", description=__doc__)
     parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_training_commands(sub)
+    data = sub.add_parser("data", help="download data sets (verified by sha256)")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    dl = data_sub.add_parser("download", help="download a data set into the data directory")
+    dl.add_argument("name", help="data set name, e.g. mnist")
+    dl.add_argument("--data-dir", default=None, help="default: $RNNKIT_DATA, else the user cache directory")
+    dl.set_defaults(fn=cmd_data_download)
     sub.add_parser("info", help="list the cells and variants with their equations").set_defaults(fn=cmd_info)
     demo = sub.add_parser("demo", help="build every layer, run forward and backward, print shapes and timings")
     demo.add_argument("--batch", type=int, default=32)
@@ -164,12 +275,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.fn(args)
-    except UsageError as e:
+    except (UsageError, ConfigError) as e:
         if args.debug:
             raise
         print(f"rnnkit: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, OSError) as e:
+    except KeyboardInterrupt:
+        print("rnnkit: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, RuntimeError) as e:
         if args.debug:
             raise
         print(f"rnnkit: error: {e}", file=sys.stderr)

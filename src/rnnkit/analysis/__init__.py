@@ -1,0 +1,1 @@
+"""Plots of training runs: learning curves, gradient clipping, confusion matrices, image grids."""

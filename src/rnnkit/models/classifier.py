@@ -1,0 +1,58 @@
+"""Many-to-one: a recurrent layer reads a sequence, a linear layer classifies a readout of its outputs."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .recurrent import rnn_output_size
+
+READOUTS = ("last", "mean", "max")
+
+
+def readout(output: Tensor, how: str, lengths: Tensor | None = None) -> Tensor:
+    """Summarise outputs (B, T, F) as (B, F), looking only at each sequence's first `lengths` steps.
+
+    'last': the output at the last valid step. In a bidirectional layer that step holds the forward
+    direction's final state beside the backward direction's FIRST output (it has read one step
+    only), as the notes describe. 'mean' and 'max' pool over the valid steps, so both directions
+    contribute everything they read. A sequence of length 0 reads as zeros.
+    """
+    B, T, _ = output.shape
+    if lengths is None:
+        if how == "last":
+            return output[:, -1]
+        return output.mean(1) if how == "mean" else output.amax(1)
+    lengths = lengths.to(output.device)
+    if how == "last":
+        last = (lengths - 1).clamp(min=0)
+        return output[torch.arange(B, device=output.device), last] * (lengths > 0).unsqueeze(1)
+    valid = (torch.arange(T, device=output.device) < lengths.unsqueeze(1)).unsqueeze(2)  # (B, T, 1)
+    if how == "mean":
+        return (output * valid).sum(1) / lengths.clamp(min=1).unsqueeze(1)
+    if how == "max":
+        pooled = output.masked_fill(~valid, float("-inf")).amax(1)
+        return pooled.masked_fill((lengths == 0).unsqueeze(1), 0.0)
+    raise ValueError(f"readout must be one of {', '.join(READOUTS)}; got {how!r}")
+
+
+class SequenceClassifier(nn.Module):
+    """(B, T, I) -> logits (B, C): rnn -> readout -> dropout -> linear; cross-entropy loss.
+
+    `inputs` is a (B, T, I) tensor or a pair (x, lengths) for padded batches.
+    """
+
+    def __init__(self, rnn: nn.Module, num_classes: int, how: str = "last", dropout: float = 0.0):
+        super().__init__()
+        if how not in READOUTS:
+            raise ValueError(f"readout must be one of {', '.join(READOUTS)}; got {how!r}")
+        self.rnn, self.how = rnn, how
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(rnn_output_size(rnn), num_classes)
+
+    def forward(self, inputs, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        x, lengths = inputs if isinstance(inputs, (tuple, list)) else (inputs, None)
+        output, _ = self.rnn(x, lengths=lengths)                 # (B, T, D*H)
+        logits = self.head(self.drop(readout(output, self.how, lengths)))  # (B, C)
+        loss = None if targets is None else F.cross_entropy(logits, targets)
+        return logits, loss

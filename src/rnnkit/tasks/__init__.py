@@ -1,0 +1,13 @@
+"""The task registry: every recipe by name (`rnnkit train NAME`)."""
+from __future__ import annotations
+
+from .base import Task
+from .mnist import MNISTTask
+
+TASKS: dict[str, Task] = {task.name: task for task in (MNISTTask(),)}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose from: {', '.join(TASKS)}")
+    return TASKS[name]

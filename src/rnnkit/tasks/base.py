@@ -1,0 +1,43 @@
+"""What a task is: a config class (its defaults are the recipe), its data, its model and its metrics."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+
+def recipe_default(config_class: type, name: str, default):
+    """Override an inherited config field's default, keeping its help text and choices."""
+    inherited = {f.name: f for f in dataclasses.fields(config_class)}[name]
+    return dataclasses.field(default=default, metadata=inherited.metadata)
+
+
+class Task:
+    """One task of rnnkit. Subclasses set the class attributes and implement splits/build_model/metrics."""
+
+    name: str = ""
+    help: str = ""
+    config_class: type = object
+    monitor: str = "val_loss"  # the validation metric for early stopping and the best checkpoint
+    mode: str = "min"
+
+    def splits(self, cfg):
+        """The train/val/test data (training.data.Splits) for `cfg`."""
+        raise NotImplementedError
+
+    def build_model(self, cfg, extra: dict):
+        """The model, `forward(inputs, targets=None) -> (output, loss)`; `extra` comes from splits()."""
+        raise NotImplementedError
+
+    def metrics(self, cfg, extra: dict):
+        """A torchmetrics MetricCollection, updated by `update_metrics` on each validation/test batch."""
+        raise NotImplementedError
+
+    def update_metrics(self, metrics, output, targets) -> None:
+        metrics.update(output, targets)
+
+    def report(self, model, cfg, splits, run_dir: Path) -> list[Path]:
+        """Task-specific pictures written at the end of training (paths of the files written)."""
+        return []
+
+    def predict(self, loaded, items: list[str], args) -> list[dict]:
+        raise NotImplementedError(f"task {self.name!r} has no predict command")

@@ -1,0 +1,1 @@
+"""The generic training stack: task configs and their flags, one LightningModule, one Trainer."""

@@ -1,0 +1,98 @@
+"""Datasets and the Lightning data module shared by the tasks: in-memory tensors served a batch at a
+time (one index operation per batch, not one per example), and the fixed-seed validation split."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+VALIDATION_SEED = 0  # the validation split is the same for every --seed, so runs stay comparable
+
+
+class TensorBatches(Dataset):
+    """(inputs, targets) tensors with examples along dim 0; a DataLoader gets whole batches from
+    `__getitems__` (the sampler's indices), so no per-example Python work or collation happens."""
+
+    def __init__(self, inputs: Tensor, targets: Tensor):
+        if len(inputs) != len(targets):
+            raise ValueError(f"inputs and targets differ in length: {len(inputs)} vs {len(targets)}")
+        self.inputs, self.targets = inputs, targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        return self.inputs[i], self.targets[i]
+
+    def __getitems__(self, indices: list[int]):
+        index = torch.as_tensor(indices)
+        return self.inputs[index], self.targets[index]
+
+    def subset(self, index: Tensor) -> "TensorBatches":
+        return TensorBatches(self.inputs[index], self.targets[index])
+
+
+class EpochShuffle(RandomSampler):
+    """A new order every epoch, drawn from (seed, epoch) alone, so a run resumed at an epoch boundary
+    sees exactly the batches of an uninterrupted one. Lightning calls `set_epoch` (and, under DDP,
+    swaps in a DistributedSampler, which shuffles by seed and epoch the same way)."""
+
+    def __init__(self, data_source, seed: int):
+        super().__init__(data_source)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
+def keep_batch(batch):
+    """collate_fn for datasets whose `__getitems__` already returns a batch."""
+    return batch
+
+
+def validation_split(n: int, fraction: float) -> tuple[Tensor, Tensor]:
+    """Indices (train, val) of a random split of n examples, the same for every run."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    n_val = max(1, round(n * fraction))
+    if n_val >= n:
+        raise ValueError(f"a validation fraction of {fraction} leaves no training data out of {n} examples")
+    return order[n_val:], order[:n_val]
+
+
+@dataclass
+class Splits:
+    """What a task's data gives the trainer; `extra` (e.g. a vocabulary) is saved in checkpoints."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset | None
+    extra: dict = field(default_factory=dict)
+    collate_fn: object = keep_batch
+
+
+class TaskData(L.LightningDataModule):
+    def __init__(self, splits: Splits, batch_size: int, num_workers: int = 0, seed: int = 0):
+        super().__init__()
+        self.splits, self.batch_size, self.num_workers, self.seed = splits, batch_size, num_workers, seed
+
+    def _loader(self, dataset, sampler=None) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=self.splits.collate_fn, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.splits.train, EpochShuffle(self.splits.train, self.seed))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.splits.val)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.splits.test is None:
+            raise ValueError("this task has no test set")
+        return self._loader(self.splits.test)

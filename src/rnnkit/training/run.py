@@ -1,0 +1,242 @@
+"""Train, evaluate and load: the Trainer built in one place, the run directory, checkpoints that load
+without executing code, and the run's outputs (metrics.json, CSV/TensorBoard logs, PNG plots)."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import pickle
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from .. import __version__
+from .config import ConfigError, from_dict
+from .data import TaskData
+from .module import CHECKPOINT_FORMAT, CHECKPOINT_KEY, TaskModule
+
+RUN_DIR_ENV = "RNNKIT_RUN_DIR"  # how DDP worker processes learn the run directory the launcher chose
+
+
+def _quiet_lightning() -> None:
+    # In-memory batches make worker processes pointless; Lightning would suggest them at every run.
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # Resuming writes into the run's own directories on purpose.
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+                 "lightning.fabric.utilities.seed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _is_worker() -> bool:
+    """A DDP process started by Lightning's launcher (it sets LOCAL_RANK > 0 for them)."""
+    return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+
+
+def prepare_run_dir(task, cfg) -> Path:
+    """The run directory: new (or empty) unless resuming; never one that already holds a run."""
+    if _is_worker() and RUN_DIR_ENV in os.environ:
+        return Path(os.environ[RUN_DIR_ENV])
+    run_dir = Path(cfg.out or Path("runs") / f"{task.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if cfg.resume:
+        if not last.is_file():
+            raise ConfigError(f"--resume: no checkpoint to resume from at {last}")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"output directory {run_dir} is not empty (it may hold a previous run); "
+                          "choose another --out, or pass --resume to continue that run")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"cannot write to the output directory {run_dir}: {e.strerror or e}") from None
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+    return run_dir
+
+
+def resume_config(task, out: str, given: dict):
+    """The saved config of the run in `out`, with the options that may change on resume replaced."""
+    last = Path(out) / "checkpoints" / "last.ckpt"
+    if not out or not last.is_file():
+        raise ConfigError(f"--resume needs --out pointing at a run with {Path('checkpoints') / 'last.ckpt'}; "
+                          f"found none at {last}")
+    record = torch.load(last, map_location="cpu", weights_only=True).get(CHECKPOINT_KEY, {})
+    if record.get("task") != task.name:
+        raise ConfigError(f"--resume: {last} is a run of task {record.get('task')!r}, not {task.name!r}")
+    changeable = {"max_epochs", "max_time", "devices", "accelerator", "progress", "num_workers", "data_dir"}
+    fixed = sorted(set(given) - changeable - {"out", "resume"})
+    if fixed:
+        raise ConfigError(f"--resume continues the saved config; only {', '.join(sorted(changeable))} may change "
+                          f"(got {', '.join(fixed)})")
+    return from_dict(task.config_class, {**record["config"], **given, "out": out, "resume": True})
+
+
+def _limit(value: float):
+    """Lightning reads a float as a fraction and an int as a count of batches."""
+    return int(value) if value > 1 else float(value)
+
+
+def build_trainer(cfg, run_dir: Path | None, task, *, for_training: bool = True) -> L.Trainer:
+    """The one Trainer of every task: checkpoints, early stopping, CSV + TensorBoard logs, DDP."""
+    _quiet_lightning()
+    strategy = "auto"
+    if cfg.devices > 1:
+        strategy = "ddp"
+        if cfg.accelerator != "gpu":  # processes share the CPU cores instead of each using all of them
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.devices))
+    common = dict(accelerator=cfg.accelerator, devices=cfg.devices if for_training else 1, strategy=strategy,
+                  enable_progress_bar=cfg.progress, enable_model_summary=False,
+                  limit_val_batches=_limit(cfg.limit_eval_batches), limit_test_batches=_limit(cfg.limit_eval_batches),
+                  deterministic="warn" if cfg.accelerator == "cpu" else False)
+    if not for_training:
+        return L.Trainer(logger=False, enable_checkpointing=False, **{**common, "strategy": "auto"})
+    # Two checkpoint callbacks: Lightning's save_last only refreshes last.ckpt in epochs that improved best.
+    checkpoints = run_dir / "checkpoints"
+    callbacks = [ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=task.monitor, mode=task.mode,
+                                 save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
+                 ModelCheckpoint(dirpath=checkpoints, filename="last", save_top_k=1, enable_version_counter=False)]
+    if cfg.patience > 0:
+        callbacks.append(EarlyStopping(monitor=task.monitor, mode=task.mode, patience=cfg.patience))
+    if cfg.lr_schedule != "none":
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    loggers = [_AppendingCSVLogger(run_dir, name="", version=""), TensorBoardLogger(run_dir, name="tensorboard", version="")]
+    return L.Trainer(max_epochs=cfg.max_epochs, max_time={"minutes": cfg.max_time} if cfg.max_time else None,
+                     limit_train_batches=_limit(cfg.limit_train_batches), callbacks=callbacks, logger=loggers,
+                     log_every_n_steps=1, **common)
+
+
+class _AppendingCSVLogger(CSVLogger):
+    """A resumed run appends to metrics.csv (Lightning's writer deletes an existing file when created)."""
+
+    @property
+    def experiment(self):
+        path = Path(self.log_dir) / "metrics.csv"
+        if self._experiment is not None or not path.is_file():
+            return super().experiment
+        previous = path.read_bytes()
+        writer = super().experiment
+        path.write_bytes(previous)
+        writer.metrics_keys = next(csv.reader(previous.decode().splitlines()), [])
+        return writer
+
+
+def train(task, cfg) -> dict:
+    """Train `task` with `cfg`; test the best checkpoint once at the end. Returns metrics.json's content."""
+    cfg.validate()
+    run_dir = prepare_run_dir(task, cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    splits = task.splits(cfg)
+    module = TaskModule(task, cfg, task.build_model(cfg, splits.extra), splits.extra)
+    data = TaskData(splits, cfg.batch_size, cfg.num_workers, cfg.seed)
+    trainer = build_trainer(cfg, run_dir, task)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=last if cfg.resume else None, weights_only=True)
+    train_seconds = time.perf_counter() - start
+    best = trainer.checkpoint_callback.best_model_path or str(last)
+    val = trainer.validate(module, datamodule=data, ckpt_path=best, weights_only=True, verbose=False)[0]
+    test = {}
+    if splits.test is not None:
+        test = trainer.test(module, datamodule=data, ckpt_path=best, weights_only=True, verbose=False)[0]
+    result = {"task": task.name, "rnnkit": __version__, "torch": torch.__version__,
+              "val": _plain(val), "test": _plain(test), "epochs": trainer.current_epoch,
+              "steps": trainer.global_step, "train_seconds": round(train_seconds, 2),
+              "best_checkpoint": str(Path(best).relative_to(run_dir)) if best else None,
+              "config": dataclasses.asdict(cfg)}
+    if trainer.is_global_zero:
+        result["artifacts"] = _write_outputs(task, cfg, module, splits, run_dir, result)
+        write_json(run_dir / "metrics.json", result)
+    return result
+
+
+def _plain(metrics: dict) -> dict:
+    return {k: round(float(v), 6) for k, v in metrics.items()}
+
+
+def _write_outputs(task, cfg, module, splits, run_dir: Path, result: dict) -> list[str]:
+    from ..analysis import plots
+
+    rows = plots.read_metrics_csv(run_dir / "metrics.csv")
+    written = [plots.plot_curves(rows, run_dir / "curves.png", title=f"{task.name}: training curves")]
+    norms = [(int(r["step"]), float(r["grad_norm"])) for r in rows if r.get("grad_norm")]
+    if norms:
+        steps, values = zip(*norms)
+        written.append(plots.plot_clipping(steps, values, cfg.clip_norm, run_dir / "clipping.png"))
+    module.model.eval()
+    written += task.report(module.model, cfg, splits, run_dir)
+    return [str(Path(p).relative_to(run_dir)) for p in written]
+
+
+def write_json(path: Path, content: dict) -> None:
+    """Atomic: a reader (or a crash) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(content, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# -- loading ----------------------------------------------------------------------------------------
+
+@dataclass
+class Loaded:
+    task: object
+    cfg: object
+    model: torch.nn.Module
+    extra: dict
+    record: dict
+
+
+def load_checkpoint(path, tasks: dict) -> Loaded:
+    """Read an rnnkit checkpoint with torch's weights-only unpickler: no code in the file ever runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} is not a checkpoint rnnkit can load safely (refused: {first})") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    record = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
+    if not isinstance(record, dict) or "task" not in record or "state_dict" not in checkpoint:
+        raise ValueError(f"{path} is not an rnnkit checkpoint (no '{CHECKPOINT_KEY}' record with task and config)")
+    if record.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} has checkpoint format {record.get('format')!r}; this rnnkit reads format "
+                         f"{CHECKPOINT_FORMAT} (written by rnnkit {record.get('version')})")
+    if record["task"] not in tasks:
+        raise ValueError(f"{path} is a checkpoint of task {record['task']!r}, unknown to this rnnkit "
+                         f"(tasks: {', '.join(tasks)})")
+    task = tasks[record["task"]]
+    cfg = from_dict(task.config_class, record["config"])
+    model = task.build_model(cfg, record.get("extra", {}))
+    prefix = "model."
+    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    model.load_state_dict(state)
+    model.eval()
+    return Loaded(task, cfg, model, record.get("extra", {}), record)
+
+
+def evaluate(loaded: Loaded, data_dir: str | None = None, batch_size: int | None = None,
+             progress: bool = True) -> dict:
+    """Metrics of a loaded checkpoint on its task's test set."""
+    cfg = dataclasses.replace(loaded.cfg, devices=1, progress=progress, limit_eval_batches=1.0,
+                              data_dir=data_dir or loaded.cfg.data_dir, batch_size=batch_size or loaded.cfg.batch_size)
+    splits = loaded.task.splits(cfg)
+    if splits.test is None:
+        raise ValueError(f"task {loaded.task.name!r} has no test set to evaluate on")
+    module = TaskModule(loaded.task, cfg, loaded.model, loaded.extra)
+    trainer = build_trainer(cfg, None, loaded.task, for_training=False)
+    metrics = trainer.test(module, datamodule=TaskData(splits, cfg.batch_size), verbose=False)[0]
+    return _plain(metrics)
