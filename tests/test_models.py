@@ -78,3 +78,14 @@ def test_make_rnn_variant_flags_reach_the_layer():
     assert rnn_output_size(lstm) == 4
     gru = make_rnn(RNNConfig(cell="gru", reset_after=False, bidirectional=True), 3)
     assert not gru.step.reset_after and rnn_output_size(gru) == 2 * 128
+
+
+def test_final_readout_is_each_directions_final_state():
+    rnn = make_rnn(RNNConfig(cell="gru", hidden=5, bidirectional=True), 3)
+    x, lengths = torch.randn(4, 7, 3), torch.tensor([7, 2, 5, 0])
+    out, h_n = rnn(x, lengths=lengths)
+    final = readout(out, "final", lengths, directions=2)
+    assert torch.allclose(final[:3], torch.cat([h_n[0], h_n[1]], -1)[:3], atol=1e-6)
+    assert torch.equal(final[3], torch.zeros(10))
+    assert torch.allclose(readout(out, "final", directions=2)[0], torch.cat([h_n[0], h_n[1]], -1)[0], atol=1e-6)
+    assert torch.equal(readout(out, "final", lengths, 1), readout(out, "last", lengths))

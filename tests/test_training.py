@@ -145,7 +145,7 @@ def test_loading_never_executes_code_from_a_checkpoint(tmp_path):
     with open(evil, "wb") as f:
         pickle.dump({"state_dict": {}, "rnnkit": Payload()}, f)
     torch.save({"state_dict": {}, "rnnkit": {"format": 1, "task": "charlm", "config": {}}}, tmp_path / "other.ckpt")
-    with pytest.raises(ValueError, match="not a checkpoint rnnkit can load safely"):
+    with pytest.raises(ValueError, match="not a checkpoint rnnkit can load: .*never unpickles"):
         run.load_checkpoint(evil, TASKS)
     assert not marker.exists()
     with pytest.raises(ValueError, match="checkpoint of task 'charlm', unknown"):
@@ -190,3 +190,44 @@ def test_data_parallel_with_two_cpu_processes(tmp_path):
     assert result["config"]["devices"] == 2
     assert result["steps"] == 4  # each process ran 4 batches of its half of the data
     assert "test_acc" in result["test"]
+
+
+def test_early_stopping_ends_the_run_when_validation_stops_improving(tmp_path):
+    result = train(tmp_path / "r", "--lr", "1e-12", "--lr-schedule", "none", "--patience", "1", "--max-epochs", "6")
+    assert result["epochs"] == 2  # epoch 0 sets the best, epoch 1 does not beat it: patience 1 is used up
+
+
+def module_for(**changes):
+    task = get_task("mnist")
+    cfg = task.config_class(hidden=4, **changes)
+    return TaskModule(task, cfg, task.build_model(cfg, {}))
+
+
+@pytest.mark.parametrize("changes, cls, expected", [
+    ({}, torch.optim.Adam, {"lr": 1e-3, "weight_decay": 0.0}),
+    ({"optimizer": "sgd", "momentum": 0.9, "nesterov": True, "lr": 0.1}, torch.optim.SGD,
+     {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+    ({"optimizer": "rmsprop", "momentum": 0.5, "weight_decay": 1e-4}, torch.optim.RMSprop,
+     {"momentum": 0.5, "weight_decay": 1e-4}),
+    ({"optimizer": "adagrad", "lr": 0.01}, torch.optim.Adagrad, {"lr": 0.01}),
+])
+def test_optimisers_from_the_notes(changes, cls, expected):
+    configured = module_for(lr_schedule="none", **changes).configure_optimizers()
+    assert type(configured) is cls
+    assert {k: configured.defaults[k] for k in expected} == expected
+
+
+def test_lr_schedules():
+    cosine = module_for(lr_schedule="cosine", max_epochs=7).configure_optimizers()
+    assert cosine["lr_scheduler"].T_max == 7
+    plateau = module_for(lr_schedule="plateau").configure_optimizers()
+    assert plateau["lr_scheduler"]["monitor"] == "val_acc" and plateau["lr_scheduler"]["scheduler"].mode == "max"
+
+
+def test_l1_penalty_is_added_to_the_training_loss(monkeypatch):
+    module = module_for(l1=0.01)
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    x, y = torch.randn(3, 28, 28), torch.tensor([1, 2, 3])
+    _, data_loss = module.model(x, y)
+    penalty = sum(p.abs().sum() for n, p in module.model.named_parameters() if "weight" in n)
+    assert torch.allclose(module.training_step((x, y), 0), data_loss + 0.01 * penalty)

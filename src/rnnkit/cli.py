@@ -192,7 +192,7 @@ def cmd_data_download(args) -> int:
 
     if args.name not in DATASETS:
         raise UsageError(f"unknown data set {args.name!r}; known: {', '.join(DATASETS)}")
-    path = download_dataset(args.name, args.data_dir)
+    path = download_dataset(args.name, args.data_dir, mirrors=args.mirror)
     print(f"{args.name}: verified files in {path}")
     return 0
 
@@ -241,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     dl = data_sub.add_parser("download", help="download a data set into the data directory")
     dl.add_argument("name", help="data set name, e.g. mnist")
     dl.add_argument("--data-dir", default=None, help="default: $RNNKIT_DATA, else the user cache directory")
+    dl.add_argument("--mirror", action="append", metavar="URL",
+                    help="base URL to download from instead of the public mirrors (repeatable, tried in order)")
     dl.set_defaults(fn=cmd_data_download)
     sub.add_parser("info", help="list the cells and variants with their equations").set_defaults(fn=cmd_info)
     demo = sub.add_parser("demo", help="build every layer, run forward and backward, print shapes and timings")

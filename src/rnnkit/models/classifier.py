@@ -7,18 +7,25 @@ from torch import Tensor, nn
 
 from .recurrent import rnn_output_size
 
-READOUTS = ("last", "mean", "max")
+READOUTS = ("last", "final", "mean", "max")
 
 
-def readout(output: Tensor, how: str, lengths: Tensor | None = None) -> Tensor:
-    """Summarise outputs (B, T, F) as (B, F), looking only at each sequence's first `lengths` steps.
+def readout(output: Tensor, how: str, lengths: Tensor | None = None, directions: int = 1) -> Tensor:
+    """Summarise outputs (B, T, D*F) as (B, D*F), looking only at each sequence's first `lengths` steps.
 
     'last': the output at the last valid step. In a bidirectional layer that step holds the forward
     direction's final state beside the backward direction's FIRST output (it has read one step
-    only), as the notes describe. 'mean' and 'max' pool over the valid steps, so both directions
-    contribute everything they read. A sequence of length 0 reads as zeros.
+    only), as the notes describe. 'final': each direction's final state, i.e. the forward half at
+    the last valid step and the backward half at step 0 (the same as 'last' in one direction).
+    'mean' and 'max' pool over the valid steps. A sequence of length 0 reads as zeros.
     """
     B, T, _ = output.shape
+    if how == "final" and directions == 2:
+        forward, backward = output.chunk(2, dim=-1)
+        first = backward[:, 0] if lengths is None else backward[:, 0] * (lengths > 0).to(output.device).unsqueeze(1)
+        return torch.cat([readout(forward, "last", lengths), first], dim=-1)
+    if how == "final":
+        how = "last"
     if lengths is None:
         if how == "last":
             return output[:, -1]
@@ -53,6 +60,7 @@ class SequenceClassifier(nn.Module):
     def forward(self, inputs, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         x, lengths = inputs if isinstance(inputs, (tuple, list)) else (inputs, None)
         output, _ = self.rnn(x, lengths=lengths)                 # (B, T, D*H)
-        logits = self.head(self.drop(readout(output, self.how, lengths)))  # (B, C)
+        features = readout(output, self.how, lengths, 2 if self.rnn.bidirectional else 1)  # (B, D*H)
+        logits = self.head(self.drop(features))  # (B, C)
         loss = None if targets is None else F.cross_entropy(logits, targets)
         return logits, loss

@@ -22,8 +22,8 @@ SIDE = 28
 
 @dataclass
 class MNISTConfig(TrainConfig, RNNConfig):
-    readout: str = opt("last", "what the classifier reads: the last step's output, or the mean or max "
-                               "over steps", READOUTS)
+    readout: str = opt("last", "what the classifier reads: the last step's output (as in the notes), each "
+                               "direction's final state, or the mean or max over steps", READOUTS)
     max_epochs: int = recipe_default(TrainConfig, "max_epochs", 20)
     lr_schedule: str = recipe_default(TrainConfig, "lr_schedule", "cosine")
     clip_norm: float = recipe_default(TrainConfig, "clip_norm", 1.0)

@@ -203,10 +203,14 @@ def load_checkpoint(path, tasks: dict) -> Loaded:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch comments on pickle protocols it is about to refuse anyway
+            warnings.simplefilter("ignore", UserWarning)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path} is not a checkpoint rnnkit can load safely (refused: {first})") from None
+        detail = str(e).partition("WeightsUnpickler error:")[2].strip().split("\n")[0] or type(e).__name__
+        raise ValueError(f"{path} is not a checkpoint rnnkit can load: not a PyTorch checkpoint, or it holds "
+                         f"objects besides tensors and plain values, which rnnkit never unpickles because that "
+                         f"would run code ({detail})") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
     record = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
