@@ -149,7 +149,8 @@ def cmd_train(args) -> int:
         out = cfg.out or run.os.environ[run.RUN_DIR_ENV]
         print(f"\nrun directory: {out}  ({result['epochs']} epochs, {result['train_seconds']:.0f} s of training)")
         _print_metrics("validation (best checkpoint):", result["val"])
-        _print_metrics("test (best checkpoint, evaluated once):", result["test"])
+        if result["test"]:
+            _print_metrics("test (best checkpoint, evaluated once):", result["test"])
     return 0
 
 
@@ -187,6 +188,21 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_sample(args) -> int:
+    if args.length < 1:
+        raise UsageError(f"--length must be >= 1; got {args.length}")
+    if not args.temperature >= 0 or args.temperature == float("inf"):
+        raise UsageError(f"--temperature must be a finite number >= 0 (0: greedy); got {args.temperature}")
+    if args.top_k < 0:
+        raise UsageError(f"--top-k must be >= 0 (0: no limit); got {args.top_k}")
+    loaded = _load(args.checkpoint)
+    try:
+        loaded.task.sample(loaded, args)
+    except NotImplementedError as e:
+        raise UsageError(str(e)) from None
+    return 0
+
+
 def cmd_data_download(args) -> int:
     from .data import DATASETS, download_dataset
 
@@ -205,7 +221,7 @@ def _add_training_commands(sub) -> None:
         def missing_extras(args, module=e.name):
             raise UsageError(TRAIN_EXTRAS_MISSING.format(module))
 
-        for name in ("train", "eval", "predict"):
+        for name in ("train", "eval", "predict", "sample"):
             p = sub.add_parser(name, help="(needs rnnkit[train])", add_help=False)
             p.add_argument("rest", nargs=argparse.REMAINDER)
             p.set_defaults(fn=missing_extras)
@@ -228,6 +244,15 @@ def _add_training_commands(sub) -> None:
     pr.add_argument("inputs", nargs="+", metavar="INPUT")
     pr.add_argument("--json", action="store_true", help="print the predictions as JSON")
     pr.set_defaults(fn=cmd_predict)
+    sa = sub.add_parser("sample", help="generate from a checkpoint (charlm: text, printed as it is generated)")
+    sa.add_argument("checkpoint", metavar="CKPT")
+    sa.add_argument("--prime", default=None, help="text the model reads before generating (default: a newline, "
+                    "or the vocabulary's first character if it has none)")
+    sa.add_argument("--length", type=int, default=500, help="characters to generate")
+    sa.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 is greedy")
+    sa.add_argument("--top-k", type=int, default=0, help="sample among the k most likely only (0: all)")
+    sa.add_argument("--seed", type=int, default=0)
+    sa.set_defaults(fn=cmd_sample)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,11 +4,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import mnist
+from . import mnist, tinyshakespeare
 from .store import DataError, DataNotFoundError, data_root, download
 
 # name -> module with `download(root, mirrors=None, log=print) -> Path`
-DATASETS = {"mnist": mnist}
+DATASETS = {"mnist": mnist, "tinyshakespeare": tinyshakespeare}
 
 
 def download_dataset(name: str, root: str | os.PathLike | None = None, mirrors: list[str] | None = None,

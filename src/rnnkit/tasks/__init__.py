@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from .base import Task
+from .charlm import CharLMTask
 from .mnist import MNISTTask
 
-TASKS: dict[str, Task] = {task.name: task for task in (MNISTTask(),)}
+TASKS: dict[str, Task] = {task.name: task for task in (MNISTTask(), CharLMTask())}
 
 
 def get_task(name: str) -> Task:

@@ -19,6 +19,7 @@ class Task:
     config_class: type = object
     monitor: str = "val_loss"  # the validation metric for early stopping and the best checkpoint
     mode: str = "min"
+    carries_state: bool = False  # truncated BPTT: the state of one batch starts the next (see TaskModule)
 
     def splits(self, cfg):
         """The train/val/test data (training.data.Splits) for `cfg`."""
@@ -35,9 +36,18 @@ class Task:
     def update_metrics(self, metrics, output, targets) -> None:
         metrics.update(output, targets)
 
+    def on_train_start(self, module) -> None:
+        """Called once before training, in the process that writes the run's outputs."""
+
+    def on_validation_end(self, module, epoch: int) -> None:
+        """Called after each validation pass during training (e.g. to print a sample)."""
+
     def report(self, model, cfg, splits, run_dir: Path) -> list[Path]:
         """Task-specific pictures written at the end of training (paths of the files written)."""
         return []
 
     def predict(self, loaded, items: list[str], args) -> list[dict]:
         raise NotImplementedError(f"task {self.name!r} has no predict command")
+
+    def sample(self, loaded, args) -> None:
+        raise NotImplementedError(f"task {self.name!r} has no sample command")

@@ -74,6 +74,7 @@ class Splits:
     val: Dataset
     test: Dataset | None
     extra: dict = field(default_factory=dict)
+    batched: bool = False  # items are whole batches in order (truncated-BPTT windows): no batching, no shuffle
     collate_fn: object = keep_batch
 
 
@@ -83,11 +84,18 @@ class TaskData(L.LightningDataModule):
         self.splits, self.batch_size, self.num_workers, self.seed = splits, batch_size, num_workers, seed
 
     def _loader(self, dataset, sampler=None) -> DataLoader:
+        if self.splits.batched:
+            world = self.trainer.world_size if self.trainer else 1
+            if world > 1:  # each process reads its own streams, in order, so carried states stay valid
+                dataset = dataset.shard(self.trainer.global_rank, world)
+            return DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
+                              persistent_workers=self.num_workers > 0)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                           collate_fn=self.splits.collate_fn, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.splits.train, EpochShuffle(self.splits.train, self.seed))
+        sampler = None if self.splits.batched else EpochShuffle(self.splits.train, self.seed)
+        return self._loader(self.splits.train, sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.splits.val)

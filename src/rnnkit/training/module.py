@@ -25,21 +25,51 @@ class TaskModule(L.LightningModule):
         metrics = task.metrics(cfg, self.extra)
         self.val_metrics = metrics.clone(prefix="val_")
         self.test_metrics = metrics.clone(prefix="test_")
+        self._carried = {}  # stage -> recurrent state carried to the next window (truncated BPTT)
 
     def forward(self, inputs, targets=None):
         return self.model(inputs, targets)
 
-    def training_step(self, batch, batch_idx):
+    def _run(self, batch, stage: str):
+        """The model on one batch. For tasks that carry state (task.carries_state), the model gets
+        (inputs, state from the previous window) and returns (output, state); the state is kept
+        detached, so gradients stop at the window edge: truncated BPTT."""
         inputs, targets = batch
-        _, loss = self.model(inputs, targets)
+        if not self.task.carries_state:
+            return self.model(inputs, targets)
+        (output, state), loss = self.model((inputs, self._carried.get(stage)), targets)
+        self._carried[stage] = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+        return output, loss
+
+    def on_train_start(self):
+        if self.trainer.is_global_zero:
+            self.task.on_train_start(self)
+
+    def on_validation_epoch_end(self):
+        trainer = self.trainer
+        if trainer.is_global_zero and not trainer.sanity_checking and trainer.state.fn == "fit":
+            self.task.on_validation_end(self, self.current_epoch)
+
+    def on_train_epoch_start(self):
+        self._carried.pop("train", None)  # each epoch reads the streams from their start, h_0 = 0
+
+    def on_validation_epoch_start(self):
+        self._carried.pop("val", None)
+
+    def on_test_epoch_start(self):
+        self._carried.pop("test", None)
+
+    def training_step(self, batch, batch_idx):
+        _, targets = batch
+        _, loss = self._run(batch, "train")
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
         if self.cfg.l1 > 0:
             loss = loss + self.cfg.l1 * sum(p.abs().sum() for n, p in self.model.named_parameters() if "weight" in n)
         return loss
 
     def _evaluate(self, batch, metrics, stage: str):
-        inputs, targets = batch
-        output, loss = self.model(inputs, targets)
+        _, targets = batch
+        output, loss = self._run(batch, stage)
         self.log(f"{stage}_loss", loss, on_epoch=True, prog_bar=stage == "val", sync_dist=True,
                  batch_size=len(targets))
         self.task.update_metrics(metrics, output, targets)

@@ -88,7 +88,7 @@ def _limit(value: float):
     return int(value) if value > 1 else float(value)
 
 
-def build_trainer(cfg, run_dir: Path | None, task, *, for_training: bool = True) -> L.Trainer:
+def build_trainer(cfg, run_dir: Path | None, task, *, for_training: bool = True, batched: bool = False) -> L.Trainer:
     """The one Trainer of every task: checkpoints, early stopping, CSV + TensorBoard logs, DDP."""
     _quiet_lightning()
     strategy = "auto"
@@ -99,7 +99,8 @@ def build_trainer(cfg, run_dir: Path | None, task, *, for_training: bool = True)
     common = dict(accelerator=cfg.accelerator, devices=cfg.devices if for_training else 1, strategy=strategy,
                   enable_progress_bar=cfg.progress, enable_model_summary=False,
                   limit_val_batches=_limit(cfg.limit_eval_batches), limit_test_batches=_limit(cfg.limit_eval_batches),
-                  deterministic="warn" if cfg.accelerator == "cpu" else False)
+                  deterministic="warn" if cfg.accelerator == "cpu" else False,
+                  use_distributed_sampler=not batched)  # batched data shards itself (TaskData)
     if not for_training:
         return L.Trainer(logger=False, enable_checkpointing=False, **{**common, "strategy": "auto"})
     # Two checkpoint callbacks: Lightning's save_last only refreshes last.ckpt in epochs that improved best.
@@ -140,7 +141,7 @@ def train(task, cfg) -> dict:
     splits = task.splits(cfg)
     module = TaskModule(task, cfg, task.build_model(cfg, splits.extra), splits.extra)
     data = TaskData(splits, cfg.batch_size, cfg.num_workers, cfg.seed)
-    trainer = build_trainer(cfg, run_dir, task)
+    trainer = build_trainer(cfg, run_dir, task, batched=splits.batched)
     last = run_dir / "checkpoints" / "last.ckpt"
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=last if cfg.resume else None, weights_only=True)
@@ -162,7 +163,7 @@ def train(task, cfg) -> dict:
 
 
 def _plain(metrics: dict) -> dict:
-    return {k: round(float(v), 6) for k, v in metrics.items()}
+    return {k: float(f"{float(v):.7g}") for k, v in metrics.items()}
 
 
 def _write_outputs(task, cfg, module, splits, run_dir: Path, result: dict) -> list[str]:
@@ -234,13 +235,12 @@ def load_checkpoint(path, tasks: dict) -> Loaded:
 
 def evaluate(loaded: Loaded, data_dir: str | None = None, batch_size: int | None = None,
              progress: bool = True) -> dict:
-    """Metrics of a loaded checkpoint on its task's test set."""
+    """Metrics of a loaded checkpoint on its task's test set (the validation set for tasks without one)."""
     cfg = dataclasses.replace(loaded.cfg, devices=1, progress=progress, limit_eval_batches=1.0,
                               data_dir=data_dir or loaded.cfg.data_dir, batch_size=batch_size or loaded.cfg.batch_size)
     splits = loaded.task.splits(cfg)
-    if splits.test is None:
-        raise ValueError(f"task {loaded.task.name!r} has no test set to evaluate on")
     module = TaskModule(loaded.task, cfg, loaded.model, loaded.extra)
-    trainer = build_trainer(cfg, None, loaded.task, for_training=False)
-    metrics = trainer.test(module, datamodule=TaskData(splits, cfg.batch_size), verbose=False)[0]
-    return _plain(metrics)
+    trainer = build_trainer(cfg, None, loaded.task, for_training=False, batched=splits.batched)
+    data = TaskData(splits, cfg.batch_size)
+    metrics = (trainer.test if splits.test is not None else trainer.validate)(module, datamodule=data, verbose=False)
+    return _plain(metrics[0])

@@ -1,0 +1,65 @@
+"""A character-level language model: embedding -> unidirectional RNN -> linear over the vocabulary, with
+the recurrent state carried in and out, and sampling one character at a time from the carried state."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .recurrent import rnn_output_size
+
+
+class CharLM(nn.Module):
+    """inputs (B, T) character ids, or a pair (ids, state) to continue from a carried state.
+
+    forward returns ((logits (B, T, V), state), loss): loss is the mean cross-entropy in nats per
+    character against targets (B, T), the next characters. The model is autoregressive, so its
+    recurrent layer must be unidirectional.
+    """
+
+    def __init__(self, rnn: nn.Module, vocab_size: int, embedding: int, dropout: float = 0.0):
+        super().__init__()
+        if rnn.bidirectional:
+            raise ValueError("a language model predicts the next character from the past only: "
+                             "a bidirectional layer would read the answer (use a unidirectional one)")
+        self.embed = nn.Embedding(vocab_size, embedding)
+        self.rnn, self.drop = rnn, nn.Dropout(dropout)
+        self.head = nn.Linear(rnn_output_size(rnn), vocab_size)
+
+    def forward(self, inputs, targets: Tensor | None = None):
+        ids, state = inputs if isinstance(inputs, (tuple, list)) else (inputs, None)
+        output, state = self.rnn(self.drop(self.embed(ids)), state)   # (B, T, H)
+        logits = self.head(self.drop(output))                          # (B, T, V)
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return (logits, state), loss
+
+
+@torch.no_grad()
+def generate(model: CharLM, prime: Tensor, length: int, temperature: float = 1.0, top_k: int = 0,
+             generator: torch.Generator | None = None) -> Iterator[int]:
+    """Yield `length` sampled ids after reading `prime` (1-D ids, at least one) once.
+
+    Each step feeds only the last sampled id with the carried state: the prefix is never re-run.
+    temperature 0 is greedy; top_k > 0 samples among the k most likely ids only.
+    """
+    was_training = model.training
+    model.eval()
+    device = model.head.weight.device
+    try:
+        (logits, state), _ = model((prime.to(device).view(1, -1), None))
+        for _ in range(length):
+            last = logits[0, -1]                                        # (V,)
+            if temperature == 0:
+                next_id = int(last.argmax())
+            else:
+                last = last / temperature
+                if 0 < top_k < last.numel():
+                    cutoff = last.topk(top_k).values[-1]
+                    last = last.masked_fill(last < cutoff, float("-inf"))
+                next_id = int(torch.multinomial(last.softmax(-1), 1, generator=generator))
+            yield next_id
+            (logits, state), _ = model((torch.tensor([[next_id]], device=device), state))
+    finally:
+        model.train(was_training)

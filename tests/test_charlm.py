@@ -1,0 +1,154 @@
+"""The character-level language model: carried state == one long run, truncated BPTT stops gradients at
+the window edge, streaming generation == re-running the prefix, and the commands end to end."""
+import contextlib
+import io
+import json
+import math
+
+import pytest
+import torch
+
+from rnnkit.cli import main
+from rnnkit.data.text import Vocabulary
+from rnnkit.models import make_rnn
+from rnnkit.models.language import CharLM, generate
+from rnnkit.tasks import get_task
+from rnnkit.tasks.charlm import CharLMConfig
+from rnnkit.training import run
+from rnnkit.training.module import TaskModule
+
+
+def lm(cell="lstm", layers=2, vocab=7):
+    return CharLM(make_rnn(CharLMConfig(cell=cell, hidden=12, layers=layers), 5), vocab, 5).eval()
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_carried_state_equals_one_long_run(cell):
+    model, ids = lm(cell), torch.randint(0, 7, (3, 20))
+    (whole, _), _ = model(ids)
+    (first, state), _ = model((ids[:, :8], None))
+    (second, _), _ = model((ids[:, 8:], state))
+    assert torch.allclose(torch.cat([first, second], 1), whole, atol=1e-6)
+
+
+def test_truncated_bptt_carries_the_state_detached(monkeypatch):
+    task = get_task("charlm")
+    cfg = CharLMConfig(hidden=8, layers=1, embedding=4, dropout=0.0)
+    module = TaskModule(task, cfg, task.build_model(cfg, {"vocab": list("abcdef")}), {"vocab": list("abcdef")})
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    x, y = torch.randint(0, 6, (2, 5)), torch.randint(0, 6, (2, 5))
+    module.training_step((x, y), 0)
+    h, c = module._carried["train"]
+    assert h.shape == (1, 2, 8) and not h.requires_grad and not c.requires_grad
+    (_, expected), _ = module.model((x, None))
+    assert torch.allclose(h, expected[0])
+    loss = module.training_step((x, y), 1)  # starts from the carried state
+    (_, _), from_carried = module.model((x, (h, c)), y)
+    assert torch.allclose(loss, from_carried)
+    module.on_train_epoch_start()
+    assert "train" not in module._carried  # each epoch starts from h_0 = 0
+
+
+def test_streaming_generation_equals_rerunning_the_prefix():
+    model = lm()
+    prime = torch.tensor([1, 4, 2])
+    streamed = list(generate(model, prime, 12, temperature=0))
+    seq = prime.tolist()
+    for _ in range(12):
+        (logits, _), _ = model(torch.tensor([seq]))
+        seq.append(int(logits[0, -1].argmax()))
+    assert streamed == seq[3:]
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy():
+    model, prime = lm(), torch.tensor([3])
+    draw = lambda seed, **kw: list(generate(model, prime, 30, generator=torch.Generator().manual_seed(seed), **kw))
+    assert draw(1) == draw(1) and draw(1) != draw(2)
+    assert draw(5, top_k=1) == list(generate(model, prime, 30, temperature=0))
+    assert set(draw(3, top_k=2, temperature=5.0)) <= set(range(7))
+
+
+def test_bidirectional_is_refused():
+    with pytest.raises(ValueError, match="autoregressive"):
+        CharLMConfig(bidirectional=True).validate()
+    with pytest.raises(ValueError, match="bidirectional layer would read the answer"):
+        CharLM(make_rnn(CharLMConfig(hidden=4, bidirectional=True), 3), 5, 3)
+
+
+def rnnkit(*argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(map(str, argv)))
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small LSTM learns a text with a short period until it predicts it almost surely."""
+    root = tmp_path_factory.mktemp("charlm")
+    (root / "text.txt").write_text("the cat sat on the mat. " * 400)
+    code, out, err = rnnkit("train", "charlm", "--text", root / "text.txt", "--out", root / "run", "--hidden", "32",
+                            "--layers", "1", "--embedding", "8", "--bptt", "24", "--batch-size", "8", "--lr", "0.02",
+                            "--max-epochs", "12", "--patience", "0", "--lr-schedule", "none", "--sample-length", "40",
+                            "--no-progress", "--dropout", "0")
+    run.os.environ.pop(run.RUN_DIR_ENV, None)
+    assert code == 0, err
+    return root / "run", out
+
+
+def test_training_learns_and_reports_nats_and_bits(trained):
+    out_dir, printed = trained
+    result = json.loads((out_dir / "metrics.json").read_text())
+    assert result["val"]["val_nats"] < 0.2 < math.log(11)  # 11 distinct characters: ln 11 = 2.4 when guessing
+    assert result["val"]["val_bpc"] == pytest.approx(result["val"]["val_nats"] / math.log(2), rel=1e-4)
+    assert "--- sample before training ---" in printed and "--- sample after epoch 11 ---" in printed
+    assert (out_dir / "samples.txt").is_file() and "samples.txt" in result["artifacts"]
+
+
+def test_sample_command_streams_the_learned_text(trained):
+    out_dir, _ = trained
+    code, out, _ = rnnkit("sample", out_dir / "checkpoints/best.ckpt", "--prime", "the cat", "--length", "40",
+                          "--temperature", "0")
+    assert code == 0
+    assert out.startswith("the cat sat on the mat. the cat sat on the")
+
+
+def test_eval_scores_the_held_out_text(trained):
+    out_dir, _ = trained
+    code, out, err = rnnkit("eval", out_dir / "checkpoints/best.ckpt", "--json")
+    assert code == 0, err
+    metrics = json.loads(out)["test"]
+    best = json.loads((out_dir / "metrics.json").read_text())["val"]
+    assert metrics["val_nats"] == pytest.approx(best["val_nats"], rel=1e-5)
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    (["--prime", "dog"], 1, "--prime has characters the model never saw in training: 'd', 'g'"),
+    (["--length", "0"], 2, "--length must be >= 1; got 0"),
+    (["--temperature", "-1"], 2, "--temperature must be a finite number >= 0"),
+    (["--top-k", "-2"], 2, "--top-k must be >= 0"),
+    (["--top-k", "500"], 2, "--top-k must be at most the vocabulary size, 11; got 500"),
+    (["--prime", ""], 2, "--prime must hold at least one character"),
+])
+def test_sample_bad_input(trained, argv, code, message):
+    out_dir, _ = trained
+    got, _, err = rnnkit("sample", out_dir / "checkpoints/best.ckpt", *argv)
+    assert got == code and message in err and "Traceback" not in err
+
+
+def test_train_refuses_bidirectional_and_bad_text(tmp_path):
+    code, _, err = rnnkit("train", "charlm", "--bidirectional", "--out", tmp_path / "a")
+    assert code == 2 and "autoregressive" in err
+    (tmp_path / "bad.txt").write_bytes(b"caf\xe9 au lait")
+    code, _, err = rnnkit("train", "charlm", "--text", tmp_path / "bad.txt", "--out", tmp_path / "b")
+    assert code == 1 and "bad.txt is not valid UTF-8: byte 0xe9 at offset 3" in err
+    assert not (tmp_path / "b" / "metrics.json").exists()
+
+
+def test_vocabulary_is_saved_with_the_checkpoint(trained):
+    out_dir, _ = trained
+    loaded = run.load_checkpoint(out_dir / "checkpoints/best.ckpt", {"charlm": get_task("charlm")})
+    assert Vocabulary.from_list(loaded.extra["vocab"]).chars == sorted(set("the cat sat on the mat. "))
