@@ -120,7 +120,8 @@ def test_eval_scores_the_held_out_text(trained):
     out_dir, _ = trained
     code, out, err = rnnkit("eval", out_dir / "checkpoints/best.ckpt", "--json")
     assert code == 0, err
-    metrics = json.loads(out)["test"]
+    metrics = json.loads(out)["metrics"]
+    assert json.loads(out)["split"] == "validation"  # the held-out last part of the text
     best = json.loads((out_dir / "metrics.json").read_text())["val"]
     assert metrics["val_nats"] == pytest.approx(best["val_nats"], rel=1e-5)
 

@@ -37,6 +37,12 @@ def test_auto_decisions():
     proj = LSTMStep(4, proj_size=2)
     assert dispatch.choose("auto", proj, CPU, 64, 0.0, True, None) == "engine"
     assert dispatch.choose("auto", proj, CPU, 64, 0.0, False, None, recording=False) == "native"
+    # single LSTM steps (generation): oneDNN's per-call cost loses to the engine's matrix products
+    assert dispatch.choose("auto", lstm, CPU, 1, 0.0, False, None, recording=False, steps=1) == "engine"
+    assert dispatch.choose("auto", lstm, CPU, 128, 0.0, False, None, recording=False, steps=1) == "native"
+    assert dispatch.choose("auto", lstm, CPU, 1, 0.0, False, None, recording=False, steps=5) == "native"
+    assert dispatch.choose("auto", gru, CPU, 1, 0.0, False, None, recording=False, steps=1) == "native"
+    assert dispatch.choose("auto", lstm, torch.device("cuda"), 1, 0.0, False, None, recording=False, steps=1) == "native"
     for impl in ("engine", "autograd"):
         assert dispatch.choose(impl, lstm, CPU, 8, 0.0, True, None) == impl
 

@@ -121,7 +121,7 @@ def test_eval_reproduces_the_test_metrics_of_the_run(tmp_path, capsys):
     result = json.loads((out / "metrics.json").read_text())
     capsys.readouterr()
     assert cli.main(["eval", str(out / result["best_checkpoint"]), "--json"]) == 0
-    evaluated = json.loads(capsys.readouterr().out)["test"]
+    evaluated = json.loads(capsys.readouterr().out)["metrics"]
     assert evaluated["test_acc"] == pytest.approx(result["test"]["test_acc"], abs=1e-6)
     assert evaluated["test_loss"] == pytest.approx(result["test"]["test_loss"], rel=1e-5)
 

@@ -165,11 +165,12 @@ def cmd_eval(args) -> int:
     from .training.run import evaluate
 
     loaded = _load(args.checkpoint)
-    metrics = evaluate(loaded, args.data_dir, args.batch_size, progress=not args.json)
+    split, metrics = evaluate(loaded, args.data_dir, args.batch_size, progress=not args.json)
     if args.json:
-        print(json.dumps({"checkpoint": args.checkpoint, "task": loaded.task.name, "test": metrics}, indent=2))
+        print(json.dumps({"checkpoint": args.checkpoint, "task": loaded.task.name, "split": split,
+                          "metrics": metrics}, indent=2))
     else:
-        _print_metrics(f"{loaded.task.name} checkpoint {args.checkpoint}, test set:", metrics)
+        _print_metrics(f"{loaded.task.name} checkpoint {args.checkpoint}, {split} set:", metrics)
     return 0
 
 
@@ -233,7 +234,7 @@ def _add_training_commands(sub) -> None:
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         add_arguments(p, task.config_class)
         p.set_defaults(fn=cmd_train)
-    ev = sub.add_parser("eval", help="metrics of a checkpoint on its task's test set")
+    ev = sub.add_parser("eval", help="metrics of a checkpoint on its task's test set (or held-out text)")
     ev.add_argument("checkpoint", metavar="CKPT")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.add_argument("--data-dir", default=None, help="data directory (default: the one the run used)")

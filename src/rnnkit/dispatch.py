@@ -20,16 +20,22 @@ from .cells import GRUStep, LSTMStep, RNNStep, Step
 IMPLS = ("auto", "native", "engine", "autograd")
 
 
-def engine_is_faster(device_type: str, step: Step, batch: int, recording: bool) -> bool:
+def engine_is_faster(device_type: str, step: Step, batch: int, recording: bool, steps: int = 2) -> bool:
     """Where both can run, whether the engine beat PyTorch's kernel in `rnnkit bench` (2-core CPU,
-    torch 2.13; the README's speed table). Only train steps on CPU, where two of PyTorch's kernels
-    are not oneDNN's fused ones:
-      - GRU: the engine wins at small batches (0.44x at B=1; 1.09x slower at B=32);
-      - LSTM with proj_size (oneDNN has no projection): the engine is 0.44-1.01x.
-    Without gradients PyTorch's kernel wins everywhere (the engine is 1.03-1.38x slower)."""
-    if device_type != "cpu" or not recording:
+    torch 2.13; the README's speed table). Only on CPU, where some of PyTorch's kernels are not
+    oneDNN's fused ones or carry a fixed cost per call:
+      - GRU train steps: the engine wins at small batches (0.44x at B=1; 1.09x slower at B=32);
+      - LSTM with proj_size (oneDNN has no projection) train steps: the engine is 0.44-1.01x;
+      - LSTM single steps (T=1, as in generation): oneDNN's call costs 0.2-3.6 ms, the engine's
+        matrix products 0.12-0.73 ms at B=1 (H=128-512), and they are even at B=64-128.
+    Otherwise, without gradients PyTorch's kernel wins (the engine is 1.03-1.38x slower)."""
+    if device_type != "cpu":
         return False
     kernel = native_kernel(step)
+    if kernel == "lstm" and steps == 1 and batch <= 64:
+        return True
+    if not recording:
+        return False
     return (kernel == "gru" and batch <= 16) or (kernel == "lstm" and step.proj_size > 0)
 
 
@@ -57,9 +63,9 @@ def why_not_native(step: Step, recurrent_dropout: float, training: bool, lengths
 
 
 def choose(impl: str, step: Step, device: torch.device, batch: int, recurrent_dropout: float,
-           training: bool, lengths: Tensor | None, recording: bool = True) -> str:
+           training: bool, lengths: Tensor | None, recording: bool = True, steps: int = 2) -> str:
     """Resolve `impl` to "native", "engine" or "autograd" for one forward call (`recording`:
-    whether autograd records it, i.e. a backward pass will follow)."""
+    whether autograd records it, i.e. a backward pass will follow; `steps`: its time steps)."""
     if impl in ("engine", "autograd"):
         return impl
     reason = why_not_native(step, recurrent_dropout, training, lengths)
@@ -67,7 +73,7 @@ def choose(impl: str, step: Step, device: torch.device, batch: int, recurrent_dr
         if reason:
             raise ValueError(f"impl='native' cannot run this layer: {reason}")
         return "native"
-    if reason or engine_is_faster(device.type, step, batch, recording):
+    if reason or engine_is_faster(device.type, step, batch, recording, steps):
         return "engine"
     return "native"
 

@@ -196,7 +196,7 @@ class _Recurrent(nn.Module):
             states = tuple(s.index_select(1, perm.to(s.device)) for s in states)
             lengths = lengths.index_select(0, perm.to(lengths.device))
         impl = dispatch.choose(self.impl, self.step, x.device, B, self.recurrent_dropout, self.training, lengths,
-                               recording=torch.is_grad_enabled())
+                               recording=torch.is_grad_enabled(), steps=T)
         if impl == "native":
             out, finals = dispatch.run_native(self.step, [w for ws in self.all_weights for w in ws], x, states,
                                               lengths, self.num_layers, self.dropout, self.training, self.bidirectional)

@@ -234,7 +234,7 @@ def load_checkpoint(path, tasks: dict) -> Loaded:
 
 
 def evaluate(loaded: Loaded, data_dir: str | None = None, batch_size: int | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True) -> tuple[str, dict]:
     """Metrics of a loaded checkpoint on its task's test set (the validation set for tasks without one)."""
     cfg = dataclasses.replace(loaded.cfg, devices=1, progress=progress, limit_eval_batches=1.0,
                               data_dir=data_dir or loaded.cfg.data_dir, batch_size=batch_size or loaded.cfg.batch_size)
@@ -242,5 +242,6 @@ def evaluate(loaded: Loaded, data_dir: str | None = None, batch_size: int | None
     module = TaskModule(loaded.task, cfg, loaded.model, loaded.extra)
     trainer = build_trainer(cfg, None, loaded.task, for_training=False, batched=splits.batched)
     data = TaskData(splits, cfg.batch_size)
-    metrics = (trainer.test if splits.test is not None else trainer.validate)(module, datamodule=data, verbose=False)
-    return _plain(metrics[0])
+    if splits.test is not None:
+        return "test", _plain(trainer.test(module, datamodule=data, verbose=False)[0])
+    return "validation", _plain(trainer.validate(module, datamodule=data, verbose=False)[0])
