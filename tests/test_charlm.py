@@ -127,7 +127,7 @@ def test_eval_scores_the_held_out_text(trained):
 
 
 @pytest.mark.parametrize("argv, code, message", [
-    (["--prime", "dog"], 1, "--prime has characters the model never saw in training: 'd', 'g'"),
+    (["--prime", "dog"], 1, "the prime has characters the model never saw in training: 'd', 'g'"),
     (["--length", "0"], 2, "--length must be >= 1; got 0"),
     (["--temperature", "-1"], 2, "--temperature must be a finite number >= 0"),
     (["--top-k", "-2"], 2, "--top-k must be >= 0"),
@@ -153,3 +153,11 @@ def test_vocabulary_is_saved_with_the_checkpoint(trained):
     out_dir, _ = trained
     loaded = run.load_checkpoint(out_dir / "checkpoints/best.ckpt", {"charlm": get_task("charlm")})
     assert Vocabulary.from_list(loaded.extra["vocab"]).chars == sorted(set("the cat sat on the mat. "))
+
+
+def test_python_api_yields_characters(trained):
+    from rnnkit.tasks import load
+    from rnnkit.tasks.charlm import generate_text
+
+    chars = list(generate_text(load(trained[0] / "checkpoints/best.ckpt"), "the", 20, temperature=0))
+    assert chars[0] == "the" and all(len(c) == 1 for c in chars[1:]) and "".join(chars).startswith("the cat sat")

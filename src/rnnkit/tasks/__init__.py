@@ -8,6 +8,13 @@ from .mnist import MNISTTask
 TASKS: dict[str, Task] = {task.name: task for task in (MNISTTask(), CharLMTask())}
 
 
+def load(path):
+    """A checkpoint of any task, read without executing code: `.model` (eval mode), `.cfg`, `.task`, `.extra`."""
+    from ..training.run import load_checkpoint
+
+    return load_checkpoint(path, TASKS)
+
+
 def get_task(name: str) -> Task:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose from: {', '.join(TASKS)}")

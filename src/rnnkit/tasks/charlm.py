@@ -7,6 +7,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torchmetrics import MeanMetric, MetricCollection
@@ -102,23 +103,41 @@ class CharLMTask(Task):
 
     def sample(self, loaded, args) -> None:
         """Stream characters to stdout as they are generated (`rnnkit sample`)."""
-        vocab = text.Vocabulary.from_list(loaded.extra["vocab"])
-        prime = args.prime if args.prime is not None else ("\n" if "\n" in vocab else vocab.chars[0])
-        unknown = vocab.unknown(prime)
-        if unknown:
-            raise ValueError(f"--prime has characters the model never saw in training: "
-                             f"{', '.join(map(repr, unknown[:10]))}; its vocabulary has {len(vocab)} characters")
-        if not prime:
+        if args.prime == "":
             raise ConfigError("--prime must hold at least one character (the default is a newline)")
-        if args.top_k > len(vocab):
-            raise ConfigError(f"--top-k must be at most the vocabulary size, {len(vocab)}; got {args.top_k}")
-        generator = torch.Generator().manual_seed(args.seed)
-        sys.stdout.write(prime)
-        for next_id in generate(loaded.model, vocab.encode(prime), args.length, args.temperature, args.top_k,
-                                generator):
-            sys.stdout.write(vocab.decode([next_id]))
+        chars = generate_text(loaded, args.prime, args.length, args.temperature, args.top_k, args.seed)
+        first = next(chars)  # the prime is checked before anything is printed
+        sys.stdout.write(first)
+        for ch in chars:
+            sys.stdout.write(ch)
             sys.stdout.flush()
         sys.stdout.write("\n")
+
+
+def generate_text(loaded, prime: str | None = None, length: int = 500, temperature: float = 0.8, top_k: int = 0,
+                  seed: int = 0) -> Iterator[str]:
+    """Yield the prime, then `length` generated characters one at a time, from a loaded charlm
+    checkpoint (`rnnkit.tasks.load(path)`). The default prime is a newline (or the vocabulary's
+    first character if it has none); characters outside the vocabulary are refused, named."""
+    vocab = text.Vocabulary.from_list(loaded.extra["vocab"])
+    if prime is None:
+        prime = "\n" if "\n" in vocab else vocab.chars[0]
+    unknown = vocab.unknown(prime)
+    if unknown:
+        raise ValueError(f"the prime has characters the model never saw in training: "
+                         f"{', '.join(map(repr, unknown[:10]))}; its vocabulary has {len(vocab)} characters")
+    if not prime:
+        raise ValueError("the prime must hold at least one character")
+    if top_k > len(vocab):
+        raise ConfigError(f"--top-k must be at most the vocabulary size, {len(vocab)}; got {top_k}")
+    return _stream(loaded.model, vocab, prime, length, temperature, top_k, seed)
+
+
+def _stream(model, vocab, prime, length, temperature, top_k, seed) -> Iterator[str]:
+    yield prime
+    generator = torch.Generator().manual_seed(seed)
+    for next_id in generate(model, vocab.encode(prime), length, temperature, top_k, generator):
+        yield vocab.chars[next_id]
 
 
 def sample_text(model, vocab, cfg, prime: str = "\n", temperature: float = 0.8, seed: int = 0) -> str:
