@@ -21,13 +21,15 @@ from rnnkit.models.language import CharLM, generate
 from rnnkit.tasks.charlm import CharLMConfig
 
 
-def per_step_ms(layer, x, state, steps: int) -> float:
+def per_step_ms(step, x, steps: int) -> float:
+    """Milliseconds per call of `step(x, state) -> (output, state)`, the state carried."""
+    state = None
     with torch.no_grad():
         for _ in range(20):
-            _, state = layer(x, state)
+            _, state = step(x, state)
         start = time.perf_counter()
         for _ in range(steps):
-            _, state = layer(x, state)
+            _, state = step(x, state)
     return (time.perf_counter() - start) / steps * 1e3
 
 
@@ -52,21 +54,23 @@ def main(argv=None) -> int:
                                     generator=torch.Generator().manual_seed(0)))
         rates.append(n / (time.perf_counter() - start))
     x = torch.randn(1, 1, cfg.embedding)
-    ours = per_step_ms(model.rnn, x, None, args.chars)
+    ours_step = per_step_ms(model.rnn.step, x[:, 0], args.chars)
+    ours = per_step_ms(model.rnn, x, args.chars)
     reference = torch.nn.LSTM(cfg.embedding, args.hidden, args.layers, batch_first=True).eval()
-    theirs = per_step_ms(reference, x, None, args.chars)
+    theirs = per_step_ms(reference, x, args.chars)
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "python": platform.python_version(), "torch": torch.__version__, "rnnkit": rnnkit.__version__,
         "threads": torch.get_num_threads(), "model": f"{args.layers}-layer LSTM-{args.hidden}, vocabulary {args.vocab}",
         "chars_per_s": max(rates), "model_ms_per_char": 1e3 / max(rates),
-        "rnnkit_layer_ms_per_step": ours, "torch_nn_layer_ms_per_step": theirs,
+        "rnnkit_step_ms": ours_step, "rnnkit_forward_ms_per_step": ours, "torch_nn_forward_ms_per_step": theirs,
     }
     print(f"{result['model']}, one stream; {result['machine']}, torch {result['torch']}, {result['threads']} threads")
     print(f"  generation (embedding + layer + softmax + sampling): {result['chars_per_s']:8.0f} chars/s "
           f"({result['model_ms_per_char']:.3f} ms/char)")
-    print(f"  rnnkit.LSTM alone, one step with carried state:      {ours:8.3f} ms")
-    print(f"  torch.nn.LSTM alone, one step with carried state:    {theirs:8.3f} ms")
+    print(f"  rnnkit.LSTM.step(x_t, state) alone:                  {ours_step:8.3f} ms")
+    print(f"  rnnkit.LSTM forward on a 1-step sequence:            {ours:8.3f} ms")
+    print(f"  torch.nn.LSTM forward on a 1-step sequence:          {theirs:8.3f} ms")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -68,16 +68,16 @@ def test_classifier_with_lengths_ignores_padding():
 ])
 def test_make_rnn_passes_the_variants(cfg, expected):
     rnn = make_rnn(cfg, 3)
-    assert type(rnn.step).__name__ == expected
+    assert type(rnn.cell).__name__ == expected
     assert rnn.batch_first and rnn_output_size(rnn) == cfg.hidden
 
 
 def test_make_rnn_variant_flags_reach_the_layer():
     lstm = make_rnn(RNNConfig(peephole=True, coupled=True, forget_bias=1.5, proj_size=4, layers=2, dropout=0.3), 3)
-    assert lstm.step.peephole and lstm.step.coupled and lstm.proj_size == 4 and lstm.dropout == 0.3
+    assert lstm.cell.peephole and lstm.cell.coupled and lstm.proj_size == 4 and lstm.dropout == 0.3
     assert rnn_output_size(lstm) == 4
     gru = make_rnn(RNNConfig(cell="gru", reset_after=False, bidirectional=True), 3)
-    assert not gru.step.reset_after and rnn_output_size(gru) == 2 * 128
+    assert not gru.cell.reset_after and rnn_output_size(gru) == 2 * 128
 
 
 def test_final_readout_is_each_directions_final_state():

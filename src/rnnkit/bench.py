@@ -116,7 +116,7 @@ def time_case(label: str, shape: str, repeats: int, device: torch.device) -> dic
 
 
 def _impl_used(layer, x, batch, recording) -> str:
-    return dispatch.choose(layer.impl, layer.step, x.device, batch, layer.recurrent_dropout, recording, None,
+    return dispatch.choose(layer.impl, layer.cell, x.device, batch, layer.recurrent_dropout, recording, None,
                            recording=recording)
 
 

@@ -103,7 +103,7 @@ class _Recurrent(nn.Module):
     def __init__(self, step: Step, input_size, num_layers, batch_first, dropout, bidirectional,
                  recurrent_dropout, impl, forget_bias, device, dtype):
         super().__init__()
-        self.step = step
+        self.cell = step
         self.input_size = _check_int(input_size, "input_size", 1)
         self.hidden_size = step.hidden_size
         self.num_layers = _check_int(num_layers, "num_layers", 1)
@@ -137,11 +137,11 @@ class _Recurrent(nn.Module):
 
     @property
     def proj_size(self) -> int:
-        return getattr(self.step, "proj_size", 0)
+        return getattr(self.cell, "proj_size", 0)
 
     def reset_parameters(self) -> None:
         for named in self._names:
-            _init_parameters(self, self.step, named, self.forget_bias)
+            _init_parameters(self, self.cell, named, self.forget_bias)
 
     def flatten_parameters(self) -> None:
         """No-op, for code written against torch.nn (the engine needs no flat weight buffer)."""
@@ -160,7 +160,7 @@ class _Recurrent(nn.Module):
                              ("recurrent_dropout", 0.0), ("impl", "auto"), ("forget_bias", None)):
             if getattr(self, key) != default:
                 s += f", {key}={getattr(self, key)!r}"
-        return s + _step_repr(self.step)
+        return s + _step_repr(self.cell)
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, input, hx=None, *, lengths=None):
@@ -195,10 +195,10 @@ class _Recurrent(nn.Module):
             x = x.index_select(1, perm.to(x.device))
             states = tuple(s.index_select(1, perm.to(s.device)) for s in states)
             lengths = lengths.index_select(0, perm.to(lengths.device))
-        impl = dispatch.choose(self.impl, self.step, x.device, B, self.recurrent_dropout, self.training, lengths,
+        impl = dispatch.choose(self.impl, self.cell, x.device, B, self.recurrent_dropout, self.training, lengths,
                                recording=torch.is_grad_enabled(), steps=T)
         if impl == "native":
-            out, finals = dispatch.run_native(self.step, [w for ws in self.all_weights for w in ws], x, states,
+            out, finals = dispatch.run_native(self.cell, [w for ws in self.all_weights for w in ws], x, states,
                                               lengths, self.num_layers, self.dropout, self.training, self.bidirectional)
         else:
             bptt = "explicit" if impl == "engine" else "autograd"
@@ -218,7 +218,7 @@ class _Recurrent(nn.Module):
 
     def _run_stack(self, x, states, lengths, bptt):
         """x (T, B, I), batch sorted longest first when lengths are given."""
-        step, D = self.step, self.num_directions
+        step, D = self.cell, self.num_directions
         T, B = x.shape[:2]
         batch_sizes = None if lengths is None else engine.batch_sizes_from_lengths(lengths.tolist(), T)
         finals = [[] for _ in range(step.num_states)]
@@ -244,6 +244,39 @@ class _Recurrent(nn.Module):
                 x = F.dropout(x, self.dropout, training=True)  # vertical connections only
         return x, tuple(torch.stack(f) for f in finals)
 
+    def step(self, x_t: Tensor, hx=None):
+        """One time step of a unidirectional layer, as in generation: x_t (B, I) and the state in
+        forward()'s layout ((L, B, H) tensors, or None for zeros) -> (output (B, P), new state).
+
+        The same numbers as forward() on a one-step sequence, with less work per call: PyTorch's
+        fused cell functions (torch.lstm_cell, gru_cell, rnn_tanh_cell, rnn_relu_cell) where the
+        cell has one, else the cell's own step. Inter-layer dropout applies in training mode;
+        recurrent dropout is a per-sequence mask and needs forward().
+        """
+        if self.bidirectional:
+            raise ValueError("step() runs one direction forward in time; this layer is bidirectional")
+        if not isinstance(x_t, Tensor) or x_t.dim() != 2 or x_t.shape[1] != self.input_size:
+            shape = tuple(x_t.shape) if isinstance(x_t, Tensor) else type(x_t).__name__
+            raise ValueError(f"step() takes one time step of shape (batch, input_size={self.input_size}); got {shape}")
+        check_input_dtype(x_t, self.weight_ih_l0.dtype)
+        states = self._check_state(hx, x_t.shape[0], True, x_t)
+        fused = _FUSED_CELLS.get(dispatch.native_kernel(self.cell)) if self.proj_size == 0 else None
+        finals = [[] for _ in states]
+        x = x_t
+        for layer, named in enumerate(self._names):
+            p = {generic: getattr(self, name) for generic, name in named.items()}
+            state = tuple(s[layer] for s in states)
+            if fused is not None:
+                state = fused(x, state, p)
+            else:
+                state, _ = self.cell.step(self.cell.project_input(x.unsqueeze(0), p)[0], state, p, None)
+            for collected, s in zip(finals, state):
+                collected.append(s)
+            x = state[0]  # (B, P)
+            if self.training and self.dropout > 0 and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        return x, self._pack_state(tuple(torch.stack(f) for f in finals))
+
     # -- validation --------------------------------------------------------------------------
     def _check_input(self, input) -> tuple[Tensor, bool]:
         if not isinstance(input, Tensor):
@@ -256,12 +289,12 @@ class _Recurrent(nn.Module):
 
     def _state_shapes(self, B: int, batched: bool) -> list[tuple[int, ...]]:
         LD = self.num_layers * self.num_directions
-        return [(LD, B, size) if batched else (LD, size) for size in self.step.state_sizes()]
+        return [(LD, B, size) if batched else (LD, size) for size in self.cell.state_sizes()]
 
     def _check_state(self, hx, B: int, batched: bool, x: Tensor) -> tuple[Tensor, ...]:
         if hx is None:
             return tuple(x.new_zeros(self.num_layers * self.num_directions, B, size)
-                         for size in self.step.state_sizes())
+                         for size in self.cell.state_sizes())
         shapes = self._state_shapes(B, batched)
         states = self._unpack_state(hx)
         for name, s, shape in zip(("h_0", "c_0"), states, shapes):
@@ -279,6 +312,16 @@ class _Recurrent(nn.Module):
 
     def _pack_state(self, finals: tuple[Tensor, ...]):
         return finals[0]
+
+
+_FUSED_CELLS = {  # native kernel -> one step with PyTorch's fused cell function: (x, state, p) -> state
+    "lstm": lambda x, s, p: torch.lstm_cell(x, s, p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh")),
+    "gru": lambda x, s, p: (torch.gru_cell(x, s[0], p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh")),),
+    "rnn_tanh": lambda x, s, p: (torch.rnn_tanh_cell(x, s[0], p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
+                                                     p.get("bias_hh")),),
+    "rnn_relu": lambda x, s, p: (torch.rnn_relu_cell(x, s[0], p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
+                                                     p.get("bias_hh")),),
+}
 
 
 def _step_repr(step: Step) -> str:
@@ -390,7 +433,7 @@ class _CellModule(nn.Module):
 
     def __init__(self, step: Step, input_size, forget_bias, device, dtype):
         super().__init__()
-        self.step = step
+        self.cell = step
         self.input_size = _check_int(input_size, "input_size", 1)
         self.hidden_size = step.hidden_size
         self.bias = step.bias
@@ -400,10 +443,10 @@ class _CellModule(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        _init_parameters(self, self.step, {name: name for name, _ in self.named_parameters()}, self.forget_bias)
+        _init_parameters(self, self.cell, {name: name for name, _ in self.named_parameters()}, self.forget_bias)
 
     def extra_repr(self) -> str:
-        s = f"{self.input_size}, {self.hidden_size}" + _step_repr(self.step)
+        s = f"{self.input_size}, {self.hidden_size}" + _step_repr(self.cell)
         return s + ("" if self.forget_bias is None else f", forget_bias={self.forget_bias!r}")
 
     def forward(self, input, hx=None):
@@ -416,7 +459,7 @@ class _CellModule(nn.Module):
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)  # (B, I)
         B = x.shape[0]
-        sizes = self.step.state_sizes()
+        sizes = self.cell.state_sizes()
         if hx is None:
             states = tuple(x.new_zeros(B, size) for size in sizes)
         else:
@@ -430,7 +473,7 @@ class _CellModule(nn.Module):
                     raise ValueError(f"{name} must have shape {shape}; got {got}")
             states = tuple(s if batched else s.unsqueeze(0) for s in states)
         p = dict(self.named_parameters())
-        new, _ = self.step.step(self.step.project_input(x, p), tuple(states), p)
+        new, _ = self.cell.step(self.cell.project_input(x, p), tuple(states), p)
         new = new if batched else tuple(s.squeeze(0) for s in new)
         return new if len(new) == 2 else new[0]
 

@@ -35,6 +35,11 @@ class CharLM(nn.Module):
         loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         return (logits, state), loss
 
+    def step(self, ids: Tensor, state=None):
+        """One character per sequence: ids (B,) and the carried state -> (logits (B, V), state)."""
+        output, state = self.rnn.step(self.drop(self.embed(ids)), state)  # (B, H)
+        return self.head(self.drop(output)), state
+
 
 @torch.no_grad()
 def generate(model: CharLM, prime: Tensor, length: int, temperature: float = 1.0, top_k: int = 0,
@@ -49,8 +54,8 @@ def generate(model: CharLM, prime: Tensor, length: int, temperature: float = 1.0
     device = model.head.weight.device
     try:
         (logits, state), _ = model((prime.to(device).view(1, -1), None))
+        last = logits[0, -1]                                            # (V,)
         for _ in range(length):
-            last = logits[0, -1]                                        # (V,)
             if temperature == 0:
                 next_id = int(last.argmax())
             else:
@@ -60,6 +65,7 @@ def generate(model: CharLM, prime: Tensor, length: int, temperature: float = 1.0
                     last = last.masked_fill(last < cutoff, float("-inf"))
                 next_id = int(torch.multinomial(last.softmax(-1), 1, generator=generator))
             yield next_id
-            (logits, state), _ = model((torch.tensor([[next_id]], device=device), state))
+            logits, state = model.step(torch.tensor([next_id], device=device), state)
+            last = logits[0]
     finally:
         model.train(was_training)
