@@ -161,3 +161,22 @@ def test_python_api_yields_characters(trained):
 
     chars = list(generate_text(load(trained[0] / "checkpoints/best.ckpt"), "the", 20, temperature=0))
     assert chars[0] == "the" and all(len(c) == 1 for c in chars[1:]) and "".join(chars).startswith("the cat sat")
+
+
+def test_data_parallel_training_gives_each_process_its_own_streams(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "text.txt").write_text("the cat sat on the mat. " * 200)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop(run.RUN_DIR_ENV, None)
+    proc = subprocess.run([sys.executable, "-m", "rnnkit", "train", "charlm", "--text", str(tmp_path / "text.txt"),
+                           "--out", str(tmp_path / "ddp"), "--devices", "2", "--accelerator", "cpu", "--hidden", "8",
+                           "--layers", "1", "--batch-size", "4", "--bptt", "50", "--max-epochs", "1",
+                           "--sample-length", "5", "--no-progress"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    # 4320 training characters in 4 streams of 1080: 22 windows of 50, read by both processes in step
+    assert result["steps"] == 22 and result["config"]["devices"] == 2

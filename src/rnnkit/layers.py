@@ -258,13 +258,14 @@ class _Recurrent(nn.Module):
         if not isinstance(x_t, Tensor) or x_t.dim() != 2 or x_t.shape[1] != self.input_size:
             shape = tuple(x_t.shape) if isinstance(x_t, Tensor) else type(x_t).__name__
             raise ValueError(f"step() takes one time step of shape (batch, input_size={self.input_size}); got {shape}")
-        check_input_dtype(x_t, self.weight_ih_l0.dtype)
+        params = self._parameters  # direct lookups: this runs once per generated token
+        check_input_dtype(x_t, params["weight_ih_l0"].dtype)
         states = self._check_state(hx, x_t.shape[0], True, x_t)
         fused = _FUSED_CELLS.get(dispatch.native_kernel(self.cell)) if self.proj_size == 0 else None
-        finals = [[] for _ in states]
+        finals = [[] for _ in states]  # per state: its (B, H) at each layer
         x = x_t
         for layer, named in enumerate(self._names):
-            p = {generic: getattr(self, name) for generic, name in named.items()}
+            p = {generic: params[name] for generic, name in named.items()}
             state = tuple(s[layer] for s in states)
             if fused is not None:
                 state = fused(x, state, p)

@@ -37,8 +37,11 @@ class CharLM(nn.Module):
 
     def step(self, ids: Tensor, state=None):
         """One character per sequence: ids (B,) and the carried state -> (logits (B, V), state)."""
-        output, state = self.rnn.step(self.drop(self.embed(ids)), state)  # (B, H)
-        return self.head(self.drop(output)), state
+        x = self.embed(ids)                                            # (B, E)
+        if self.training:
+            x = self.drop(x)
+        output, state = self.rnn.step(x, state)                        # (B, H)
+        return self.head(self.drop(output) if self.training else output), state
 
 
 @torch.no_grad()
@@ -55,6 +58,7 @@ def generate(model: CharLM, prime: Tensor, length: int, temperature: float = 1.0
     try:
         (logits, state), _ = model((prime.to(device).view(1, -1), None))
         last = logits[0, -1]                                            # (V,)
+        ids = torch.arange(model.head.out_features, device=device)     # ids[i:i+1] is a view, not a new tensor
         for _ in range(length):
             if temperature == 0:
                 next_id = int(last.argmax())
@@ -65,7 +69,7 @@ def generate(model: CharLM, prime: Tensor, length: int, temperature: float = 1.0
                     last = last.masked_fill(last < cutoff, float("-inf"))
                 next_id = int(torch.multinomial(last.softmax(-1), 1, generator=generator))
             yield next_id
-            logits, state = model.step(torch.tensor([next_id], device=device), state)
+            logits, state = model.step(ids[next_id:next_id + 1], state)
             last = logits[0]
     finally:
         model.train(was_training)
