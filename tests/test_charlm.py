@@ -180,3 +180,9 @@ def test_data_parallel_training_gives_each_process_its_own_streams(tmp_path):
     result = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     # 4320 training characters in 4 streams of 1080: 22 windows of 50, read by both processes in step
     assert result["steps"] == 22 and result["config"]["devices"] == 2
+
+
+def test_commands_refuse_a_checkpoint_of_another_task(trained):
+    out_dir, _ = trained
+    code, _, err = rnnkit("predict", out_dir / "checkpoints/best.ckpt", "digit.png")
+    assert code == 2 and "task 'charlm' has no predict command" in err

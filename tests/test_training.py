@@ -78,7 +78,7 @@ def test_clipping_scales_gradients_to_tau_only_when_k_exceeds_one(monkeypatch):
         norm = math.sqrt(sum(p.numel() for p in params)) * scale
         module.configure_gradient_clipping(None)
         after = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params])).item()
-        assert math.isclose(module._norms[-1][1].item(), norm, rel_tol=1e-5)  # recorded before clipping
+        assert math.isclose(module._steps[-1][1]["grad_norm"].item(), norm, rel_tol=1e-5)  # before clipping
         assert math.isclose(after, min(norm, 1.0), rel_tol=1e-4)  # scaled by 1/k when k > 1, else untouched
 
 
@@ -141,12 +141,15 @@ def test_loading_never_executes_code_from_a_checkpoint(tmp_path):
     evil = tmp_path / "evil.ckpt"
     with open(evil, "wb") as f:
         pickle.dump({"state_dict": {}, "rnnkit": Payload()}, f)
-    torch.save({"state_dict": {}, "rnnkit": {"format": 1, "task": "charlm", "config": {}}}, tmp_path / "other.ckpt")
+    torch.save({"state_dict": {}, "rnnkit": {"format": 1, "task": "weather", "config": {}}}, tmp_path / "other.ckpt")
+    torch.save({"state_dict": {}, "rnnkit": {"format": 1, "task": "charlm", "config": {}}}, tmp_path / "broken.ckpt")
     with pytest.raises(ValueError, match="not a checkpoint rnnkit can load: .*never unpickles"):
         run.load_checkpoint(evil, TASKS)
     assert not marker.exists()
-    with pytest.raises(ValueError, match="checkpoint of task 'charlm', unknown"):
+    with pytest.raises(ValueError, match="checkpoint of task 'weather', unknown"):
         run.load_checkpoint(tmp_path / "other.ckpt", TASKS)
+    with pytest.raises(ValueError, match="its 'charlm' model cannot be rebuilt from the saved config and weights"):
+        run.load_checkpoint(tmp_path / "broken.ckpt", TASKS)
 
 
 def test_predict_reads_digits_like_the_test_set(trained, tmp_path, capsys):

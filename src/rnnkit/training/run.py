@@ -115,7 +115,7 @@ def build_trainer(cfg, run_dir: Path | None, task, *, for_training: bool = True,
     loggers = [_AppendingCSVLogger(run_dir, name="", version=""), TensorBoardLogger(run_dir, name="tensorboard", version="")]
     return L.Trainer(max_epochs=cfg.max_epochs, max_time={"minutes": cfg.max_time} if cfg.max_time else None,
                      limit_train_batches=_limit(cfg.limit_train_batches), callbacks=callbacks, logger=loggers,
-                     log_every_n_steps=1, **common)
+                     log_every_n_steps=50, **common)  # per-step values: TaskModule writes them itself
 
 
 class _AppendingCSVLogger(CSVLogger):
@@ -224,11 +224,14 @@ def load_checkpoint(path, tasks: dict) -> Loaded:
         raise ValueError(f"{path} is a checkpoint of task {record['task']!r}, unknown to this rnnkit "
                          f"(tasks: {', '.join(tasks)})")
     task = tasks[record["task"]]
-    cfg = from_dict(task.config_class, record["config"])
-    model = task.build_model(cfg, record.get("extra", {}))
-    prefix = "model."
-    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    model.load_state_dict(state)
+    try:
+        cfg = from_dict(task.config_class, record.get("config", {}))
+        model = task.build_model(cfg, record.get("extra", {}))
+        prefix = "model."
+        model.load_state_dict({k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path}: its {record['task']!r} model cannot be rebuilt from the saved config and weights "
+                         f"(written by rnnkit {record.get('version')}): {type(e).__name__}: {e}") from None
     model.eval()
     return Loaded(task, cfg, model, record.get("extra", {}), record)
 
