@@ -237,3 +237,12 @@ def test_max_time_stops_the_run_and_still_leaves_a_usable_checkpoint(tmp_path):
     result = train(tmp_path / "r", "--max-time", "0.02", "--limit-train-batches", "1.0", "--max-epochs", "50")
     assert result["steps"] < 54000 // 32 and result["epochs"] <= 1  # stopped inside the first epoch
     assert (tmp_path / "r/checkpoints/last.ckpt").is_file() and "test_acc" in result["test"]
+
+
+def test_default_run_directory_is_under_runs_in_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "mnist", *QUICK, "--max-epochs", "1"]) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name.startswith("mnist-")
+    result = json.loads((run_dir / "metrics.json").read_text())
+    assert result["best_checkpoint"] == "checkpoints/best.ckpt"

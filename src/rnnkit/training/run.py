@@ -62,7 +62,8 @@ def prepare_run_dir(task, cfg) -> Path:
         probe.unlink()
     except OSError as e:
         raise OSError(f"cannot write to the output directory {run_dir}: {e.strerror or e}") from None
-    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+    run_dir = run_dir.resolve()  # Lightning's callbacks resolve their paths; so do we
+    os.environ[RUN_DIR_ENV] = str(run_dir)
     return run_dir
 
 
