@@ -186,3 +186,15 @@ def test_commands_refuse_a_checkpoint_of_another_task(trained):
     out_dir, _ = trained
     code, _, err = rnnkit("predict", out_dir / "checkpoints/best.ckpt", "digit.png")
     assert code == 2 and "task 'charlm' has no predict command" in err
+
+
+def test_inverse_cdf_draw_follows_the_probabilities():
+    from rnnkit.models.language import _draw
+
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.2])
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(4)
+    for _ in range(20000):
+        counts[_draw(probs.tolist(), torch.rand((), generator=g).item())] += 1
+    assert counts[1] == 0 and torch.allclose(counts / 20000, probs, atol=0.015)
+    assert _draw([0.0, 1.0], 0.999999) == 1 and _draw([1.0, 0.0], 0.0) == 0

@@ -265,11 +265,11 @@ class _Recurrent(nn.Module):
         finals = [[] for _ in states]  # per state: its (B, H) at each layer
         x = x_t
         for layer, named in enumerate(self._names):
-            p = {generic: params[name] for generic, name in named.items()}
             state = tuple(s[layer] for s in states)
-            if fused is not None:
-                state = fused(x, state, p)
+            if fused is not None:  # (weights and biases in torch's order, as the fused functions take them)
+                state = fused(x, state, *[params[name] for name in named.values()])
             else:
+                p = {generic: params[name] for generic, name in named.items()}
                 state, _ = self.cell.step(self.cell.project_input(x.unsqueeze(0), p)[0], state, p, None)
             for collected, s in zip(finals, state):
                 collected.append(s)
@@ -315,13 +315,11 @@ class _Recurrent(nn.Module):
         return finals[0]
 
 
-_FUSED_CELLS = {  # native kernel -> one step with PyTorch's fused cell function: (x, state, p) -> state
-    "lstm": lambda x, s, p: torch.lstm_cell(x, s, p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh")),
-    "gru": lambda x, s, p: (torch.gru_cell(x, s[0], p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh")),),
-    "rnn_tanh": lambda x, s, p: (torch.rnn_tanh_cell(x, s[0], p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
-                                                     p.get("bias_hh")),),
-    "rnn_relu": lambda x, s, p: (torch.rnn_relu_cell(x, s[0], p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
-                                                     p.get("bias_hh")),),
+_FUSED_CELLS = {  # native kernel -> one step with PyTorch's fused cell function: (x, state, *weights) -> state
+    "lstm": lambda x, s, *w: torch.lstm_cell(x, s, *w),
+    "gru": lambda x, s, *w: (torch.gru_cell(x, s[0], *w),),
+    "rnn_tanh": lambda x, s, *w: (torch.rnn_tanh_cell(x, s[0], *w),),
+    "rnn_relu": lambda x, s, *w: (torch.rnn_relu_cell(x, s[0], *w),),
 }
 
 
