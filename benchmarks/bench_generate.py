@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 
 import torch
 
-import rnnkit
+from rnnkit.bench import machine
 from rnnkit.models import make_rnn
 from rnnkit.models.language import CharLM, generate
 from rnnkit.tasks.charlm import CharLMConfig
@@ -59,13 +57,11 @@ def main(argv=None) -> int:
     reference = torch.nn.LSTM(cfg.embedding, args.hidden, args.layers, batch_first=True).eval()
     theirs = per_step_ms(reference, x, args.chars)
     result = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "python": platform.python_version(), "torch": torch.__version__, "rnnkit": rnnkit.__version__,
-        "threads": torch.get_num_threads(), "model": f"{args.layers}-layer LSTM-{args.hidden}, vocabulary {args.vocab}",
+        **machine(), "model": f"{args.layers}-layer LSTM-{args.hidden}, vocabulary {args.vocab}",
         "chars_per_s": max(rates), "model_ms_per_char": 1e3 / max(rates),
         "rnnkit_step_ms": ours_step, "rnnkit_forward_ms_per_step": ours, "torch_nn_forward_ms_per_step": theirs,
     }
-    print(f"{result['model']}, one stream; {result['machine']}, torch {result['torch']}, {result['threads']} threads")
+    print(f"{result['model']}, one stream; {result['cpu']}, {result['cores']} cores, torch {result['torch']}, {result['threads']} threads")
     print(f"  generation (embedding + layer + softmax + sampling): {result['chars_per_s']:8.0f} chars/s "
           f"({result['model_ms_per_char']:.3f} ms/char)")
     print(f"  rnnkit.LSTM.step(x_t, state) alone:                  {ours_step:8.3f} ms")

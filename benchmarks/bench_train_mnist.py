@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-import rnnkit
+from rnnkit.bench import machine
 from rnnkit.tasks import get_task
 from rnnkit.training import run
 from rnnkit.training.data import TensorBatches
@@ -103,13 +102,11 @@ def main(argv=None) -> int:
             stack_seconds.append(rnnkit_epoch(task, cfg))
             os.environ.pop(run.RUN_DIR_ENV, None)
     result = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "python": platform.python_version(), "torch": torch.__version__, "rnnkit": rnnkit.__version__,
-        "threads": torch.get_num_threads(), "model": f"{'Bi' if args.bidirectional else ''}LSTM-{args.hidden}",
+        **machine(), "model": f"{'Bi' if args.bidirectional else ''}LSTM-{args.hidden}",
         "plain_s_per_epoch": min(plain_seconds), "rnnkit_s_per_epoch": min(stack_seconds),
         "ratio": min(stack_seconds) / min(plain_seconds),
     }
-    print(f"{result['model']}, one steady-state epoch (train + validation), {result['machine']}, "
+    print(f"{result['model']}, one steady-state epoch (train + validation), {result['cpu']}, {result['cores']} cores, "
           f"torch {result['torch']}, {result['threads']} threads:")
     print(f"  plain torch.nn loop   {result['plain_s_per_epoch']:7.1f} s")
     print(f"  rnnkit train mnist    {result['rnnkit_s_per_epoch']:7.1f} s   ratio {result['ratio']:.2f}x")

@@ -1,14 +1,12 @@
 """The character-level language model: carried state == one long run, truncated BPTT stops gradients at
 the window edge, streaming generation == re-running the prefix, and the commands end to end."""
-import contextlib
-import io
 import json
 import math
 
 import pytest
 import torch
 
-from rnnkit.cli import main
+from clirun import rnnkit
 from rnnkit.data.text import Vocabulary
 from rnnkit.models import make_rnn
 from rnnkit.models.language import CharLM, generate
@@ -73,16 +71,6 @@ def test_bidirectional_is_refused():
         CharLMConfig(bidirectional=True).validate()
     with pytest.raises(ValueError, match="bidirectional layer would read the answer"):
         CharLM(make_rnn(CharLMConfig(hidden=4, bidirectional=True), 3), 5, 3)
-
-
-def rnnkit(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(list(map(str, argv)))
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

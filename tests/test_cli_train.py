@@ -1,12 +1,11 @@
 """The training commands as a user meets them: help, bad input (one line, exit 2 usage / 1 runtime, no
 traceback, nothing saved is touched), and `rnnkit data download` against a local HTTP server."""
-import contextlib
-import io
 import shutil
 from pathlib import Path
 
 import pytest
 
+from clirun import rnnkit
 from httpserver import serve
 from rnnkit.cli import main
 from rnnkit.data import mnist
@@ -14,17 +13,6 @@ from rnnkit.tasks.mnist import MNISTConfig
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_mnist = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"MNIST not found in {DATA}")
-
-
-def rnnkit(*argv) -> tuple[int, str, str]:
-    """Run the command in-process: (exit code, stdout, stderr), argparse's exits included."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(list(map(str, argv)))
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train", "mnist", "--help"], ["eval", "--help"],
