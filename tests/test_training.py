@@ -246,3 +246,37 @@ def test_default_run_directory_is_under_runs_in_the_working_directory(tmp_path, 
     assert run_dir.name.startswith("mnist-")
     result = json.loads((run_dir / "metrics.json").read_text())
     assert result["best_checkpoint"] == "checkpoints/best.ckpt"
+
+
+@pytest.fixture
+def nan_at_step_2(monkeypatch):
+    """The classifier's training loss is NaN on its third training batch."""
+    from rnnkit.models.classifier import SequenceClassifier
+
+    forward, calls = SequenceClassifier.forward, {"n": 0}
+
+    def poisoned(self, inputs, targets=None):
+        output, loss = forward(self, inputs, targets)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                loss = loss * float("nan")
+        return output, loss
+
+    monkeypatch.setattr(SequenceClassifier, "forward", poisoned)
+
+
+def test_a_non_finite_step_is_skipped_and_counted(tmp_path, nan_at_step_2):
+    with pytest.warns(RuntimeWarning, match="training step 2: the gradient norm is nan, not finite; step skipped"):
+        result = train(tmp_path / "r", "--max-epochs", "1")
+    assert result["skipped_steps"] == 1 and result["steps"] == 4
+    state = weights(tmp_path / "r/checkpoints/best.ckpt")
+    assert all(torch.isfinite(v).all() for v in state.values())
+    assert math.isfinite(result["val"]["val_loss"])
+
+
+def test_a_non_finite_step_can_stop_the_run(tmp_path, nan_at_step_2, capsys):
+    code = cli.main(["train", "mnist", "--out", str(tmp_path / "r"), *QUICK, "--on-nonfinite", "stop"])
+    assert code == 1
+    assert "training step 2: the gradient norm is nan, not finite; stopped" in capsys.readouterr().err
+    assert not (tmp_path / "r/metrics.json").exists()

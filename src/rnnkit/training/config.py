@@ -58,6 +58,8 @@ class TrainConfig:
     lr_schedule: str = opt("none", "learning-rate schedule: cosine decay over --max-epochs, or halve "
                                    "on a validation plateau", ("none", "cosine", "plateau"))
     clip_norm: float = opt(0.0, "clip the global gradient norm to this threshold tau (0: off)")
+    on_nonfinite: str = opt("skip", "a training step whose gradient (or loss) is NaN or infinite: skip it, "
+                                    "counted in metrics.json, or stop the run with an error", ("skip", "stop"))
     batch_size: int = opt(128, "examples per batch (per process)")
     max_epochs: int = opt(20, "maximum number of epochs")
     max_time: float = opt(0.0, "stop after this many minutes (0: no limit)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import lightning as L
 import torch
@@ -14,8 +15,13 @@ from .. import __version__
 CHECKPOINT_KEY = "rnnkit"  # where a checkpoint keeps the task, its config and its extra data
 CHECKPOINT_FORMAT = 1
 RNG_KEY = "rnnkit_rng_state"
+SKIPPED_KEY = "rnnkit_skipped_steps"
 ROWS_PER_WRITE = 50
 PROGRESS_EVERY = 20
+
+
+class NonFiniteError(RuntimeError):
+    """A training step produced NaN or infinite gradients and the run was asked to stop (--on-nonfinite stop)."""
 
 
 class TaskModule(L.LightningModule):
@@ -30,6 +36,7 @@ class TaskModule(L.LightningModule):
         self._carried = {}  # stage -> recurrent state carried to the next window (truncated BPTT)
         self._steps = []  # (step, {name: value}) of training steps not yet written to the loggers
         self._epoch_loss = torch.zeros(2)
+        self.skipped_steps = 0  # steps skipped because their gradients were not finite
 
     def forward(self, inputs, targets=None):
         return self.model(inputs, targets)
@@ -64,7 +71,9 @@ class TaskModule(L.LightningModule):
         _, targets = batch
         _, loss = self._run(batch, "train")
         self._steps.append((self.global_step, {"train_loss_step": loss.detach()}))
-        self._epoch_loss += torch.stack([loss.detach() * len(targets), loss.new_tensor(len(targets))])
+        finite = torch.isfinite(loss.detach())  # a skipped step stays out of the epoch's mean (no sync here)
+        n = loss.new_tensor(len(targets)) * finite
+        self._epoch_loss += torch.stack([torch.where(finite, loss.detach(), 0.0) * n, n])
         if batch_idx % PROGRESS_EVERY == 0:  # for the progress bar only; the loggers get every step
             self.log("train_loss", loss, prog_bar=True, logger=False)
         if self.cfg.l1 > 0:
@@ -112,6 +121,8 @@ class TaskModule(L.LightningModule):
         The norm before clipping is recorded at every step (and k when clipping is on)."""
         tau = self.cfg.clip_norm
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tau if tau > 0 else math.inf)
+        if not torch.isfinite(norm):  # NaN/inf anywhere in the gradients (a NaN loss makes them all NaN)
+            self._non_finite(norm)
         if not self._steps or self._steps[-1][0] != self.global_step:
             self._steps.append((self.global_step, {}))
         row = self._steps[-1][1]
@@ -120,6 +131,18 @@ class TaskModule(L.LightningModule):
             row["clip_ratio"] = norm.detach() / tau
         if len(self._steps) >= ROWS_PER_WRITE:
             self._write_steps()
+
+    def _non_finite(self, norm) -> None:
+        """Skip this step (no parameter changes: the optimiser skips parameters without gradients) or stop."""
+        step = self.global_step
+        if self.cfg.on_nonfinite == "stop":
+            raise NonFiniteError(f"training step {step}: the gradient norm is {norm.item()}, not finite; stopped "
+                                 "(--on-nonfinite stop). The checkpoints written so far are unchanged.")
+        for p in self.model.parameters():
+            p.grad = None
+        self.skipped_steps += 1
+        warnings.warn(f"training step {step}: the gradient norm is {norm.item()}, not finite; step skipped "
+                      f"({self.skipped_steps} so far)", RuntimeWarning, stacklevel=2)
 
     def on_train_epoch_start(self):
         self._carried.pop("train", None)  # each epoch reads the streams from their start, h_0 = 0
@@ -150,10 +173,12 @@ class TaskModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = checkpoint_record(self.task, self.cfg, self.extra)
         checkpoint[RNG_KEY] = torch.get_rng_state()  # dropout continues with the same draws on resume
+        checkpoint[SKIPPED_KEY] = self.skipped_steps
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if RNG_KEY in checkpoint:
             torch.set_rng_state(checkpoint[RNG_KEY])
+        self.skipped_steps = int(checkpoint.get(SKIPPED_KEY, 0))
 
 
 def checkpoint_record(task, cfg, extra: dict) -> dict:

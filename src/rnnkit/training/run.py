@@ -154,7 +154,8 @@ def train(task, cfg) -> dict:
         test = trainer.test(module, datamodule=data, ckpt_path=best, weights_only=True, verbose=False)[0]
     result = {"task": task.name, "rnnkit": __version__, "torch": torch.__version__,
               "val": _plain(val), "test": _plain(test), "epochs": trainer.current_epoch,
-              "steps": trainer.global_step, "train_seconds": round(train_seconds, 2),
+              "steps": trainer.global_step, "skipped_steps": module.skipped_steps,
+              "train_seconds": round(train_seconds, 2),
               "best_checkpoint": str(Path(best).relative_to(run_dir)) if best else None,
               "config": dataclasses.asdict(cfg)}
     if trainer.is_global_zero:
