@@ -204,6 +204,37 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_gradflow(args) -> int:
+    from .analysis import gradflow
+
+    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    unknown = [c for c in cells if c not in gradflow.CELLS]
+    if unknown or not cells:
+        raise UsageError(f"--cells takes a comma-separated subset of {','.join(gradflow.CELLS)}; got {args.cells!r}")
+    for name in ("length", "hidden", "batch"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be >= 1; got {getattr(args, name)}")
+    curves = gradflow.compare_cells(cells, args.length, args.hidden, batch=args.batch, seed=args.seed,
+                                    forget_bias=args.forget_bias)
+    T = args.length
+    marks = sorted({T, max(1, T - 10), max(1, T - 50), 1}, reverse=True)
+    print(f"‖∂L/∂h_t‖ at initialisation, loss at step T={T} (hidden {args.hidden}, batch {args.batch}):")
+    width = max(len(name) for name in curves) + 2
+    print(f"{'cell':{width}s}" + "".join(f"{'t=' + str(t):>12s}" for t in marks))
+    for name, norms in curves.items():
+        print(f"{name:{width}s}" + "".join(f"{norms[t - 1]:12.3e}" for t in marks))
+    if args.out:
+        from .analysis.plots import plot_gradient_flow
+
+        plot_gradient_flow(curves, args.out, title=f"‖∂L/∂h_t‖ at initialisation, loss at step {T}")
+        print(f"plot: {args.out}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"length": T, "hidden": args.hidden, "batch": args.batch, "seed": args.seed,
+                       "norms": curves}, f, indent=1)
+    return 0
+
+
 def cmd_data_download(args) -> int:
     from .data import DATASETS, download_dataset
 
@@ -271,6 +302,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="base URL to download from instead of the public mirrors (repeatable, tried in order)")
     dl.set_defaults(fn=cmd_data_download)
     sub.add_parser("info", help="list the cells and variants with their equations").set_defaults(fn=cmd_info)
+    gf = sub.add_parser("gradflow", help="plot ‖∂L/∂h_t‖ over time for a loss at the last step: "
+                        "vanishing gradients in a vanilla RNN, not in LSTM/GRU")
+    gf.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated subset of rnn,lstm,gru")
+    gf.add_argument("--length", type=int, default=100, help="sequence length T")
+    gf.add_argument("--hidden", type=int, default=64)
+    gf.add_argument("--batch", type=int, default=32)
+    gf.add_argument("--seed", type=int, default=0)
+    gf.add_argument("--forget-bias", type=float, default=None,
+                    help="LSTM forget-gate bias at initialisation (default: torch.nn's init, about 0)")
+    gf.add_argument("--out", metavar="FILE.png", help="write the plot here")
+    gf.add_argument("--json", metavar="FILE", help="write the norms as JSON")
+    gf.set_defaults(fn=cmd_gradflow)
     demo = sub.add_parser("demo", help="build every layer, run forward and backward, print shapes and timings")
     demo.add_argument("--batch", type=int, default=32)
     demo.add_argument("--steps", type=int, default=50)

@@ -169,6 +169,22 @@ def plot_image_grid(images, titles: list[str], out: str | Path, ncols: int = 8, 
 
 # -- helpers ----------------------------------------------------------------------------------------
 
+def plot_gradient_flow(curves: dict[str, list[float]], out: str | Path, title: str = "") -> Path:
+    """‖∂L/∂h_t‖ against the time step t, one line per cell, on a log scale (rnnkit gradflow)."""
+    if not curves:
+        raise ValueError("no gradient curves to plot")
+    fig = _figure((8, 4.5), title or "gradient flow through time: ‖∂L/∂h_t‖ for a loss at the last step")
+    ax = fig.add_subplot(1, 1, 1)
+    for name, norms in curves.items():
+        ax.plot(range(1, len(norms) + 1), norms, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("time step t (the loss is at the last step)")
+    ax.set_ylabel("‖∂L/∂h_t‖")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return _save(fig, out)
+
+
 def _panel(column: str) -> str | None:
     """The panel a metrics.csv column belongs in, or None for columns `plot_curves` leaves out."""
     if column in ("epoch", "step"):
