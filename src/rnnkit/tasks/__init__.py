@@ -1,11 +1,12 @@
 """The task registry: every recipe by name (`rnnkit train NAME`)."""
 from __future__ import annotations
 
+from .adding import AddingTask
 from .base import Task
 from .charlm import CharLMTask
 from .mnist import MNISTTask
 
-TASKS: dict[str, Task] = {task.name: task for task in (MNISTTask(), CharLMTask())}
+TASKS: dict[str, Task] = {task.name: task for task in (MNISTTask(), CharLMTask(), AddingTask())}
 
 
 def load(path):
