@@ -46,5 +46,10 @@ def test_adding_recipe_trains_and_reports_test_mse(tmp_path, monkeypatch):
     assert code == 0, err
     result = json.loads((tmp_path / "r/metrics.json").read_text())
     assert set(result["test"]) == {"test_loss", "test_mse"} and result["test"]["test_mse"] > 0
+    code, out, err = rnnkit("gradflow", "--checkpoint", tmp_path / "r/checkpoints/best.ckpt", "--length", "20",
+                            "--json", tmp_path / "g.json")
+    assert code == 0, err
+    norms = json.loads((tmp_path / "g.json").read_text())["norms"]["lstm trained (adding)"]
+    assert len(norms) == 20 and "after training" in out
     code, _, err = rnnkit("train", "adding", "--length", "1", "--out", tmp_path / "s")
     assert code == 2 and "--length must be >= 2; got 1" in err

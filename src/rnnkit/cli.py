@@ -215,10 +215,15 @@ def cmd_gradflow(args) -> int:
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be >= 1; got {getattr(args, name)}")
     curves = gradflow.compare_cells(cells, args.length, args.hidden, batch=args.batch, seed=args.seed,
-                                    forget_bias=args.forget_bias)
+                                    forget_bias=args.forget_bias) if not args.checkpoint else {}
+    for path in args.checkpoint or []:
+        loaded = _load(path)
+        curves[f"{loaded.cfg.cell} trained ({loaded.task.name})"] = gradflow.trained_curve(
+            loaded, args.length, args.batch, args.seed)
     T = args.length
     marks = sorted({T, max(1, T - 10), max(1, T - 50), 1}, reverse=True)
-    print(f"‖∂L/∂h_t‖ at initialisation, loss at step T={T} (hidden {args.hidden}, batch {args.batch}):")
+    when = "after training" if args.checkpoint else "at initialisation"
+    print(f"‖∂L/∂h_t‖ {when}, loss at step T={T} (batch {args.batch}):")
     width = max(len(name) for name in curves) + 2
     print(f"{'cell':{width}s}" + "".join(f"{'t=' + str(t):>12s}" for t in marks))
     for name, norms in curves.items():
@@ -226,7 +231,7 @@ def cmd_gradflow(args) -> int:
     if args.out:
         from .analysis.plots import plot_gradient_flow
 
-        plot_gradient_flow(curves, args.out, title=f"‖∂L/∂h_t‖ at initialisation, loss at step {T}")
+        plot_gradient_flow(curves, args.out, title=f"‖∂L/∂h_t‖ {when}, loss at step {T}")
         print(f"plot: {args.out}")
     if args.json:
         with open(args.json, "w") as f:
@@ -311,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     gf.add_argument("--seed", type=int, default=0)
     gf.add_argument("--forget-bias", type=float, default=None,
                     help="LSTM forget-gate bias at initialisation (default: torch.nn's init, about 0)")
+    gf.add_argument("--checkpoint", action="append", metavar="CKPT",
+                    help="measure the trained recurrent layer of this checkpoint instead (repeatable)")
     gf.add_argument("--out", metavar="FILE.png", help="write the plot here")
     gf.add_argument("--json", metavar="FILE", help="write the norms as JSON")
     gf.set_defaults(fn=cmd_gradflow)

@@ -53,3 +53,16 @@ def compare_cells(cells: list[str], length: int, hidden: int = 64, input_size: i
         label = f"lstm (forget bias {forget_bias:g})" if extra else name
         result[label] = gradient_norms(CELLS[name](input_size, hidden, batch_first=True, **extra), x).tolist()
     return result
+
+
+def trained_curve(loaded, length: int, batch: int = 32, seed: int = 0) -> list[float]:
+    """‖∂L/∂h_t‖ through the recurrent layer of a loaded checkpoint (`rnnkit.tasks.load`), on its task's
+    own sequences where the task makes them (the adding problem), else on random inputs."""
+    layer = loaded.model.rnn
+    if loaded.task.name == "adding":
+        from ..data.synthetic import adding_problem
+
+        x = adding_problem(batch, length, seed)[0]
+    else:
+        x = torch.randn(batch, length, layer.input_size, generator=torch.Generator().manual_seed(seed))
+    return gradient_norms(layer, x.to(layer.weight_ih_l0)).tolist()
