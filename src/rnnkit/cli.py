@@ -1,5 +1,5 @@
-"""The `rnnkit` command: `train TASK`, `eval`, `predict`, `data download`, `info`, `demo`, `bench`,
-`numpy-demo`. Exit codes: 0 success, 2 usage error, 1 runtime error (no traceback unless --debug)."""
+"""The `rnnkit` command: `train TASK`, `eval`, `predict`, `sample`, `data download`, `gradflow`, `info`,
+`demo`, `bench`, `numpy-demo`. Exit codes: 0 success, 2 usage error, 1 runtime error (no traceback unless --debug)."""
 from __future__ import annotations
 
 import argparse
