@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import sys
 import time
 import warnings
@@ -146,7 +147,7 @@ def cmd_train(args) -> int:
     cfg = run.resume_config(task, given.get("out", ""), given) if given.get("resume") else task.config_class(**given)
     result = run.train(task, cfg)
     if "artifacts" in result:  # the process that wrote the run's outputs (rank 0 under DDP)
-        out = cfg.out or run.os.environ[run.RUN_DIR_ENV]
+        out = cfg.out or os.environ[run.RUN_DIR_ENV]
         print(f"\nrun directory: {out}  ({result['epochs']} epochs, {result['train_seconds']:.0f} s of training)")
         _print_metrics("validation (best checkpoint):", result["val"])
         if result["test"]:
@@ -155,10 +156,9 @@ def cmd_train(args) -> int:
 
 
 def _load(path):
-    from .tasks import TASKS
-    from .training.run import load_checkpoint
+    from .tasks import load
 
-    return load_checkpoint(path, TASKS)
+    return load(path)
 
 
 def cmd_eval(args) -> int:

@@ -20,7 +20,7 @@ from .cells import GRUStep, LSTMStep, RNNStep, Step
 IMPLS = ("auto", "native", "engine", "autograd")
 
 
-def engine_is_faster(device_type: str, step: Step, batch: int, recording: bool, steps: int = 2) -> bool:
+def engine_is_faster(device_type: str, step: Step, batch: int, recording: bool, steps: int | None = None) -> bool:
     """Where both can run, whether the engine beat PyTorch's kernel in `rnnkit bench` (2-core CPU,
     torch 2.13; the README's speed table). Only on CPU, where some of PyTorch's kernels are not
     oneDNN's fused ones or carry a fixed cost per call:
@@ -63,9 +63,9 @@ def why_not_native(step: Step, recurrent_dropout: float, training: bool, lengths
 
 
 def choose(impl: str, step: Step, device: torch.device, batch: int, recurrent_dropout: float,
-           training: bool, lengths: Tensor | None, recording: bool = True, steps: int = 2) -> str:
+           training: bool, lengths: Tensor | None, recording: bool = True, steps: int | None = None) -> str:
     """Resolve `impl` to "native", "engine" or "autograd" for one forward call (`recording`:
-    whether autograd records it, i.e. a backward pass will follow; `steps`: its time steps)."""
+    whether autograd records it, i.e. a backward pass will follow; `steps`: its time steps, if known)."""
     if impl in ("engine", "autograd"):
         return impl
     reason = why_not_native(step, recurrent_dropout, training, lengths)

@@ -43,24 +43,33 @@ def readout(output: Tensor, how: str, lengths: Tensor | None = None, directions:
     raise ValueError(f"readout must be one of {', '.join(READOUTS)}; got {how!r}")
 
 
-class SequenceClassifier(nn.Module):
-    """(B, T, I) -> logits (B, C): rnn -> readout -> dropout -> linear; cross-entropy loss.
+class ManyToOne(nn.Module):
+    """(B, T, I) -> (B, K): rnn -> readout -> dropout -> linear; subclasses name the loss.
 
     `inputs` is a (B, T, I) tensor or a pair (x, lengths) for padded batches.
     """
 
-    def __init__(self, rnn: nn.Module, num_classes: int, how: str = "last", dropout: float = 0.0):
+    def __init__(self, rnn: nn.Module, outputs: int, how: str = "last", dropout: float = 0.0):
         super().__init__()
         if how not in READOUTS:
             raise ValueError(f"readout must be one of {', '.join(READOUTS)}; got {how!r}")
         self.rnn, self.how = rnn, how
         self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(rnn_output_size(rnn), num_classes)
+        self.head = nn.Linear(rnn_output_size(rnn), outputs)
 
     def forward(self, inputs, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         x, lengths = inputs if isinstance(inputs, (tuple, list)) else (inputs, None)
         output, _ = self.rnn(x, lengths=lengths)                 # (B, T, D*H)
         features = readout(output, self.how, lengths, 2 if self.rnn.bidirectional else 1)  # (B, D*H)
-        logits = self.head(self.drop(features))  # (B, C)
-        loss = None if targets is None else F.cross_entropy(logits, targets)
-        return logits, loss
+        predictions = self.head(self.drop(features))  # (B, K)
+        return predictions, None if targets is None else self.loss(predictions, targets)
+
+    def loss(self, predictions: Tensor, targets: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class SequenceClassifier(ManyToOne):
+    """Many-to-one classification: logits (B, C), cross-entropy loss."""
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(logits, targets)

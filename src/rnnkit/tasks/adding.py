@@ -8,8 +8,8 @@ from torchmetrics import MeanSquaredError, MetricCollection
 from ..data.synthetic import adding_problem
 from ..models import make_rnn
 from ..models.regressor import SequenceRegressor
-from ..training.config import ConfigError, RNNConfig, TrainConfig, opt
-from ..training.data import Splits, TensorBatches, validation_split
+from ..training.config import RNNConfig, TrainConfig, opt
+from ..training.data import Splits, TensorBatches
 from .base import Task, recipe_default
 
 TEST_SEED = 1_000_000  # the test sequences never depend on --seed, nor overlap the training ones
@@ -17,18 +17,12 @@ TEST_SEED = 1_000_000  # the test sequences never depend on --seed, nor overlap 
 
 @dataclass
 class AddingConfig(TrainConfig, RNNConfig):
-    length: int = opt(100, "sequence length T: the two marked values can be up to T steps apart")
-    train_size: int = opt(20_000, "training sequences (a fraction --val-fraction of them validates)")
-    test_size: int = opt(2_000, "test sequences")
+    length: int = opt(100, "sequence length T: the two marked values can be up to T steps apart", minimum=2)
+    train_size: int = opt(20_000, "training sequences (a fraction --val-fraction of them validates)", minimum=2)
+    test_size: int = opt(2_000, "test sequences", minimum=2)
     max_epochs: int = recipe_default(TrainConfig, "max_epochs", 30)
     clip_norm: float = recipe_default(TrainConfig, "clip_norm", 1.0)
     patience: int = recipe_default(TrainConfig, "patience", 10)
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("length", "train_size", "test_size"):
-            if getattr(self, name) < 2:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 2; got {getattr(self, name)}")
 
 
 class AddingTask(Task):
@@ -38,11 +32,8 @@ class AddingTask(Task):
     monitor, mode = "val_mse", "min"
 
     def splits(self, cfg) -> Splits:
-        x, y = adding_problem(cfg.train_size, cfg.length, seed=cfg.seed)
-        train, val = validation_split(len(y), cfg.val_fraction)
-        data = TensorBatches(x, y)
-        return Splits(data.subset(train), data.subset(val),
-                      TensorBatches(*adding_problem(cfg.test_size, cfg.length, seed=TEST_SEED)))
+        train, val = TensorBatches(*adding_problem(cfg.train_size, cfg.length, seed=cfg.seed)).split(cfg.val_fraction)
+        return Splits(train, val, TensorBatches(*adding_problem(cfg.test_size, cfg.length, seed=TEST_SEED)))
 
     def build_model(self, cfg, extra: dict) -> SequenceRegressor:
         return SequenceRegressor(make_rnn(cfg, 2), 1, "last", cfg.dropout)

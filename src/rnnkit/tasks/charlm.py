@@ -28,10 +28,10 @@ class CharLMConfig(TrainConfig, RNNConfig):
                                 "tiny Shakespeare (from the data directory)", CORPORA)
     text: str = opt("", "train on this UTF-8 text file instead of --corpus")
     max_chars: int = opt(0, "use at most this many characters of the text (0: all; the stdlib corpus "
-                            "is capped at its first 2 million)")
-    embedding: int = opt(64, "character embedding size")
-    bptt: int = opt(100, "truncated BPTT: time steps per window; the state is carried across windows")
-    sample_length: int = opt(300, "characters sampled before training, after each epoch and at the end")
+                            "is capped at its first 2 million)", minimum=0)
+    embedding: int = opt(64, "character embedding size", minimum=1)
+    bptt: int = opt(100, "truncated BPTT: time steps per window; the state is carried across windows", minimum=1)
+    sample_length: int = opt(300, "characters sampled before training, after each epoch and at the end", minimum=0)
     hidden: int = recipe_default(RNNConfig, "hidden", 256)
     layers: int = recipe_default(RNNConfig, "layers", 2)
     dropout: float = recipe_default(RNNConfig, "dropout", 0.1)
@@ -47,12 +47,6 @@ class CharLMConfig(TrainConfig, RNNConfig):
         if self.bidirectional:
             raise ConfigError("--bidirectional: a language model is autoregressive, it predicts each character "
                               "from the ones before it; a backward direction would read the answer")
-        for name in ("embedding", "bptt"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be >= 1; got {getattr(self, name)}")
-        for name in ("max_chars", "sample_length"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0; got {getattr(self, name)}")
 
 
 class CharLMTask(Task):
@@ -142,6 +136,4 @@ def _stream(model, vocab, prime, length, temperature, top_k, seed) -> Iterator[s
 
 def sample_text(model, vocab, cfg, prime: str = "\n", temperature: float = 0.8, seed: int = 0) -> str:
     prime = prime if all(ch in vocab for ch in prime) else vocab.chars[0]
-    ids = generate(model, vocab.encode(prime), cfg.sample_length, temperature,
-                   generator=torch.Generator().manual_seed(seed))
-    return prime + vocab.decode(list(ids))
+    return "".join(_stream(model, vocab, prime, cfg.sample_length, temperature, 0, seed))

@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..data import mnist
 from ..models import READOUTS, SequenceClassifier, make_rnn
 from ..training.config import RNNConfig, TrainConfig, opt
-from ..training.data import Splits, TensorBatches, validation_split
+from ..training.data import Splits, TensorBatches
 from .base import Task, recipe_default
 
 MEAN, STD = 0.1307, 0.3081  # of the MNIST training pixels scaled to [0, 1]
@@ -42,10 +42,9 @@ class MNISTTask(Task):
 
     def splits(self, cfg) -> Splits:
         images, labels = mnist.load("train", cfg.data_dir or None)
-        train, val = validation_split(len(labels), cfg.val_fraction)
-        data = TensorBatches(to_inputs(images), labels)
+        train, val = TensorBatches(to_inputs(images), labels).split(cfg.val_fraction)
         test_images, test_labels = mnist.load("test", cfg.data_dir or None)
-        return Splits(data.subset(train), data.subset(val), TensorBatches(to_inputs(test_images), test_labels))
+        return Splits(train, val, TensorBatches(to_inputs(test_images), test_labels))
 
     def build_model(self, cfg, extra: dict) -> SequenceClassifier:
         return SequenceClassifier(make_rnn(cfg, SIDE), 10, cfg.readout, cfg.dropout)

@@ -16,9 +16,9 @@ class ConfigError(ValueError):
     """A config value is invalid: a usage error (exit code 2 on the command line)."""
 
 
-def opt(default, help: str, choices: tuple | None = None, cli: bool = True):
-    """A config field with its command-line help (and choices, checked in `validate`)."""
-    return field(default=default, metadata={"help": help, "choices": choices, "cli": cli})
+def opt(default, help: str, choices: tuple | None = None, cli: bool = True, minimum: float | None = None):
+    """A config field with its command-line help, and the choices or minimum `validate` checks."""
+    return field(default=default, metadata={"help": help, "choices": choices, "cli": cli, "minimum": minimum})
 
 
 @dataclass
@@ -26,8 +26,8 @@ class RNNConfig:
     """The recurrent layer of a task model: cell, size, depth and the variants of rnnkit's layers."""
 
     cell: str = opt("lstm", "recurrent cell", ("rnn", "lstm", "gru"))
-    hidden: int = opt(128, "hidden units per direction")
-    layers: int = opt(1, "stacked recurrent layers")
+    hidden: int = opt(128, "hidden units per direction", minimum=1)
+    layers: int = opt(1, "stacked recurrent layers", minimum=1)
     bidirectional: bool = opt(False, "read the sequence in both directions")
     dropout: float = opt(0.0, "dropout between layers and before the output layer (vertical connections only)")
     activation: str = opt("tanh", "activation of the candidate and output (RNN: its nonlinearity)",
@@ -50,26 +50,26 @@ class TrainConfig:
     data_dir: str = opt("", "data directory (default: $RNNKIT_DATA, else the user cache directory)")
     seed: int = opt(0, "random seed (a CPU run with the same seed is reproducible)")
     optimizer: str = opt("adam", "optimiser", ("adam", "sgd", "rmsprop", "adagrad"))
-    lr: float = opt(1e-3, "learning rate")
-    momentum: float = opt(0.0, "momentum (sgd, rmsprop)")
+    lr: float = opt(1e-3, "learning rate", minimum=0)
+    momentum: float = opt(0.0, "momentum (sgd, rmsprop)", minimum=0)
     nesterov: bool = opt(False, "Nesterov momentum (sgd; needs --momentum > 0)")
-    weight_decay: float = opt(0.0, "L2 penalty (the optimiser's weight decay)")
-    l1: float = opt(0.0, "L1 penalty on the weight matrices, added to the loss")
+    weight_decay: float = opt(0.0, "L2 penalty (the optimiser's weight decay)", minimum=0)
+    l1: float = opt(0.0, "L1 penalty on the weight matrices, added to the loss", minimum=0)
     lr_schedule: str = opt("none", "learning-rate schedule: cosine decay over --max-epochs, or halve "
                                    "on a validation plateau", ("none", "cosine", "plateau"))
-    clip_norm: float = opt(0.0, "clip the global gradient norm to this threshold tau (0: off)")
+    clip_norm: float = opt(0.0, "clip the global gradient norm to this threshold tau (0: off)", minimum=0)
     on_nonfinite: str = opt("skip", "a training step whose gradient (or loss) is NaN or infinite: skip it, "
                                     "counted in metrics.json, or stop the run with an error", ("skip", "stop"))
-    batch_size: int = opt(128, "examples per batch (per process)")
-    max_epochs: int = opt(20, "maximum number of epochs")
-    max_time: float = opt(0.0, "stop after this many minutes (0: no limit)")
-    patience: int = opt(5, "early stopping: epochs without validation improvement (0: off)")
+    batch_size: int = opt(128, "examples per batch (per process)", minimum=1)
+    max_epochs: int = opt(20, "maximum number of epochs", minimum=1)
+    max_time: float = opt(0.0, "stop after this many minutes (0: no limit)", minimum=0)
+    patience: int = opt(5, "early stopping: epochs without validation improvement (0: off)", minimum=0)
     val_fraction: float = opt(0.1, "fraction of the training data held out for validation")
     limit_train_batches: float = opt(1.0, "batches per training epoch: a fraction (<= 1) or a count")
     limit_eval_batches: float = opt(1.0, "batches per validation/test pass: a fraction (<= 1) or a count")
     accelerator: str = opt("auto", "hardware to run on", ("auto", "cpu", "gpu"))
-    devices: int = opt(1, "processes (data-parallel DDP when > 1; gloo on CPU)")
-    num_workers: int = opt(0, "data-loading worker processes")
+    devices: int = opt(1, "processes (data-parallel DDP when > 1; gloo on CPU)", minimum=1)
+    num_workers: int = opt(0, "data-loading worker processes", minimum=0)
     progress: bool = opt(True, "show a progress bar")
     resume: bool = opt(False, "continue the run in --out from its last checkpoint")
 
@@ -81,15 +81,9 @@ class TrainConfig:
                 raise ConfigError(f"--{flag(f.name)} must be one of {', '.join(choices)}; got {value!r}")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"--{flag(f.name)} must be a finite number; got {value!r}")
-        positive = ["batch_size", "max_epochs", "devices"] + [n for n in ("hidden", "layers") if hasattr(self, n)]
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{flag(name)} must be >= 1; got {getattr(self, name)!r}")
-        non_negative = ["lr", "momentum", "weight_decay", "l1", "clip_norm", "max_time", "patience",
-                        "num_workers"]
-        for name in non_negative:
-            if hasattr(self, name) and getattr(self, name) < 0:
-                raise ConfigError(f"--{flag(name)} must be >= 0; got {getattr(self, name)!r}")
+            minimum = f.metadata.get("minimum")
+            if minimum is not None and value < minimum:
+                raise ConfigError(f"--{flag(f.name)} must be >= {minimum}; got {value!r}")
         if self.lr == 0:
             raise ConfigError("--lr must be > 0; got 0")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):

@@ -34,6 +34,11 @@ class TensorBatches(Dataset):
     def subset(self, index: Tensor) -> "TensorBatches":
         return TensorBatches(self.inputs[index], self.targets[index])
 
+    def split(self, val_fraction: float) -> tuple["TensorBatches", "TensorBatches"]:
+        """(train, val) by `validation_split`: the same split for every run."""
+        train, val = validation_split(len(self), val_fraction)
+        return self.subset(train), self.subset(val)
+
 
 class EpochShuffle(RandomSampler):
     """A new order every epoch, drawn from (seed, epoch) alone, so a run resumed at an epoch boundary

@@ -160,11 +160,9 @@ class TaskModule(L.LightningModule):
         step, that was a fifth of the training time."""
         rows, self._steps = self._steps, []
         if rows:
-            names = sorted({name for _, row in rows for name in row})
-            values = torch.stack([torch.stack([row.get(n, torch.tensor(math.nan, device=self.device)).float()
-                                               for n in names]) for _, row in rows]).tolist()
-            for (step, _), vals in zip(rows, values):
-                self._write({n: v for n, v in zip(names, vals) if not math.isnan(v)}, step)
+            values = iter(torch.stack([v.float() for _, row in rows for v in row.values()]).tolist())  # one copy
+            for step, row in rows:
+                self._write({name: next(values) for name in row}, step)
 
     def _write(self, metrics: dict, step: int) -> None:
         for logger in self.loggers:

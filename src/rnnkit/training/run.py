@@ -73,7 +73,7 @@ def resume_config(task, out: str, given: dict):
     if not out or not last.is_file():
         raise ConfigError(f"--resume needs --out pointing at a run with {Path('checkpoints') / 'last.ckpt'}; "
                           f"found none at {last}")
-    record = torch.load(last, map_location="cpu", weights_only=True).get(CHECKPOINT_KEY, {})
+    record = read_checkpoint(last).get(CHECKPOINT_KEY) or {}
     if record.get("task") != task.name:
         raise ConfigError(f"--resume: {last} is a run of task {record.get('task')!r}, not {task.name!r}")
     changeable = {"max_epochs", "max_time", "devices", "accelerator", "progress", "num_workers", "data_dir"}
@@ -200,8 +200,8 @@ class Loaded:
     record: dict
 
 
-def load_checkpoint(path, tasks: dict) -> Loaded:
-    """Read an rnnkit checkpoint with torch's weights-only unpickler: no code in the file ever runs."""
+def read_checkpoint(path) -> dict:
+    """A checkpoint file's content through torch's weights-only unpickler: tensors and plain values only."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -216,7 +216,16 @@ def load_checkpoint(path, tasks: dict) -> Loaded:
                          f"would run code ({detail})") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
-    record = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path} is not an rnnkit checkpoint (it holds a {type(checkpoint).__name__})")
+    return checkpoint
+
+
+def load_checkpoint(path, tasks: dict) -> Loaded:
+    """Read an rnnkit checkpoint with torch's weights-only unpickler: no code in the file ever runs."""
+    path = Path(path)
+    checkpoint = read_checkpoint(path)
+    record = checkpoint.get(CHECKPOINT_KEY)
     if not isinstance(record, dict) or "task" not in record or "state_dict" not in checkpoint:
         raise ValueError(f"{path} is not an rnnkit checkpoint (no '{CHECKPOINT_KEY}' record with task and config)")
     if record.get("format") != CHECKPOINT_FORMAT:
