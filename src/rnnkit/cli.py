@@ -250,6 +250,17 @@ def cmd_data_download(args) -> int:
     return 0
 
 
+def _task_command(task, command):
+    def run(args) -> int:
+        loaded = _load(args.checkpoint)
+        if loaded.task.name != task.name:
+            raise UsageError(f"`rnnkit {command.name}` runs {task.name} checkpoints; {args.checkpoint} is a "
+                             f"{loaded.task.name} checkpoint")
+        return command.run(loaded, args)
+
+    return run
+
+
 def _add_training_commands(sub) -> None:
     try:
         from .tasks import TASKS
@@ -290,6 +301,12 @@ def _add_training_commands(sub) -> None:
     sa.add_argument("--top-k", type=int, default=0, help="sample among the k most likely only (0: all)")
     sa.add_argument("--seed", type=int, default=0)
     sa.set_defaults(fn=cmd_sample)
+    for task in TASKS.values():
+        for command in task.commands:
+            p = sub.add_parser(command.name, help=command.help, description=command.help)
+            p.add_argument("checkpoint", metavar="CKPT", help=f"a {task.name} checkpoint (rnnkit train {task.name})")
+            command.add_arguments(p)
+            p.set_defaults(fn=_task_command(task, command))
 
 
 def build_parser() -> argparse.ArgumentParser:

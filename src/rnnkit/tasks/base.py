@@ -3,6 +3,21 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A command a task adds to `rnnkit` that runs one of its checkpoints (e.g. `rnnkit tag CKPT ...`).
+
+    The CLI adds the `CKPT` positional argument, loads the checkpoint, checks that it is one of this
+    task's, and calls `run(loaded, args)`, which returns the exit code. `add_arguments(parser)` adds
+    the command's own arguments."""
+
+    name: str
+    help: str
+    add_arguments: Callable
+    run: Callable
 
 
 def recipe_default(config_class: type, name: str, default):
@@ -20,6 +35,7 @@ class Task:
     monitor: str = "val_loss"  # the validation metric for early stopping and the best checkpoint
     mode: str = "min"
     carries_state: bool = False  # truncated BPTT: the state of one batch starts the next (see TaskModule)
+    commands: tuple[Command, ...] = ()  # the task's own commands on its checkpoints (see Command)
 
     def splits(self, cfg):
         """The train/val/test data (training.data.Splits) for `cfg`."""
