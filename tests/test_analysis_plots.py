@@ -181,3 +181,53 @@ def test_overwrites_existing_file(tmp_path):
     out = tmp_path / "clipping.png"
     out.write_bytes(b"stale")
     assert_png(plots.plot_clipping([0, 1], [1.0, 2.0], 1.0, out))
+
+
+# -- gradient-norm distribution (rnnkit clipping) ------------------------------------------------------
+
+def _fake_run(path, norms, tau):
+    """A run directory as `rnnkit train` leaves it: metrics.csv with per-step grad_norm, metrics.json with the config."""
+    import json
+
+    path.mkdir()
+    with open(path / "metrics.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "grad_norm", "step", "val_loss"])
+        for step, g in enumerate(norms):
+            writer.writerow([0, g, step, ""])
+        writer.writerow([0, "", len(norms), 0.5])  # an epoch row without a gradient norm
+    (path / "metrics.json").write_text(json.dumps({"config": {"clip_norm": tau}}))
+    return path
+
+
+def test_read_run_grad_norms_reads_every_step_and_tau(tmp_path):
+    norms = [0.5, 2.0, 3.5, 0.25]
+    assert plots.read_run_grad_norms(_fake_run(tmp_path / "r", norms, 1.0)) == (norms, 1.0)
+    with pytest.raises(FileNotFoundError, match="metrics.csv is missing"):
+        plots.read_run_grad_norms(tmp_path)
+
+
+def test_plot_norm_distribution_writes_png_and_rejects_empty_runs(tmp_path):
+    g = np.exp(np.random.default_rng(0).normal(size=500))
+    assert_png(plots.plot_norm_distribution({"clip": (g, 1.0), "no clip": (g * 3, 0.0)}, tmp_path / "n.png"))
+    with pytest.raises(ValueError, match="no runs"):
+        plots.plot_norm_distribution({}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="'bad' has no finite positive"):
+        plots.plot_norm_distribution({"bad": ([float("nan"), 0.0], 1.0)}, tmp_path / "x.png")
+
+
+def test_clipping_command_prints_the_distribution(tmp_path):
+    from clirun import rnnkit
+
+    rng = np.random.default_rng(1)
+    norms = list(np.exp(rng.normal(size=101)))
+    run = _fake_run(tmp_path / "clip-run", norms, 1.0)
+    code, out, err = rnnkit("clipping", str(run), "--out", str(tmp_path / "d.png"))
+    assert code == 0, err
+    row = next(line.split() for line in out.splitlines() if line.startswith("clip-run"))
+    g = np.array(norms)
+    assert row[1:] == ["1", "101", f"{np.median(g):.3g}", f"{np.quantile(g, 0.99):.3g}", f"{g.max():.3g}",
+                       f"{np.mean(g > 1.0):.1%}"]
+    assert_png(tmp_path / "d.png")
+    code, out, err = rnnkit("clipping", str(tmp_path / "missing"))
+    assert code == 1 and "missing is not a finished rnnkit run directory" in err and "Traceback" not in err

@@ -108,7 +108,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
 def test_resume_refuses_to_change_the_model(tmp_path, trained, capsys):
     out, _ = trained
     assert cli.main(["train", "mnist", "--out", str(out), "--resume", "--hidden", "64"]) == 2
-    assert "only accelerator, data_dir, devices, max_epochs" in capsys.readouterr().err
+    assert "only accelerator, checkpoint_every, data_dir, devices, max_epochs" in capsys.readouterr().err
     assert cli.main(["train", "mnist", "--out", str(tmp_path / "none"), "--resume"]) == 2
 
 

@@ -1,4 +1,4 @@
-"""The `rnnkit` command: `train TASK`, `eval`, `predict`, `sample`, `data download`, `gradflow`, `info`,
+"""The `rnnkit` command: `train TASK`, `eval`, `predict`, `sample`, `data download`, `gradflow`, `clipping`, `info`,
 `demo`, `bench`, `numpy-demo`. Exit codes: 0 success, 2 usage error, 1 runtime error (no traceback unless --debug)."""
 from __future__ import annotations
 
@@ -240,6 +240,25 @@ def cmd_gradflow(args) -> int:
     return 0
 
 
+def cmd_clipping(args) -> int:
+    from .analysis import plots
+
+    runs = {}
+    for run_dir in args.runs:
+        norms, tau = plots.read_run_grad_norms(run_dir)
+        label = os.path.basename(os.path.normpath(run_dir))
+        runs[label if label not in runs else run_dir] = (norms, tau)
+    print(f"{'run':24s} {'τ':>6s} {'steps':>7s} {'median ‖g‖':>11s} {'p99 ‖g‖':>9s} {'max ‖g‖':>9s} {'clipped':>8s}")
+    for label, (norms, tau) in runs.items():
+        g = torch.tensor(norms, dtype=torch.float64)
+        clipped = f"{(g > tau).double().mean().item():.1%}" if tau > 0 else "off"
+        print(f"{label:24s} {tau if tau > 0 else 0:6g} {len(g):7d} {g.median().item():11.3g} "
+              f"{g.quantile(0.99).item():9.3g} {g.max().item():9.3g} {clipped:>8s}")
+    if args.out:
+        print(f"plot: {plots.plot_norm_distribution(runs, args.out)}")
+    return 0
+
+
 def cmd_data_download(args) -> int:
     from .data import DATASETS, download_dataset
 
@@ -338,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     gf.add_argument("--out", metavar="FILE.png", help="write the plot here")
     gf.add_argument("--json", metavar="FILE", help="write the norms as JSON")
     gf.set_defaults(fn=cmd_gradflow)
+    cl = sub.add_parser("clipping", help="the distribution of the per-step gradient norm ‖g‖ in training runs, "
+                        "with and without clipping (table, and a histogram with --out)")
+    cl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of `rnnkit train`")
+    cl.add_argument("--out", metavar="FILE.png", help="write the histogram here")
+    cl.set_defaults(fn=cmd_clipping)
     demo = sub.add_parser("demo", help="build every layer, run forward and backward, print shapes and timings")
     demo.add_argument("--batch", type=int, default=32)
     demo.add_argument("--steps", type=int, default=50)

@@ -6,6 +6,7 @@ so no window opens, no global figure registry fills up, and nothing leaks from o
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import re
@@ -24,6 +25,23 @@ def read_metrics_csv(path: str | Path) -> list[dict]:
     """The rows of a Lightning CSVLogger `metrics.csv`: dicts of strings, "" where a row lacks a metric."""
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def read_run_grad_norms(run_dir: str | Path) -> tuple[list[float], float]:
+    """(‖g‖ of every training step, the clipping threshold τ, 0 when off) of a run directory of `rnnkit train`."""
+    run_dir = Path(run_dir)
+    csv_path, json_path = run_dir / "metrics.csv", run_dir / "metrics.json"
+    for path in (csv_path, json_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{run_dir} is not a finished rnnkit run directory: {path.name} is missing")
+    try:
+        tau = float(json.loads(json_path.read_text())["config"]["clip_norm"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{json_path}: no config.clip_norm in it ({type(e).__name__}: {e})") from None
+    _, norms = _series(read_metrics_csv(csv_path), "grad_norm")
+    if not norms:
+        raise ValueError(f"{csv_path}: no grad_norm values (was it written by rnnkit train?)")
+    return norms, tau
 
 
 def plot_curves(rows: list[dict], out: str | Path, title: str = "") -> Path:
@@ -106,6 +124,44 @@ def plot_clipping(steps, norms, tau: float, out: str | Path) -> Path:
     bottom.text(0.01, 0.95, f"clipped {clipped.sum()}/{len(k)} steps ({clipped.mean():.1%})",
                 transform=bottom.transAxes, va="top", fontsize=9,
                 bbox=dict(boxstyle="round", facecolor="white", alpha=0.8))
+    return _save(fig, out)
+
+
+def plot_norm_distribution(runs: dict[str, tuple[list[float], float]], out: str | Path,
+                           title: str = "distribution of the gradient norm per step") -> Path:
+    """Histograms (log-spaced bins) of the per-step global gradient norm ‖g‖ of training runs.
+
+    `runs` maps a label to (norms, tau). For a run that clipped (tau > 0), the norm of the update
+    actually applied, min(‖g‖, τ), is drawn dashed beside the raw ‖g‖: clipping piles the tail onto τ.
+    """
+    if not runs:
+        raise ValueError("no runs to plot")
+    arrays = {}
+    for label, (norms, tau) in runs.items():
+        g = _numpy(norms).astype(float).ravel()
+        g = g[np.isfinite(g) & (g > 0)]
+        if len(g) == 0:
+            raise ValueError(f"run {label!r} has no finite positive gradient norms to plot")
+        arrays[label] = (g, tau)
+    low = min(g.min() for g, _ in arrays.values())
+    high = max(g.max() for g, _ in arrays.values())
+    bins = np.geomspace(low, high * 1.0001, 50) if high > low else np.array([low * 0.9, high * 1.1])
+    fig = _figure((8, 4), title)
+    ax = fig.subplots()
+    for i, (label, (g, tau)) in enumerate(arrays.items()):
+        color = f"C{i}"
+        ax.hist(g, bins=bins, histtype="step", lw=1.5, color=color, label=f"{label}: ‖g‖")
+        if tau > 0:
+            applied = np.minimum(g, tau)
+            ax.hist(applied, bins=bins, histtype="step", lw=1.2, ls="--", color=color,
+                    label=f"{label}: applied min(‖g‖, τ={tau:g}), {np.mean(g > tau):.0%} clipped")
+            ax.axvline(tau, color=color, lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")  # the clipped steps pile into one bin at τ; a linear axis would flatten the rest
+    ax.set_xlabel("‖g‖ (global gradient norm of one training step)")
+    ax.set_ylabel("training steps")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
     return _save(fig, out)
 
 

@@ -72,6 +72,8 @@ class TrainConfig:
     num_workers: int = opt(0, "data-loading worker processes", minimum=0)
     progress: bool = opt(True, "show a progress bar")
     resume: bool = opt(False, "continue the run in --out from its last checkpoint")
+    checkpoint_every: int = opt(0, "also write checkpoints/last.ckpt every N training steps, so that a killed run "
+                                   "resumes from mid-epoch (0: at the end of each epoch only)", minimum=0)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid option and the value received."""

@@ -57,6 +57,39 @@ class EpochShuffle(RandomSampler):
         yield from torch.randperm(len(self.data_source), generator=generator).tolist()
 
 
+class ResumableLoader(DataLoader):
+    """A DataLoader that resumes mid-epoch. Lightning saves its `state_dict()` in checkpoints and hands it
+    back to `load_state_dict()` on resume; the next pass, if it is the same epoch, skips the batches the
+    interrupted run had trained on. `position()` gives (epoch, training batches done in it): the
+    trainer's count, exact when a checkpoint is written (the loader's own count may run ahead of it)."""
+
+    def __init__(self, *args, position=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.position = position
+        self._resume_at = None  # (epoch, batches done) of the checkpoint this loader resumes from
+
+    def state_dict(self) -> dict:
+        epoch, batches = self.position() if self.position else (0, 0)
+        return {"epoch": int(epoch), "batches": int(batches)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_at = (int(state["epoch"]), int(state["batches"]))
+
+    def __iter__(self):
+        resume_at, self._resume_at = self._resume_at, None
+        iterator = super().__iter__()
+        return iterator if resume_at is None else self._skipping(iterator, resume_at)
+
+    def _skipping(self, iterator, resume_at):
+        # Runs at the first fetch, after Lightning has set the epoch (a checkpoint written at the end of an
+        # epoch resumes at the start of the next one: nothing to skip).
+        epoch, batches = resume_at
+        if self.position and self.position()[0] == epoch:
+            for _ in range(batches):
+                next(iterator, None)
+        yield from iterator
+
+
 def keep_batch(batch):
     """collate_fn for datasets whose `__getitems__` already returns a batch."""
     return batch
@@ -88,19 +121,26 @@ class TaskData(L.LightningDataModule):
         super().__init__()
         self.splits, self.batch_size, self.num_workers, self.seed = splits, batch_size, num_workers, seed
 
-    def _loader(self, dataset, sampler=None) -> DataLoader:
+    def _loader(self, dataset, sampler=None, loader=DataLoader, **kwargs) -> DataLoader:
+        # A loader of its own generator: making an iterator draws a seed from it, and drawing from torch's
+        # global generator would shift the dropout masks of a run resumed mid-epoch.
+        kwargs["generator"] = torch.Generator().manual_seed(self.seed)
         if self.splits.batched:
             world = self.trainer.world_size if self.trainer else 1
             if world > 1:  # each process reads its own streams, in order, so carried states stay valid
                 dataset = dataset.shard(self.trainer.global_rank, world)
-            return DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
-                              persistent_workers=self.num_workers > 0)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=self.splits.collate_fn, persistent_workers=self.num_workers > 0)
+            return loader(dataset, batch_size=None, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, **kwargs)
+        return loader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                      collate_fn=self.splits.collate_fn, persistent_workers=self.num_workers > 0, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         sampler = None if self.splits.batched else EpochShuffle(self.splits.train, self.seed)
-        return self._loader(self.splits.train, sampler)
+        return self._loader(self.splits.train, sampler, ResumableLoader, position=self._position)
+
+    def _position(self) -> tuple[int, int]:
+        """(epoch, training batches done in it), as Lightning counts them."""
+        return self.trainer.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.splits.val)

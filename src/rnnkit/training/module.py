@@ -16,6 +16,7 @@ CHECKPOINT_KEY = "rnnkit"  # where a checkpoint keeps the task, its config and i
 CHECKPOINT_FORMAT = 1
 RNG_KEY = "rnnkit_rng_state"
 SKIPPED_KEY = "rnnkit_skipped_steps"
+EPOCH_KEY = "rnnkit_epoch_state"
 ROWS_PER_WRITE = 50
 PROGRESS_EVERY = 20
 
@@ -172,11 +173,24 @@ class TaskModule(L.LightningModule):
         checkpoint[CHECKPOINT_KEY] = checkpoint_record(self.task, self.cfg, self.extra)
         checkpoint[RNG_KEY] = torch.get_rng_state()  # dropout continues with the same draws on resume
         checkpoint[SKIPPED_KEY] = self.skipped_steps
+        # What a run resumed from mid-epoch needs to go on exactly: the epoch's running loss and the state
+        # carried from the last window (truncated BPTT). At an epoch's end both restart anyway.
+        checkpoint[EPOCH_KEY] = {"loss": self._epoch_loss.cpu(), "carried": self._carried.get("train")}
+        if self.trainer.state.fn == "fit":  # the logs reach disk up to the step saved
+            self._write_steps()
+            for logger in self.loggers:
+                logger.save()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if RNG_KEY in checkpoint:
             torch.set_rng_state(checkpoint[RNG_KEY])
         self.skipped_steps = int(checkpoint.get(SKIPPED_KEY, 0))
+        if EPOCH_KEY in checkpoint:
+            self._epoch_loss = checkpoint[EPOCH_KEY]["loss"].to(self.device)
+            carried = checkpoint[EPOCH_KEY]["carried"]
+            if carried is not None:
+                self._carried["train"] = tuple(c.to(self.device) for c in carried) if isinstance(
+                    carried, (tuple, list)) else carried.to(self.device)
 
 
 def checkpoint_record(task, cfg, extra: dict) -> dict:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .. import __version__
 from .config import ConfigError, from_dict
@@ -76,7 +77,8 @@ def resume_config(task, out: str, given: dict):
     record = read_checkpoint(last).get(CHECKPOINT_KEY) or {}
     if record.get("task") != task.name:
         raise ConfigError(f"--resume: {last} is a run of task {record.get('task')!r}, not {task.name!r}")
-    changeable = {"max_epochs", "max_time", "devices", "accelerator", "progress", "num_workers", "data_dir"}
+    changeable = {"max_epochs", "max_time", "devices", "accelerator", "progress", "num_workers", "data_dir",
+                  "checkpoint_every"}
     fixed = sorted(set(given) - changeable - {"out", "resume"})
     if fixed:
         raise ConfigError(f"--resume continues the saved config; only {', '.join(sorted(changeable))} may change "
@@ -89,7 +91,8 @@ def _limit(value: float):
     return int(value) if value > 1 else float(value)
 
 
-def build_trainer(cfg, run_dir: Path | None, task, *, for_training: bool = True, batched: bool = False) -> L.Trainer:
+def build_trainer(cfg, run_dir: Path | None, task, *, for_training: bool = True, batched: bool = False,
+                  resumed_step: int | None = None) -> L.Trainer:
     """The one Trainer of every task: checkpoints, early stopping, CSV + TensorBoard logs, DDP."""
     _quiet_lightning()
     strategy = "auto"
@@ -106,31 +109,87 @@ def build_trainer(cfg, run_dir: Path | None, task, *, for_training: bool = True,
         return L.Trainer(logger=False, enable_checkpointing=False, **{**common, "strategy": "auto"})
     # Two checkpoint callbacks: Lightning's save_last only refreshes last.ckpt in epochs that improved best.
     checkpoints = run_dir / "checkpoints"
-    callbacks = [ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=task.monitor, mode=task.mode,
-                                 save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
+    callbacks = [_FiniteBest(dirpath=checkpoints, filename="best", monitor=task.monitor, mode=task.mode,
+                             save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
                  ModelCheckpoint(dirpath=checkpoints, filename="last", save_top_k=1, enable_version_counter=False)]
+    if cfg.checkpoint_every:
+        callbacks.append(_StepCheckpoint(checkpoints / "last.ckpt", cfg.checkpoint_every))
     if cfg.patience > 0:
         callbacks.append(EarlyStopping(monitor=task.monitor, mode=task.mode, patience=cfg.patience))
     if cfg.lr_schedule != "none":
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    loggers = [_AppendingCSVLogger(run_dir, name="", version=""), TensorBoardLogger(run_dir, name="tensorboard", version="")]
+    loggers = [_AppendingCSVLogger(run_dir, name="", version="", resumed_step=resumed_step),
+               TensorBoardLogger(run_dir, name="tensorboard", version="")]
     return L.Trainer(max_epochs=cfg.max_epochs, max_time={"minutes": cfg.max_time} if cfg.max_time else None,
                      limit_train_batches=_limit(cfg.limit_train_batches), callbacks=callbacks, logger=loggers,
-                     log_every_n_steps=50, **common)  # per-step values: TaskModule writes them itself
+                     plugins=[AtomicCheckpointIO()], log_every_n_steps=50,
+                     **common)  # per-step values: TaskModule writes them itself
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temporary file in the same directory, then renamed over the old one:
+    a crash or a kill during a save leaves the previous checkpoint intact."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class _FiniteBest(ModelCheckpoint):
+    """The best checkpoint, never taken from a model whose monitored metric or weights are not finite
+    (Lightning would keep the first one it sees, NaN or not)."""
+
+    def check_monitor_top_k(self, trainer, current=None) -> bool:
+        if current is not None and not torch.isfinite(current):
+            return False
+        if not all(torch.isfinite(p).all() for p in trainer.lightning_module.parameters()):
+            return False
+        return super().check_monitor_top_k(trainer, current)
+
+
+class _StepCheckpoint(Callback):
+    """Writes last.ckpt every `every` training steps, so that a killed run resumes from mid-epoch."""
+
+    def __init__(self, path: Path, every: int):
+        self.path, self.every = path, every
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step % self.every == 0:
+            trainer.save_checkpoint(self.path)
 
 
 class _AppendingCSVLogger(CSVLogger):
-    """A resumed run appends to metrics.csv (Lightning's writer deletes an existing file when created)."""
+    """A resumed run appends to metrics.csv (Lightning's writer deletes an existing file when created),
+    keeping the rows of the steps before the checkpoint it resumed from (`resumed_step`): the
+    interrupted run may have logged steps after it, which the resumed run logs again."""
+
+    def __init__(self, *args, resumed_step: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.resumed_step = resumed_step
 
     @property
     def experiment(self):
         path = Path(self.log_dir) / "metrics.csv"
         if self._experiment is not None or not path.is_file():
             return super().experiment
-        previous = path.read_bytes()
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
         writer = super().experiment
-        path.write_bytes(previous)
-        writer.metrics_keys = next(csv.reader(previous.decode().splitlines()), [])
+        header = rows[0] if rows else []
+        if self.resumed_step is not None and "step" in header:
+            column = header.index("step")
+            rows = [header] + [r for r in rows[1:] if r[column] and int(float(r[column])) < self.resumed_step]
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+        os.replace(tmp, path)
+        writer.metrics_keys = header
         return writer
 
 
@@ -142,8 +201,9 @@ def train(task, cfg) -> dict:
     splits = task.splits(cfg)
     module = TaskModule(task, cfg, task.build_model(cfg, splits.extra), splits.extra)
     data = TaskData(splits, cfg.batch_size, cfg.num_workers, cfg.seed)
-    trainer = build_trainer(cfg, run_dir, task, batched=splits.batched)
     last = run_dir / "checkpoints" / "last.ckpt"
+    resumed_step = read_checkpoint(last).get("global_step") if cfg.resume else None
+    trainer = build_trainer(cfg, run_dir, task, batched=splits.batched, resumed_step=resumed_step)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=last if cfg.resume else None, weights_only=True)
     train_seconds = time.perf_counter() - start
