@@ -280,3 +280,16 @@ def test_a_non_finite_step_can_stop_the_run(tmp_path, nan_at_step_2, capsys):
     assert code == 1
     assert "training step 2: the gradient norm is nan, not finite; stopped" in capsys.readouterr().err
     assert not (tmp_path / "r/metrics.json").exists()
+
+
+def test_tensorboard_events_hold_the_logged_scalars(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = trained
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    for tag in ("train_loss_step", "grad_norm", "clip_ratio", "val_loss", "val_acc", "train_loss_epoch"):
+        assert tag in events.Tags()["scalars"], tag
+        logged = {(int(r["step"]), round(float(r[tag]), 5)) for r in rows if r.get(tag)}
+        read_back = {(e.step, round(e.value, 5)) for e in events.Scalars(tag)}
+        assert read_back == logged, tag
