@@ -21,7 +21,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .. import __version__
 from .config import ConfigError, from_dict
-from .data import TaskData
+from .datamodule import TaskData
 from .module import CHECKPOINT_FORMAT, CHECKPOINT_KEY, TaskModule
 
 RUN_DIR_ENV = "RNNKIT_RUN_DIR"  # how DDP worker processes learn the run directory the launcher chose
