@@ -1,5 +1,6 @@
-"""The `rnnkit` command: `train TASK`, `eval`, `predict`, `sample`, `data download`, `gradflow`, `clipping`, `info`,
-`demo`, `bench`, `numpy-demo`. Exit codes: 0 success, 2 usage error, 1 runtime error (no traceback unless --debug)."""
+"""The `rnnkit` command: `train TASK`, `eval`, `predict`, `sample`, `export`, the tasks' own commands,
+`data download`, `gradflow`, `clipping`, `info`, `demo`, `bench`, `numpy-demo`.
+Exit codes: 0 success, 2 usage error, 1 runtime error (no traceback unless --debug)."""
 from __future__ import annotations
 
 import argparse
@@ -204,6 +205,20 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    loaded = _load(args.checkpoint)
+    if args.format == "safetensors":
+        from .pretrained import save_pretrained
+
+        try:
+            path = save_pretrained(loaded, args.out)
+        except FileExistsError as e:
+            raise UsageError(str(e)) from None
+        print(f"{loaded.task.name} model saved in {path}/ (model.safetensors, config.json, extra.json); "
+              f"load it with rnnkit.pretrained.from_pretrained({str(path)!r})")
+    return 0
+
+
 def cmd_gradflow(args) -> int:
     from .analysis import gradflow
 
@@ -288,7 +303,7 @@ def _add_training_commands(sub) -> None:
         def missing_extras(args, module=e.name):
             raise UsageError(TRAIN_EXTRAS_MISSING.format(module))
 
-        for name in ("train", "eval", "predict", "sample"):
+        for name in ("train", "eval", "predict", "sample", "export"):
             p = sub.add_parser(name, help="(needs rnnkit[train])", add_help=False)
             p.add_argument("rest", nargs=argparse.REMAINDER)
             p.set_defaults(fn=missing_extras)
@@ -320,6 +335,12 @@ def _add_training_commands(sub) -> None:
     sa.add_argument("--top-k", type=int, default=0, help="sample among the k most likely only (0: all)")
     sa.add_argument("--seed", type=int, default=0)
     sa.set_defaults(fn=cmd_sample)
+    ex = sub.add_parser("export", help="write a checkpoint's model for use elsewhere: safetensors weights + JSON "
+                        "config and vocabulary (rnnkit.pretrained.from_pretrained loads it, torch alone needed)")
+    ex.add_argument("checkpoint", metavar="CKPT")
+    ex.add_argument("--format", choices=["safetensors"], default="safetensors")
+    ex.add_argument("--out", required=True, metavar="PATH", help="the directory to create (must not hold anything)")
+    ex.set_defaults(fn=cmd_export)
     for task in TASKS.values():
         for command in task.commands:
             p = sub.add_parser(command.name, help=command.help, description=command.help)

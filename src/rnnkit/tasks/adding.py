@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torchmetrics import MeanSquaredError, MetricCollection
-
 from ..data.synthetic import adding_problem
 from ..models import make_rnn
 from ..models.regressor import SequenceRegressor
@@ -38,7 +36,9 @@ class AddingTask(Task):
     def build_model(self, cfg, extra: dict) -> SequenceRegressor:
         return SequenceRegressor(make_rnn(cfg, 2), 1, "last", cfg.dropout)
 
-    def metrics(self, cfg, extra: dict) -> MetricCollection:
+    def metrics(self, cfg, extra: dict):
+        from torchmetrics import MeanSquaredError, MetricCollection
+
         return MetricCollection({"mse": MeanSquaredError()})
 
     def update_metrics(self, metrics, output, targets) -> None:

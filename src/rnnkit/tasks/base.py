@@ -5,6 +5,10 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
+import torch
+
+from ..training.config import from_dict
+
 
 @dataclasses.dataclass(frozen=True)
 class Command:
@@ -46,7 +50,9 @@ class Task:
         raise NotImplementedError
 
     def metrics(self, cfg, extra: dict):
-        """A torchmetrics MetricCollection, updated by `update_metrics` on each validation/test batch."""
+        """A torchmetrics MetricCollection, updated by `update_metrics` on each validation/test batch.
+        Import torchmetrics here, not at the top of the task's module: a saved model is rebuilt through
+        its task (`rnnkit.pretrained`) where only torch is installed."""
         raise NotImplementedError
 
     def update_metrics(self, metrics, output, targets) -> None:
@@ -67,3 +73,28 @@ class Task:
 
     def sample(self, loaded, args) -> None:
         raise NotImplementedError(f"task {self.name!r} has no sample command")
+
+
+@dataclasses.dataclass
+class Loaded:
+    """A trained model with what runs it: its task, config (`cfg`), `extra` data (e.g. a vocabulary) and
+    the saved `record` (task, config, extra, rnnkit version). The model is in eval mode."""
+
+    task: Task
+    cfg: object
+    model: torch.nn.Module
+    extra: dict
+    record: dict
+
+
+def rebuild(task: Task, record: dict, weights: dict, source) -> Loaded:
+    """The task's model rebuilt from a saved record ({"config", "extra", "version"}) and its weights."""
+    extra = record.get("extra", {})
+    try:
+        cfg = from_dict(task.config_class, record.get("config", {}))
+        model = task.build_model(cfg, extra)
+        model.load_state_dict(weights)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{source}: its {task.name!r} model cannot be rebuilt from the saved config and weights "
+                         f"(written by rnnkit {record.get('version')}): {type(e).__name__}: {e}") from None
+    return Loaded(task, cfg, model.eval(), extra, record)

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from torchmetrics import MeanMetric, MetricCollection
 
 from ..data import text
 from ..models import make_rnn
@@ -72,7 +71,9 @@ class CharLMTask(Task):
         rnn = make_rnn(cfg, cfg.embedding, bidirectional=False)
         return CharLM(rnn, len(extra["vocab"]), cfg.embedding, cfg.dropout)
 
-    def metrics(self, cfg, extra: dict) -> MetricCollection:
+    def metrics(self, cfg, extra: dict):
+        from torchmetrics import MeanMetric, MetricCollection
+
         return MetricCollection({"nats": MeanMetric(), "bpc": MeanMetric()})
 
     def update_metrics(self, metrics, output, targets) -> None:

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
 
 from ..data import mnist
 from ..models import READOUTS, SequenceClassifier, make_rnn
@@ -49,7 +47,10 @@ class MNISTTask(Task):
     def build_model(self, cfg, extra: dict) -> SequenceClassifier:
         return SequenceClassifier(make_rnn(cfg, SIDE), 10, cfg.readout, cfg.dropout)
 
-    def metrics(self, cfg, extra: dict) -> MetricCollection:
+    def metrics(self, cfg, extra: dict):
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import MulticlassAccuracy
+
         return MetricCollection({"acc": MulticlassAccuracy(num_classes=10, average="micro")})
 
     def report(self, model, cfg, splits, run_dir: Path) -> list[Path]:

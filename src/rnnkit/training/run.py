@@ -10,7 +10,6 @@ import os
 import pickle
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -20,6 +19,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .. import __version__
+from ..tasks.base import Loaded, rebuild
 from .config import ConfigError, from_dict
 from .datamodule import TaskData
 from .module import CHECKPOINT_FORMAT, CHECKPOINT_KEY, TaskModule
@@ -251,15 +251,6 @@ def write_json(path: Path, content: dict) -> None:
 
 # -- loading ----------------------------------------------------------------------------------------
 
-@dataclass
-class Loaded:
-    task: object
-    cfg: object
-    model: torch.nn.Module
-    extra: dict
-    record: dict
-
-
 def read_checkpoint(path) -> dict:
     """A checkpoint file's content through torch's weights-only unpickler: tensors and plain values only."""
     path = Path(path)
@@ -294,17 +285,9 @@ def load_checkpoint(path, tasks: dict) -> Loaded:
     if record["task"] not in tasks:
         raise ValueError(f"{path} is a checkpoint of task {record['task']!r}, unknown to this rnnkit "
                          f"(tasks: {', '.join(tasks)})")
-    task = tasks[record["task"]]
-    try:
-        cfg = from_dict(task.config_class, record.get("config", {}))
-        model = task.build_model(cfg, record.get("extra", {}))
-        prefix = "model."
-        model.load_state_dict({k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{path}: its {record['task']!r} model cannot be rebuilt from the saved config and weights "
-                         f"(written by rnnkit {record.get('version')}): {type(e).__name__}: {e}") from None
-    model.eval()
-    return Loaded(task, cfg, model, record.get("extra", {}), record)
+    prefix = "model."
+    weights = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    return rebuild(tasks[record["task"]], record, weights, path)
 
 
 def evaluate(loaded: Loaded, data_dir: str | None = None, batch_size: int | None = None,
