@@ -39,6 +39,13 @@ class UsageError(Exception):
     """Bad command-line input: exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error said in one line and a pointer to --help (not the whole usage)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n(see `{self.prog} --help`)\n")
+
+
 def cmd_info(args) -> int:
     print(f"rnnkit {__version__} (torch {torch.__version__})\n")
     print("Layers RNN, LSTM, GRU (drop-in for torch.nn) and cells RNNCell, LSTMCell, GRUCell.\n"
@@ -350,7 +357,7 @@ def _add_training_commands(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rnnkit", description=__doc__)
+    parser = _Parser(prog="rnnkit", description=__doc__)
     parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -1,0 +1,137 @@
+"""The bad-input sweep: every command and loader, given broken files, wrong flags or the wrong
+checkpoint, answers with one line naming the problem, exit code 2 (usage) or 1 (runtime), no
+traceback, and changes nothing that was saved before."""
+import gzip
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from clirun import rnnkit
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+MNIST_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+               "t10k-labels-idx1-ubyte.gz"]
+TINY = ["--hidden", "8", "--max-epochs", "1", "--limit-train-batches", "2", "--limit-eval-batches", "1",
+        "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """What a user has saved: checkpoints of two tasks and a notes file; no failing command may touch them."""
+    root = tmp_path_factory.mktemp("saved")
+    code, _, err = rnnkit("train", "charlm", "--max-chars", "4000", "--bptt", "16", "--batch-size", "4",
+                          "--sample-length", "0", *TINY, "--out", root / "charlm")
+    assert code == 0, err
+    old = torch.load(root / "charlm/checkpoints/best.ckpt", weights_only=True)
+    old["rnnkit"]["format"] = 99
+    torch.save(old, root / "future.ckpt")
+    (root / "notes.txt").write_text("mine")
+    return root
+
+
+def _snapshot(root: Path) -> dict:
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _mnist_dir(tmp: Path, broken: str, content: bytes) -> Path:
+    """A data directory with the real MNIST files, one of them replaced by `content`."""
+    mnist = tmp / "data" / "mnist"
+    mnist.mkdir(parents=True)
+    for name in MNIST_FILES:
+        (mnist / name).symlink_to(DATA / "mnist" / name)
+    (mnist / broken).unlink()
+    (mnist / broken).write_bytes(content)
+    return tmp / "data"
+
+
+def _labels(transform) -> bytes:
+    return transform((DATA / "mnist" / "train-labels-idx1-ubyte.gz").read_bytes())
+
+
+def _flip(raw: bytes) -> bytes:
+    data = bytearray(raw)
+    data[len(data) // 2] ^= 0xFF
+    return bytes(data)
+
+
+def _magic(raw: bytes) -> bytes:
+    plain = gzip.decompress(raw)
+    return gzip.compress((2050).to_bytes(4, "big") + plain[4:])
+
+
+def _mnist_case(broken, transform, message):
+    def setup(tmp, saved):
+        data = _mnist_dir(tmp, broken, _labels(transform))
+        return ["train", "mnist", "--data-dir", data, *TINY, "--out", tmp / "run"], message
+    return setup
+
+
+def _text_case(content: bytes, message):
+    def setup(tmp, saved):
+        (tmp / "corpus.txt").write_bytes(content)
+        return ["train", "charlm", "--text", tmp / "corpus.txt", *TINY, "--out", tmp / "run"], message
+    return setup
+
+
+def _argv_case(*argv, message):
+    def setup(tmp, saved):
+        return [str(a).format(saved=saved, tmp=tmp) for a in argv], message
+    return setup
+
+
+CHARLM_CKPT = "{saved}/charlm/checkpoints/best.ckpt"
+
+# id -> (exit code, setup(tmp, saved) -> (argv, the message the error must contain))
+CASES = {
+    # data files
+    "mnist truncated gzip": (1, _mnist_case("train-labels-idx1-ubyte.gz", lambda r: r[: len(r) // 2],
+                                            "train-labels-idx1-ubyte.gz: gzip data is truncated")),
+    "mnist corrupt gzip": (1, _mnist_case("train-labels-idx1-ubyte.gz", _flip, "train-labels-idx1-ubyte.gz")),
+    "mnist wrong IDX magic": (1, _mnist_case("train-labels-idx1-ubyte.gz", _magic, "IDX magic number 2050")),
+    "mnist empty file": (1, _mnist_case("train-labels-idx1-ubyte.gz", lambda r: b"", "too short for an IDX header")),
+    "text undecodable": (1, _text_case(b"good text\n\xff\xfe bad", "is not valid UTF-8: byte 0xff at offset 10")),
+    "text empty": (1, _text_case(b"", "corpus.txt is empty")),
+    "text missing": (1, _argv_case("train", "charlm", "--text", "{tmp}/none.txt", "--out", "{tmp}/run",
+                                   message="none.txt does not exist")),
+    # flags and values
+    "unknown flag": (2, _argv_case("train", "charlm", "--warp", message="unrecognized arguments: --warp")),
+    "bad value": (2, _argv_case("train", "charlm", "--bptt", "0", message="--bptt must be >= 1; got 0")),
+    "bad choice": (2, _argv_case("train", "charlm", "--corpus", "wiki", message="invalid choice: 'wiki'")),
+    "bad sample value": (2, _argv_case("sample", CHARLM_CKPT, "--temperature", "-1",
+                                       message="--temperature must be a finite number >= 0")),
+    "bad export format": (2, _argv_case("export", CHARLM_CKPT, "--format", "zip", "--out", "{tmp}/x",
+                                        message="invalid choice: 'zip'")),
+    # paths
+    "missing checkpoint": (1, _argv_case("eval", "{tmp}/none.ckpt", message="checkpoint not found")),
+    "not a checkpoint": (1, _argv_case("sample", "{saved}/notes.txt", message="is not a checkpoint rnnkit can load")),
+    "unwritable output directory": (1, _argv_case("train", "charlm", "--out", "{saved}/notes.txt/run",
+                                                  message="cannot write to the output directory")),
+    "output directory holds a run": (2, _argv_case("train", "charlm", "--out", "{saved}/charlm",
+                                                   message="is not empty (it may hold a previous run)")),
+    "export over saved files": (2, _argv_case("export", CHARLM_CKPT, "--out", "{saved}",
+                                              message="already exists and is not an empty directory")),
+    "missing run directory": (1, _argv_case("clipping", "{tmp}/nowhere", message="is not a finished rnnkit run")),
+    # checkpoints from elsewhere
+    "checkpoint of another task": (2, _argv_case("predict", CHARLM_CKPT, "x.png",
+                                                 message="task 'charlm' has no predict command")),
+    "checkpoint of another version": (1, _argv_case("eval", "{saved}/future.ckpt",
+                                                    message="has checkpoint format 99; this rnnkit reads format 1")),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_gets_one_line_and_changes_nothing(case, saved, tmp_path):
+    if "mnist" in case and not (DATA / "mnist").is_dir():
+        pytest.skip(f"MNIST not found in {DATA}")
+    expected_code, setup = CASES[case]
+    argv, message = setup(tmp_path, saved)
+    before = _snapshot(saved)
+    code, out, err = rnnkit(*argv)
+    assert code == expected_code, err
+    assert message in err, err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and len(lines) <= 2 and lines[0].startswith("rnnkit") and "error: " in lines[0], err
+    assert _snapshot(saved) == before
+    assert not list(tmp_path.glob("run/checkpoints/*.ckpt")) and not (tmp_path / "run/metrics.json").exists()
