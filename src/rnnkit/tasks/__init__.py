@@ -4,9 +4,10 @@ from __future__ import annotations
 from .adding import AddingTask
 from .base import Task
 from .charlm import CharLMTask
+from .forecast import ForecastTask
 from .mnist import MNISTTask
 
-TASKS: dict[str, Task] = {task.name: task for task in (MNISTTask(), CharLMTask(), AddingTask())}
+TASKS: dict[str, Task] = {task.name: task for task in (MNISTTask(), CharLMTask(), AddingTask(), ForecastTask())}
 
 
 def load(path):
