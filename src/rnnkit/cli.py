@@ -142,8 +142,9 @@ TRAIN_EXTRAS_MISSING = "this command needs rnnkit's training extras: pip install
 
 def _print_metrics(title: str, metrics: dict) -> None:
     print(title)
+    width = max(map(len, metrics), default=0)
     for name, value in metrics.items():
-        print(f"  {name:12s} {value:.4f}")
+        print(f"  {name:{width}s}  {value:.4f}")
 
 
 def cmd_train(args) -> int:
