@@ -174,6 +174,12 @@ class _Recurrent(nn.Module):
         Returns output (T, B, D*P) (batch_first: (B, T, D*P); packed if the input was), and the
         final state(s) (D*L, B, size).
         """
+        # ONNX export hook: while torch.onnx.export traces, emit ONNX RNN/GRU/LSTM nodes or a Loop
+        # (valid for any T and B) instead of tracing the time loop; see export.py. is_tracing()
+        # first: it is the cheap test, and keeps torch.onnx unimported in ordinary use.
+        if torch.jit.is_tracing() and torch.onnx.is_in_onnx_export():
+            from . import export
+            return export.onnx_forward(self, input, hx, lengths)
         packed = isinstance(input, PackedSequence)
         perm = unperm = None
         if packed:
