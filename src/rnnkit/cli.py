@@ -10,6 +10,7 @@ import os
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -205,6 +206,8 @@ def cmd_sample(args) -> int:
         raise UsageError(f"--temperature must be a finite number >= 0 (0: greedy); got {args.temperature}")
     if args.top_k < 0:
         raise UsageError(f"--top-k must be >= 0 (0: no limit); got {args.top_k}")
+    if args.count < 1:
+        raise UsageError(f"--count must be >= 1; got {args.count}")
     loaded = _load(args.checkpoint)
     try:
         loaded.task.sample(loaded, args)
@@ -224,7 +227,36 @@ def cmd_export(args) -> int:
             raise UsageError(str(e)) from None
         print(f"{loaded.task.name} model saved in {path}/ (model.safetensors, config.json, extra.json); "
               f"load it with rnnkit.pretrained.from_pretrained({str(path)!r})")
+    else:
+        for path in _export_onnx(loaded, args.out):
+            print(f"wrote {path}")
     return 0
+
+
+def _export_onnx(loaded, out: str) -> list[str]:
+    """One file per graph (one graph: `out` itself; several: OUT_STEM.NAME.onnx), all or none written."""
+    try:
+        graphs = loaded.task.onnx_graphs(loaded)
+    except NotImplementedError as e:
+        raise UsageError(str(e)) from None
+    out = Path(out)
+    paths = {name: out if len(graphs) == 1 else out.with_name(f"{out.stem}.{name}{out.suffix or '.onnx'}")
+             for name in graphs}
+    taken = [str(p) for p in paths.values() if p.exists()]
+    if taken:
+        raise UsageError(f"{', '.join(taken)} already exists; choose another --out")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"the directory of --out does not exist: {out.parent}")
+    staged = {name: path.with_name(f".{path.name}.{os.getpid()}.tmp") for name, path in paths.items()}
+    try:
+        for name, graph in graphs.items():
+            graph.export(staged[name])
+        for name, path in paths.items():
+            os.replace(staged[name], path)
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+    return [str(p) for p in paths.values()]
 
 
 def cmd_gradflow(args) -> int:
@@ -342,12 +374,20 @@ def _add_training_commands(sub) -> None:
     sa.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 is greedy")
     sa.add_argument("--top-k", type=int, default=0, help="sample among the k most likely only (0: all)")
     sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--digit", type=int, default=None, help="digits: the class to generate (default: 0)")
+    sa.add_argument("--count", type=int, default=16, help="digits: how many to generate")
+    sa.add_argument("--out", default=None, help="digits: write a PNG grid here (default: print them as text)")
+    sa.add_argument("--classifier", default=None, metavar="MNIST_CKPT",
+                    help="digits: print the fraction that this `rnnkit train mnist` checkpoint recognises")
     sa.set_defaults(fn=cmd_sample)
     ex = sub.add_parser("export", help="write a checkpoint's model for use elsewhere: safetensors weights + JSON "
-                        "config and vocabulary (rnnkit.pretrained.from_pretrained loads it, torch alone needed)")
+                        "config and vocabulary (rnnkit.pretrained.from_pretrained loads it, torch alone needed), "
+                        "or ONNX graphs that onnxruntime runs for any batch size and length")
     ex.add_argument("checkpoint", metavar="CKPT")
-    ex.add_argument("--format", choices=["safetensors"], default="safetensors")
-    ex.add_argument("--out", required=True, metavar="PATH", help="the directory to create (must not hold anything)")
+    ex.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors")
+    ex.add_argument("--out", required=True, metavar="PATH",
+                    help="safetensors: the directory to create (must not hold anything); onnx: the .onnx file "
+                         "(a model of several graphs, e.g. encoder and decoder: PATH_STEM.NAME.onnx each)")
     ex.set_defaults(fn=cmd_export)
     for task in TASKS.values():
         for command in task.commands:

@@ -348,6 +348,70 @@ class LayerForExport(nn.Module):
         return (out, *final) if isinstance(final, tuple) else (out, final)
 
 
+class Prediction(nn.Module):
+    """A task model `forward(inputs, targets=None) -> (output, loss)` as an exportable module:
+    forward(*inputs) -> output (several inputs reach the model as one tuple, e.g. (x, lengths))."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs):
+        return self.model(inputs if len(inputs) > 1 else inputs[0])[0]
+
+
+class StepWithState(nn.Module):
+    """A model that carries a recurrent state, `forward((x, state)) -> ((output, state), loss)`, as an
+    exportable module: forward(x, *state) -> (output, *state), the state flat ((h, c) or h)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, *state: Tensor):
+        (output, final), _ = self.model((x, state if len(state) > 1 else state[0]))
+        return (output, *final) if isinstance(final, tuple) else (output, final)
+
+
+@dataclasses.dataclass
+class Graph:
+    """One ONNX graph to write: module(*inputs) -> outputs, with the names and dynamic axes of each."""
+
+    module: nn.Module
+    inputs: tuple
+    input_names: list
+    output_names: list
+    dynamic_axes: dict
+
+    def export(self, path, overwrite: bool = False) -> Path:
+        return export_onnx(self.module, self.inputs, path, self.input_names, self.output_names, self.dynamic_axes,
+                           overwrite=overwrite)
+
+
+def zero_state(rnn: nn.Module, batch: int) -> tuple:
+    """The initial state of an rnnkit layer as the flat ONNX inputs: (h0,) or (h0, c0), each (D*L, B, size)."""
+    D = 2 if rnn.bidirectional else 1
+    weight = next(rnn.parameters())
+    h = weight.new_zeros(D * rnn.num_layers, batch, getattr(rnn, "proj_size", 0) or rnn.hidden_size)
+    if rnn.mode == "LSTM":
+        return h, weight.new_zeros(D * rnn.num_layers, batch, rnn.hidden_size)
+    return (h,)
+
+
+def many_to_one(model: nn.Module, features: int, input_name: str, output_name: str, lengths: bool = True,
+                time: int | None = None) -> Graph:
+    """The graph of a many-to-one model (x (B, T, F) [, lengths (B,)]) -> (B, K): any batch size; any T
+    unless `time` fixes it (e.g. a forecaster's window)."""
+    weight = next(model.parameters())
+    x = torch.randn(2, time or 5, features, dtype=weight.dtype, device=weight.device)
+    inputs, names = (x,), [input_name]
+    axes = {input_name: {0: "batch"} if time else {0: "batch", 1: "time"}, output_name: {0: "batch"}}
+    if lengths:
+        inputs, names = (x, torch.tensor([x.shape[1], 3], device=weight.device)), [input_name, "lengths"]
+        axes["lengths"] = {0: "batch"}
+    return Graph(Prediction(model), inputs, names, [output_name], axes)
+
+
 def export_onnx(module: nn.Module, example_inputs, path, input_names, output_names, dynamic_axes=None,
                 opset: int = OPSET, overwrite: bool = False) -> Path:
     """Export `module` in eval mode to an ONNX file at `path` and return the path.

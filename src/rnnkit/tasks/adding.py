@@ -41,5 +41,10 @@ class AddingTask(Task):
 
         return MetricCollection({"mse": MeanSquaredError()})
 
+    def onnx_graphs(self, loaded) -> dict:
+        from ..export import many_to_one
+
+        return {"regressor": many_to_one(loaded.model, 2, "sequence", "prediction")}
+
     def update_metrics(self, metrics, output, targets) -> None:
         metrics.update(output.view(-1), targets)

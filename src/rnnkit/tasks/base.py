@@ -74,6 +74,11 @@ class Task:
     def sample(self, loaded, args) -> None:
         raise NotImplementedError(f"task {self.name!r} has no sample command")
 
+    def onnx_graphs(self, loaded) -> dict:
+        """The ONNX graphs of the task's model, {name: rnnkit.export.Graph}: `rnnkit export --format onnx`
+        writes one file per graph (a single graph to the path given)."""
+        raise NotImplementedError(f"task {self.name!r} has no ONNX export")
+
 
 @dataclasses.dataclass
 class Loaded:

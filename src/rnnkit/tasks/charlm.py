@@ -76,6 +76,19 @@ class CharLMTask(Task):
 
         return MetricCollection({"nats": MeanMetric(), "bpc": MeanMetric()})
 
+    def onnx_graphs(self, loaded) -> dict:
+        """ids (B, T) and the carried state -> logits (B, T, V) and the new state: generation feeds one
+        character (T = 1) and the state back; the vocabulary is in the exported model's extra data."""
+        from ..export import Graph, StepWithState, zero_state
+
+        state = zero_state(loaded.model.rnn, 2)
+        names = ["h0", "c0"][:len(state)]
+        out = ["logits"] + ["hn", "cn"][:len(state)]
+        axes = {"ids": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"},
+                **{name: {1: "batch"} for name in names + out[1:]}}
+        ids = torch.zeros(2, 4, dtype=torch.long)
+        return {"step": Graph(StepWithState(loaded.model), (ids, *state), ["ids", *names], out, axes)}
+
     def update_metrics(self, metrics, output, targets) -> None:
         """Mean over characters, not over windows (the last window of a pass may be shorter)."""
         nats = torch.nn.functional.cross_entropy(output.flatten(0, 1), targets.flatten(), reduction="none")

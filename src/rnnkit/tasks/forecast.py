@@ -280,6 +280,14 @@ class ForecastTask(Task):
     def metrics(self, cfg, extra: dict):
         return forecast_errors(units(cfg, extra))
 
+    def onnx_graphs(self, loaded) -> dict:
+        """window (B, W, F) of scaled inputs -> forecast (B, H) in scaled units (see extra's shift and scale)."""
+        from ..export import many_to_one
+
+        features = len(loaded.extra["columns"]) + sum(len(c) for c in loaded.extra.get("categories", {}).values())
+        return {"forecaster": many_to_one(loaded.model, features, "window", "forecast", lengths=False,
+                                          time=loaded.cfg.window)}
+
     def update_metrics(self, metrics, output, targets) -> None:
         update_forecast_errors(metrics, output, targets)
 

@@ -68,6 +68,11 @@ class MNISTTask(Task):
                 plots.plot_image_grid(images, titles, run_dir / "misclassified.png",
                                       title=f"misclassified test digits (true→predicted), {len(wrong)} shown")]
 
+    def onnx_graphs(self, loaded) -> dict:
+        from ..export import many_to_one
+
+        return {"classifier": many_to_one(loaded.model, SIDE, "rows", "logits")}  # rows (B, T, 28), normalised
+
     def predict(self, loaded, items: list[str], args) -> list[dict]:
         images = torch.stack([read_digit(path) for path in items])
         with torch.no_grad():
