@@ -46,6 +46,15 @@ def read_csv(path: str | Path, columns: list[str], date_column: str = "", catego
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"time-series CSV not found: {path}")
+    try:
+        return _read_csv(path, columns, date_column, categorical)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e.reason}: byte 0x{e.object[e.start]:02x})") from None
+    except csv.Error as e:
+        raise DataError(f"{path} is not a readable CSV file ({e})") from None
+
+
+def _read_csv(path: Path, columns: list[str], date_column: str, categorical: list[str]) -> Table:
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = csv.reader(f)
         header = [name.strip() for name in next(rows, [])]
