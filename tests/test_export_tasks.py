@@ -20,6 +20,9 @@ RUNS = {
     "charlm-gru": ["charlm", "--max-chars", "3000", "--bptt", "16", "--batch-size", "4", "--sample-length", "0",
                    "--cell", "gru"],
     "forecast": ["forecast", "--series", "airline", "--data-dir", DATA, "--max-epochs", "1"],
+    "pos": ["pos", "--data-dir", DATA, "--batch-size", "8"],
+    "pos-lstm-chars": ["pos", "--data-dir", DATA, "--batch-size", "8", "--char-encoder", "lstm"],
+    "sentiment": ["sentiment", "--data-dir", DATA, "--batch-size", "8", "--readout", "max"],
 }
 
 
@@ -99,3 +102,32 @@ def test_onnx_export_never_overwrites(exported, tmp_path):
     ckpt = next(iter(exported.values()))[0]
     code, _, err = rnnkit("export", "--format", "onnx", "--out", kept, Path(ckpt.cfg.out) / "checkpoints/best.ckpt")
     assert code == 2 and "already exists" in err and kept.read_text() == "mine"
+
+
+@pytest.mark.parametrize("name", ["pos", "pos-lstm-chars"])
+def test_tagger_graph(exported, name):
+    if name not in exported:
+        pytest.skip(f"data not found in {DATA}")
+    loaded, sessions = exported[name]
+    (session,) = sessions.values()
+    for batch, time, width in ((3, 9, 7), (1, 2, 3)):
+        words = torch.randint(len(loaded.extra["words"]), (batch, time))
+        chars = torch.randint(len(loaded.extra["chars"]), (batch, time, width))
+        lengths = torch.randint(1, time + 1, (batch,))
+        lengths[0] = time
+        (got,) = session.run(None, {"words": words.numpy(), "chars": chars.numpy(), "lengths": lengths.numpy()})
+        with torch.no_grad():
+            _close(got, loaded.model((words, chars, lengths))[0], f"{name} B={batch} T={time}")
+
+
+def test_sentiment_graph(exported):
+    if "sentiment" not in exported:
+        pytest.skip(f"data not found in {DATA}")
+    loaded, sessions = exported["sentiment"]
+    (session,) = sessions.values()
+    for batch, time in ((4, 13), (1, 1)):
+        ids = torch.randint(len(loaded.extra["words"]), (batch, time))
+        lengths = torch.randint(1, time + 1, (batch,))
+        (got,) = session.run(None, {"ids": ids.numpy(), "lengths": lengths.numpy()})
+        with torch.no_grad():
+            _close(got, loaded.model((ids, lengths))[0], f"sentiment B={batch} T={time}")

@@ -4,10 +4,16 @@ from __future__ import annotations
 from .adding import AddingTask
 from .base import Task
 from .charlm import CharLMTask
+from .copy import CopyTask
+from .digits import DigitsTask
 from .forecast import ForecastTask
 from .mnist import MNISTTask
+from .pos import POSTask
+from .sentiment import SentimentTask
 
-TASKS: dict[str, Task] = {task.name: task for task in (MNISTTask(), CharLMTask(), AddingTask(), ForecastTask())}
+TASKS: dict[str, Task] = {task.name: task for task in (
+    MNISTTask(), CharLMTask(), POSTask(), SentimentTask(), ForecastTask(), DigitsTask(), AddingTask(),
+    CopyTask())}
 
 
 def load(path):

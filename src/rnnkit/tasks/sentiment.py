@@ -1,0 +1,142 @@
+"""The notes' many-to-one case: sentiment of a sentence with a (bidirectional) LSTM read out by last, final,
+mean or max over its outputs. SST-2 (its phrase-level train set; its dev set is the test, evaluated once) or
+the UCI sentiment-labelled sentences; run with `rnnkit classify`."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from ..data import sentences
+from ..data.sentences import Examples, WordVocab, pad, tokenize
+from ..models import READOUTS, SequenceClassifier, make_rnn
+from ..models.textclassifier import TextClassifier
+from ..training.config import ConfigError, RNNConfig, TrainConfig, opt
+from ..training.data import Splits, validation_split
+from .base import Command, Task, recipe_default
+from .pos import read_input_lines
+
+DATASETS = ("sst2", "uci")
+LABELS = ["negative", "positive"]
+
+
+@dataclass
+class SentimentConfig(TrainConfig, RNNConfig):
+    dataset: str = opt("sst2", "SST-2 (train: 67,349 phrases and sentences; test: its 872-sentence dev set) or "
+                               "the 3,000 UCI sentences (test: a fixed 10%)", DATASETS)
+    readout: str = opt("max", "what the classifier reads: the last step's output, each direction's final "
+                              "state, or the mean or max over the words", READOUTS)
+    embedding: int = opt(128, "word embedding size", minimum=1)
+    min_count: int = opt(1, "words seen fewer times in training are unknown (<unk>)", minimum=1)
+    word_dropout: float = opt(0.1, "replace a training word by <unk> with this probability")
+    embed_dropout: float = opt(0.3, "dropout on the word embeddings")
+    hidden: int = recipe_default(RNNConfig, "hidden", 128)
+    bidirectional: bool = recipe_default(RNNConfig, "bidirectional", True)
+    dropout: float = recipe_default(RNNConfig, "dropout", 0.5)
+    batch_size: int = recipe_default(TrainConfig, "batch_size", 64)
+    val_fraction: float = recipe_default(TrainConfig, "val_fraction", 0.05)
+    clip_norm: float = recipe_default(TrainConfig, "clip_norm", 5.0)
+    max_epochs: int = recipe_default(TrainConfig, "max_epochs", 10)
+    patience: int = recipe_default(TrainConfig, "patience", 3)
+    lr_schedule: str = recipe_default(TrainConfig, "lr_schedule", "plateau")
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("word_dropout", "embed_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must lie in [0, 1); got {getattr(self, name)!r}")
+
+
+def collate(items: list) -> tuple:
+    """Examples (ids (T_i,), label) -> ((ids (B, T), lengths (B,)), labels (B,))."""
+    ids, lengths = pad([it[0] for it in items])
+    return (ids, lengths), torch.tensor([it[1] for it in items], dtype=torch.long)
+
+
+class SentimentTask(Task):
+    name = "sentiment"
+    help = "sentence sentiment (SST-2 or the UCI sentences) with a BiLSTM and a last/mean/max readout"
+    config_class = SentimentConfig
+    monitor, mode = "val_acc", "max"
+    commands = ()  # set below
+
+    def splits(self, cfg) -> Splits:
+        """SST-2: validation (early stopping, model selection) is held out of train, and dev is the test.
+        Sub-phrases of one sentence can fall on both sides of that split, so validation accuracy reads high."""
+        if cfg.dataset == "sst2":
+            train = sentences.read_sst2("train", cfg.data_dir or None)
+            test = sentences.read_sst2("dev", cfg.data_dir or None)
+        else:
+            rows = sentences.read_uci(cfg.data_dir or None)
+            kept, held = validation_split(len(rows), 0.1)  # the test tenth, before validation is taken
+            train, test = [rows[i] for i in kept.tolist()], [rows[i] for i in held.tolist()]
+        tokens = [tokenize(row.text) for row in train]
+        keep, val = validation_split(len(train), cfg.val_fraction)
+        counts = Counter(w for i in keep.tolist() for w in tokens[i])  # the vocabulary sees training rows only
+        vocab = WordVocab.build(counts, cfg.min_count)
+        examples = Examples([(vocab.encode(t), row.label) for t, row in zip(tokens, train)], collate)
+        test_examples = Examples([(vocab.encode(tokenize(row.text)), row.label) for row in test], collate)
+        return Splits(examples.subset(keep), examples.subset(val), test_examples,
+                      extra={"words": vocab.words, "labels": LABELS})
+
+    def build_model(self, cfg, extra: dict) -> TextClassifier:
+        classifier = SequenceClassifier(make_rnn(cfg, cfg.embedding), len(extra["labels"]), cfg.readout, cfg.dropout)
+        return TextClassifier(classifier, len(extra["words"]), cfg.embedding, cfg.word_dropout, cfg.embed_dropout)
+
+    def onnx_graphs(self, loaded) -> dict:
+        """(ids (B, T), lengths (B,)) -> logits (B, C); the vocabulary is in the exported model's extra data."""
+        from ..export import Graph, Prediction
+
+        ids, lengths = torch.randint(2, len(loaded.extra["words"]), (2, 6)), torch.tensor([6, 3])
+        axes = {"ids": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "logits": {0: "batch"}}
+        return {"classifier": Graph(Prediction(loaded.model), (ids, lengths), ["ids", "lengths"], ["logits"], axes)}
+
+    def metrics(self, cfg, extra: dict):
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import MulticlassAccuracy
+
+        return MetricCollection({"acc": MulticlassAccuracy(len(extra["labels"]), average="micro")})
+
+
+@torch.no_grad()
+def classify(loaded, texts: list[str], batch_size: int = 256) -> list[list[float]]:
+    """Class probabilities of each text (tokenised with data.sentences.tokenize) from a sentiment checkpoint."""
+    vocab, model = WordVocab(loaded.extra["words"]), loaded.model
+    device = next(model.parameters()).device
+    probs = []
+    for start in range(0, len(texts), batch_size):
+        batch = [vocab.encode(tokenize(t)) for t in texts[start:start + batch_size]]
+        empty = [start + i + 1 for i, ids in enumerate(batch) if len(ids) == 0]
+        if empty:
+            raise ValueError(f"text {empty[0]} has no words")
+        (ids, lengths), _ = collate([(ids, 0) for ids in batch])
+        probs += model((ids.to(device), lengths))[0].softmax(-1).cpu().tolist()
+    return probs
+
+
+def _add_classify_arguments(parser) -> None:
+    parser.add_argument("sentence", nargs="?", default=None,
+                        help="the text to classify; '-' or none: one text per line from stdin")
+    parser.add_argument("--json", action="store_true", help="print [{text, label, probabilities}] as JSON")
+
+
+def _run_classify(loaded, args) -> int:
+    lines = read_input_lines(args.sentence)
+    labels = loaded.extra["labels"]
+    results = []
+    for (_, text), p in zip(lines, classify(loaded, [text for _, text in lines])):
+        best = max(range(len(p)), key=p.__getitem__)
+        results.append({"text": text, "label": labels[best], "probabilities": dict(zip(labels, p))})
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        shown = "  ".join(f"{label} {p:.3f}" for label, p in r["probabilities"].items())
+        print(f"{r['label']:8s}  ({shown})  {r['text']}")
+    return 0
+
+
+SentimentTask.commands = (Command("classify", "the sentiment of sentences with a sentiment checkpoint "
+                                  "(label and probabilities)", _add_classify_arguments, _run_classify),)
