@@ -81,6 +81,16 @@ def _argv_case(*argv, message):
     return setup
 
 
+def _changed_data_case(tmp, saved):
+    """A model trained on a text file, evaluated after the file changed: its vocabulary no longer fits."""
+    (tmp / "corpus.txt").write_text("abcabcabd " * 300)
+    code, _, err = rnnkit("train", "charlm", "--text", tmp / "corpus.txt", "--bptt", "8", "--batch-size", "4",
+                          "--sample-length", "0", *TINY, "--out", tmp / "lm")
+    assert code == 0, err
+    (tmp / "corpus.txt").write_text("xyzxyzxyw " * 300)
+    return ["eval", tmp / "lm/checkpoints/best.ckpt"], "differ from the model's training data: its vocab is not"
+
+
 CHARLM_CKPT = "{saved}/charlm/checkpoints/best.ckpt"
 
 # id -> (exit code, setup(tmp, saved) -> (argv, the message the error must contain))
@@ -116,6 +126,7 @@ CASES = {
     # checkpoints from elsewhere
     "checkpoint of another task": (2, _argv_case("predict", CHARLM_CKPT, "x.png",
                                                  message="task 'charlm' has no predict command")),
+    "data changed since training": (1, _changed_data_case),
     "checkpoint of another version": (1, _argv_case("eval", "{saved}/future.ckpt",
                                                     message="has checkpoint format 99; this rnnkit reads format 1")),
 }

@@ -296,6 +296,10 @@ def evaluate(loaded: Loaded, data_dir: str | None = None, batch_size: int | None
     cfg = dataclasses.replace(loaded.cfg, devices=1, progress=progress, limit_eval_batches=1.0,
                               data_dir=data_dir or loaded.cfg.data_dir, batch_size=batch_size or loaded.cfg.batch_size)
     splits = loaded.task.splits(cfg)
+    changed = sorted(k for k in set(splits.extra) | set(loaded.extra) if splits.extra.get(k) != loaded.extra.get(k))
+    if changed:  # e.g. a vocabulary rebuilt from other files: its ids would not be the ones the weights learned
+        raise ValueError(f"the data read now differ from the model's training data: its {', '.join(changed)} "
+                         f"{'is' if len(changed) == 1 else 'are'} not the one saved in the checkpoint")
     module = TaskModule(loaded.task, cfg, loaded.model, loaded.extra)
     trainer = build_trainer(cfg, None, loaded.task, for_training=False, batched=splits.batched)
     data = TaskData(splits, cfg.batch_size)
