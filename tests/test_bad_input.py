@@ -91,6 +91,16 @@ def _changed_data_case(tmp, saved):
     return ["eval", tmp / "lm/checkpoints/best.ckpt"], "differ from the model's training data: its vocab is not"
 
 
+def _file_case(name: str, content: str, argv: list, message: str):
+    """A command reading a file `name` with `content` ({tmp} in argv is the test's directory)."""
+    def setup(tmp, saved):
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / name).write_text(content)
+        return [str(a).format(tmp=tmp) for a in argv], message
+    return setup
+
+
+GOOD_CONLLU = "1\tThe\tthe\tDET\tDT\t_\t2\tdet\t_\t_\n2\tend\tend\tNOUN\tNN\t_\t0\troot\t_\t_\n\n"
 CHARLM_CKPT = "{saved}/charlm/checkpoints/best.ckpt"
 
 # id -> (exit code, setup(tmp, saved) -> (argv, the message the error must contain))
@@ -105,6 +115,23 @@ CASES = {
     "text empty": (1, _text_case(b"", "corpus.txt is empty")),
     "text missing": (1, _argv_case("train", "charlm", "--text", "{tmp}/none.txt", "--out", "{tmp}/run",
                                    message="none.txt does not exist")),
+    "conllu wrong column count": (1, _file_case(
+        "bad.conllu", "1\tThe\tthe\tDET\n", ["train", "pos", "--train-file", "{tmp}/bad.conllu", "--dev-file",
+                                              "{tmp}/bad.conllu", "--test-file", "{tmp}/bad.conllu", *TINY,
+                                              "--out", "{tmp}/run"], "bad.conllu: line 1")),
+    "conllu bad id": (1, _file_case(
+        "bad.conllu", GOOD_CONLLU.replace("2\tend", "x\tend"),
+        ["train", "pos", "--train-file", "{tmp}/bad.conllu", "--dev-file", "{tmp}/bad.conllu", "--test-file",
+         "{tmp}/bad.conllu", *TINY, "--out", "{tmp}/run"], "bad.conllu: line 2")),
+    "tsv row without a label": (1, _file_case(
+        "data/sst2/train.tsv", "sentence\tlabel\ngood film\t1\nno label here\n",
+        ["train", "sentiment", "--data-dir", "{tmp}/data", *TINY, "--out", "{tmp}/run"], "train.tsv: line 3 has no label")),
+    "csv non-numeric value": (1, _file_case(
+        "series.csv", "t,y\n1,3\n2,4\n3,five\n", ["train", "forecast", "--csv", "{tmp}/series.csv", "--target", "y",
+                                                   *TINY, "--out", "{tmp}/run"], "series.csv")),
+    "csv unknown column": (1, _file_case(
+        "series.csv", "t,y\n1,3\n2,4\n", ["train", "forecast", "--csv", "{tmp}/series.csv", "--target", "sales",
+                                           *TINY, "--out", "{tmp}/run"], "has no column 'sales'; its columns are: t, y")),
     # flags and values
     "unknown flag": (2, _argv_case("train", "charlm", "--warp", message="unrecognized arguments: --warp")),
     "bad value": (2, _argv_case("train", "charlm", "--bptt", "0", message="--bptt must be >= 1; got 0")),
