@@ -412,6 +412,17 @@ def many_to_one(model: nn.Module, features: int, input_name: str, output_name: s
     return Graph(Prediction(model), inputs, names, [output_name], axes)
 
 
+def language_model_step(model: nn.Module) -> Graph:
+    """The graph of a language model over ids (`rnnkit.models.language.CharLM`): (ids (B, T), h0[, c0]) ->
+    (logits (B, T, V), hn[, cn]); generation feeds one id (T = 1) and the state back."""
+    state = zero_state(model.rnn, 2)
+    names, out = ["h0", "c0"][:len(state)], ["logits"] + ["hn", "cn"][:len(state)]
+    axes = {"ids": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"},
+            **{name: {1: "batch"} for name in names + out[1:]}}
+    ids = torch.zeros(2, 4, dtype=torch.long, device=state[0].device)
+    return Graph(StepWithState(model), (ids, *state), ["ids", *names], out, axes)
+
+
 def export_onnx(module: nn.Module, example_inputs, path, input_names, output_names, dynamic_axes=None,
                 opset: int = OPSET, overwrite: bool = False) -> Path:
     """Export `module` in eval mode to an ONNX file at `path` and return the path.

@@ -50,6 +50,15 @@ class RowGenerator(nn.Module):
         logits = self.head(output)                                                   # (B, T, W)
         return logits, F.binary_cross_entropy_with_logits(logits, targets)
 
+    def rows_step(self, previous: Tensor, labels: Tensor, state=None):
+        """previous rows (B, S, W) and labels (B,) -> logits of the next S rows (B, S, W) and the state:
+        generation calls it with S = 1 and its own last row, carrying the state."""
+        onehot = F.one_hot(labels, self.classes).to(previous.dtype)                   # (B, C)
+        B, S, _ = previous.shape
+        x = torch.cat([previous, onehot.unsqueeze(1).expand(B, S, self.classes)], dim=2)  # (B, S, W+C)
+        output, state = self.rnn(x, state)                                           # (B, S, H)
+        return self.head(output), state
+
     @torch.no_grad()
     def generate(self, labels: Tensor, temperature: float = 0.0,
                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:

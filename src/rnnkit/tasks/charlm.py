@@ -77,17 +77,10 @@ class CharLMTask(Task):
         return MetricCollection({"nats": MeanMetric(), "bpc": MeanMetric()})
 
     def onnx_graphs(self, loaded) -> dict:
-        """ids (B, T) and the carried state -> logits (B, T, V) and the new state: generation feeds one
-        character (T = 1) and the state back; the vocabulary is in the exported model's extra data."""
-        from ..export import Graph, StepWithState, zero_state
+        """(ids, state) -> (logits, state), one step or many; the vocabulary is in the exported extra data."""
+        from ..export import language_model_step
 
-        state = zero_state(loaded.model.rnn, 2)
-        names = ["h0", "c0"][:len(state)]
-        out = ["logits"] + ["hn", "cn"][:len(state)]
-        axes = {"ids": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"},
-                **{name: {1: "batch"} for name in names + out[1:]}}
-        ids = torch.zeros(2, 4, dtype=torch.long)
-        return {"step": Graph(StepWithState(loaded.model), (ids, *state), ["ids", *names], out, axes)}
+        return {"step": language_model_step(loaded.model)}
 
     def update_metrics(self, metrics, output, targets) -> None:
         """Mean over characters, not over windows (the last window of a pass may be shorter)."""

@@ -45,6 +45,11 @@ class CopyTask(Task):
         vocab = cfg.alphabet + 2
         return CharLM(make_rnn(cfg, vocab), vocab, vocab)
 
+    def onnx_graphs(self, loaded) -> dict:
+        from ..export import language_model_step
+
+        return {"step": language_model_step(loaded.model)}
+
     def metrics(self, cfg, extra: dict):
         from torchmetrics import MetricCollection
         from torchmetrics.classification import MulticlassAccuracy

@@ -50,6 +50,18 @@ class DigitsTask(Task):
             raise ConfigError("--bidirectional cannot generate: each row may only depend on the rows above it")
         return RowGenerator(make_rnn(cfg, SIDE + CLASSES), CLASSES, SIDE, SIDE)
 
+    def onnx_graphs(self, loaded) -> dict:
+        """(previous rows (B, S, 28), labels (B,), h0[, c0]) -> (logits of the next rows, hn[, cn]): generation
+        starts from a row of zeros and feeds back sigmoid(logits) (or a sampled row) with the state."""
+        from ..export import Graph, zero_state
+
+        state = zero_state(loaded.model.rnn, 2)
+        names, out = ["h0", "c0"][:len(state)], ["logits"] + ["hn", "cn"][:len(state)]
+        axes = {"previous": {0: "batch", 1: "rows"}, "labels": {0: "batch"}, "logits": {0: "batch", 1: "rows"},
+                **{name: {1: "batch"} for name in names + out[1:]}}
+        inputs = (torch.zeros(2, 3, SIDE), torch.tensor([3, 7]), *state)
+        return {"step": Graph(_RowsStep(loaded.model), inputs, ["previous", "labels", *names], out, axes)}
+
     def metrics(self, cfg, extra: dict):
         from torchmetrics import MeanSquaredError, MetricCollection
 
@@ -128,3 +140,15 @@ def recognition(model: RowGenerator, classifier, per_digit: int = 100, temperatu
 def ascii_digit(image: torch.Tensor) -> str:
     """A (28, 28) image in [0, 1] as 28 lines of text."""
     return "\n".join("".join(" .:*#"[min(4, int(v * 5))] for v in row.tolist()) for row in image)
+
+
+class _RowsStep(torch.nn.Module):
+    """RowGenerator.rows_step with the state flat, as ONNX inputs and outputs are."""
+
+    def __init__(self, model: RowGenerator):
+        super().__init__()
+        self.model = model
+
+    def forward(self, previous, labels, *state):
+        logits, final = self.model.rows_step(previous, labels, state if len(state) > 1 else state[0])
+        return (logits, *final) if isinstance(final, tuple) else (logits, final)
