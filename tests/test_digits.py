@@ -107,3 +107,11 @@ def test_sample_bad_input(trained, argv, message):
     code, _, err = rnnkit("sample", ckpt, *argv)
     assert code in (1, 2) and message in err and "Traceback" not in err
     assert existing.read_bytes() == b"mine"
+
+
+def test_binarised_targets_are_ink_or_not():
+    from rnnkit.tasks.digits import to_targets
+
+    images = torch.tensor([[[0, 127, 128, 255]]], dtype=torch.uint8)
+    assert torch.equal(to_targets(images), images.float() / 255)
+    assert to_targets(images, binarize=True).tolist() == [[[0.0, 0.0, 1.0, 1.0]]]

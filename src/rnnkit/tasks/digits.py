@@ -21,10 +21,11 @@ CLASSES = 10
 
 @dataclass
 class DigitsConfig(TrainConfig, RNNConfig):
-    binarize: bool = opt(False, "train on binarised digits (pixel > 0.5: ink): sampled rows, which are binary, "
-                                "then look like the rows the model was trained to continue")
+    binarize: bool = opt(True, "train on binarised digits (pixel > 0.5: ink): the sampled rows fed back, which are "
+                               "binary, then look like the rows the model was trained to continue (grey-level "
+                               "training: 53% of sampled digits recognised; binarised: 90-92%)")
     hidden: int = recipe_default(RNNConfig, "hidden", 256)
-    max_epochs: int = recipe_default(TrainConfig, "max_epochs", 10)
+    max_epochs: int = recipe_default(TrainConfig, "max_epochs", 30)
     clip_norm: float = recipe_default(TrainConfig, "clip_norm", 1.0)
 
 
