@@ -25,6 +25,9 @@ RUNS = {
     "sentiment": ["sentiment", "--data-dir", DATA, "--batch-size", "8", "--readout", "max"],
     "digits": ["digits", "--data-dir", DATA, "--batch-size", "8"],
     "copy": ["copy", "--length", "6", "--train-size", "64", "--test-size", "16", "--cell", "rnn"],
+    "translate": ["translate", "--corpus", "reverse", "--synthetic-pairs", "64", "--embedding", "8"],
+    "translate-plain": ["translate", "--corpus", "reverse", "--synthetic-pairs", "64", "--embedding", "8",
+                        "--attention", "none", "--cell", "gru", "--no-bidirectional"],
 }
 
 
@@ -150,3 +153,34 @@ def test_digit_generator_step_continues_generation(exported):
         step_logits, *state = session.run(None, {"previous": row, "labels": labels.numpy(), **dict(zip(names, state))})
         _close(step_logits[:, 0], logits[:, t], f"digits row {t}")
         row = images[:, t:t + 1].numpy()
+
+
+@pytest.mark.parametrize("name", ["translate", "translate-plain"])
+def test_encoder_and_decoder_step_decode_like_the_model(exported, name):
+    """Greedy decoding looped over the exported decoder step: the model's own logits and tokens."""
+    from rnnkit.data.parallel import BOS_ID, EOS_ID
+    from rnnkit.models.seq2seq import greedy
+
+    loaded, sessions = exported[name]
+    encoder, step = sessions[f"{name}.encoder.onnx"], sessions[f"{name}.decoder_step.onnx"]
+    src = torch.randint(4, loaded.model.src_embed.num_embeddings, (3, 9))
+    lengths = torch.tensor([9, 5, 2])
+    feeds = dict(zip([o.name for o in encoder.get_outputs()],
+                     encoder.run(None, {"src": src.numpy(), "lengths": lengths.numpy()})))
+    step_inputs = [i.name for i in step.get_inputs()][1:]  # the memory, then the state
+    state_names = [n for n in step_inputs if n in ("h", "c")]
+    with torch.no_grad():
+        expected, _, _ = greedy(loaded.model, src, lengths, 12)
+        memory, state = loaded.model.encode(src, lengths)
+        first, _, _ = loaded.model.step(loaded.model.tgt_embed(torch.full((3,), BOS_ID)), state, memory)
+    token, got = np.full(3, BOS_ID), []
+    for t in range(expected.shape[1]):
+        logits, *rest = step.run(None, {"previous": token, **{n: feeds[n] for n in step_inputs}})
+        if t == 0:
+            _close(logits, first, f"{name} first step")
+        feeds.update(zip(state_names, rest))
+        token = logits.argmax(-1)
+        got.append(token)
+    got = np.stack(got, 1)
+    after_end = (np.cumsum(got == EOS_ID, axis=1) - (got == EOS_ID)) > 0  # greedy pads after </s>
+    assert (np.where(after_end, 0, got) == np.where(after_end, 0, expected.numpy())).all()

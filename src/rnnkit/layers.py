@@ -264,6 +264,9 @@ class _Recurrent(nn.Module):
         if not isinstance(x_t, Tensor) or x_t.dim() != 2 or x_t.shape[1] != self.input_size:
             shape = tuple(x_t.shape) if isinstance(x_t, Tensor) else type(x_t).__name__
             raise ValueError(f"step() takes one time step of shape (batch, input_size={self.input_size}); got {shape}")
+        if torch.jit.is_tracing() and torch.onnx.is_in_onnx_export():  # ONNX: a one-step sequence, see export.py
+            output, final = self.forward(x_t.unsqueeze(1 if self.batch_first else 0), hx)
+            return output.squeeze(1 if self.batch_first else 0), final
         params = self._parameters  # direct lookups: this runs once per generated token
         check_input_dtype(x_t, params["weight_ih_l0"].dtype)
         states = self._check_state(hx, x_t.shape[0], True, x_t)

@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-import conllu
 
 from .store import DataError, DataNotFoundError, data_root
 
@@ -65,6 +64,8 @@ def read_conllu(path: str | os.PathLike, tagset: str = "upos") -> list[Sentence]
 
 def _sentence(lines: list[str], start: int, path: Path, tagset: str) -> Sentence:
     """Check each token line of one sentence block, then parse it with `conllu`."""
+    import conllu  # a training dependency: a saved tagger loads without it (rnnkit.pretrained)
+
     column = 3 if tagset == "upos" else 4
     expected, first = 1, None
     for offset, line in enumerate(lines):

@@ -10,9 +10,10 @@ from .forecast import ForecastTask
 from .mnist import MNISTTask
 from .pos import POSTask
 from .sentiment import SentimentTask
+from .translate import TranslateTask
 
 TASKS: dict[str, Task] = {task.name: task for task in (
-    MNISTTask(), CharLMTask(), POSTask(), SentimentTask(), ForecastTask(), DigitsTask(), AddingTask(),
+    MNISTTask(), CharLMTask(), TranslateTask(), POSTask(), SentimentTask(), ForecastTask(), DigitsTask(), AddingTask(),
     CopyTask())}
 
 
