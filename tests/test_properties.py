@@ -187,3 +187,27 @@ def test_extra_padding_changes_nothing(config, batch, extra, impl):
     names = [f"hx[{k}]" for k in range(len(states or []))] + [n for n, _ in layer.named_parameters()]
     for what, a, e in zip(names, long_grads[1:], grads[1:], strict=True):
         assert_rel(a, e, TOL, f"grad {what}")
+
+
+# -- (d) dtypes and devices: float32 (and CUDA, where present) agree with the float64 reference ---------
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(config=layer_configs(), batch=batches(with_lengths=None), impl=IMPLS, device=st.sampled_from(DEVICES))
+def test_float32_on_every_device_agrees_with_float64(config, batch, impl, device):
+    T, B, lengths, with_hx, seed = batch
+    torch.manual_seed(seed)
+    reference = make_layer(config, impl="autograd")
+    layer = make_layer(config, impl=impl).float().to(device)
+    layer.load_state_dict({k: v.float() for k, v in reference.state_dict().items()})
+    x = make_input(reference, T, B).detach()
+    states = [torch.randn(s, dtype=DTYPE) for s in state_shapes(reference, B)] if with_hx else None
+    ref_out, ref_finals = call(reference, x, states, lengths)
+    out, finals = call(layer, x.float().to(device), None if states is None else [s.float().to(device) for s in states],
+                       lengths)
+    assert out.dtype == torch.float32 and out.device.type == device
+    assert_rel(out.double().cpu(), ref_out.detach(), 1e-4, "output")
+    for k, (a, e) in enumerate(zip(finals, ref_finals, strict=True)):
+        assert_rel(a.double().cpu(), e.detach(), 1e-4, f"final state {k}")

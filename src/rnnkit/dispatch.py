@@ -51,10 +51,13 @@ def native_kernel(step: Step) -> str | None:
     return None
 
 
-def why_not_native(step: Step, recurrent_dropout: float, training: bool, lengths: Tensor | None) -> str | None:
+def why_not_native(step: Step, recurrent_dropout: float, training: bool, lengths: Tensor | None,
+                   steps: int | None = None) -> str | None:
     """Why PyTorch's kernel cannot run this call, or None if it can."""
     if native_kernel(step) is None:
         return f"torch.nn has no kernel for {step}"
+    if steps == 0:
+        return "torch.nn's kernels refuse an empty sequence (T = 0)"
     if recurrent_dropout > 0 and training:
         return "torch.nn has no recurrent dropout"
     if lengths is not None and lengths.numel() and int(lengths.min()) == 0:
@@ -68,7 +71,7 @@ def choose(impl: str, step: Step, device: torch.device, batch: int, recurrent_dr
     whether autograd records it, i.e. a backward pass will follow; `steps`: its time steps, if known)."""
     if impl in ("engine", "autograd"):
         return impl
-    reason = why_not_native(step, recurrent_dropout, training, lengths)
+    reason = why_not_native(step, recurrent_dropout, training, lengths, steps)
     if impl == "native":
         if reason:
             raise ValueError(f"impl='native' cannot run this layer: {reason}")
