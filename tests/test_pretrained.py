@@ -75,13 +75,13 @@ import torch
 from rnnkit.pretrained import from_pretrained
 m = from_pretrained({str(tmp_path / 'lm')!r})
 x = torch.arange(12).view(2, 6) % len(m.extra["vocab"])
-print(float(m.model((x, None))[0][0].sum()))
+print(m.model((x, None))[0][0].sum().item())
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     m = from_pretrained(tmp_path / "lm")
     x = torch.arange(12).view(2, 6) % len(m.extra["vocab"])
-    assert float(proc.stdout) == float(m.model((x, None))[0][0].sum())
+    assert float(proc.stdout) == m.model((x, None))[0][0].sum().item()
 
 
 def test_nothing_is_overwritten_and_bad_bundles_are_named(checkpoints, tmp_path):
