@@ -100,6 +100,17 @@ def _file_case(name: str, content: str, argv: list, message: str):
     return setup
 
 
+def _parallel_case(tmp, saved):
+    """Multi30k whose German side has one line fewer than its English side."""
+    corpus = tmp / "data" / "multi30k"
+    corpus.mkdir(parents=True)
+    for split in ("train", "val", "test_2016_flickr"):
+        (corpus / f"{split}.de.gz").write_bytes(gzip.compress(b"ein hund .\n" * 4))
+        (corpus / f"{split}.en.gz").write_bytes(gzip.compress(b"a dog .\n" * 5))
+    return (["train", "translate", "--data-dir", tmp / "data", *TINY, "--out", tmp / "run"],
+            "parallel files differ in line count")
+
+
 GOOD_CONLLU = "1\tThe\tthe\tDET\tDT\t_\t2\tdet\t_\t_\n2\tend\tend\tNOUN\tNN\t_\t0\troot\t_\t_\n\n"
 CHARLM_CKPT = "{saved}/charlm/checkpoints/best.ckpt"
 
@@ -129,6 +140,7 @@ CASES = {
     "csv non-numeric value": (1, _file_case(
         "series.csv", "t,y\n1,3\n2,4\n3,five\n", ["train", "forecast", "--csv", "{tmp}/series.csv", "--target", "y",
                                                    *TINY, "--out", "{tmp}/run"], "series.csv")),
+    "parallel corpora of different lengths": (1, _parallel_case),
     "csv unknown column": (1, _file_case(
         "series.csv", "t,y\n1,3\n2,4\n", ["train", "forecast", "--csv", "{tmp}/series.csv", "--target", "sales",
                                            *TINY, "--out", "{tmp}/run"], "has no column 'sales'; its columns are: t, y")),
