@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .store import DataError, DataNotFoundError, data_root
+from .store import DataError, DataNotFoundError, data_root, read_utf8
 
 SST2, UCI = "sst2", "sentiment_labelled_sentences"
 UCI_FILES = ("amazon_cells_labelled.txt", "imdb_labelled.txt", "yelp_labelled.txt")
@@ -48,15 +48,7 @@ def read_labelled(path: str | os.PathLike, header: bool, labels: int = 2) -> lis
     that is not an integer in 0..labels-1, and for a file without rows.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"labelled-sentence file {path} does not exist") from None
-    try:
-        lines = raw.decode("utf-8").removeprefix("\ufeff").split("\n")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path}: line {line} is not valid UTF-8 (byte 0x{raw[e.start]:02x})") from None
+    lines = read_utf8(path, "labelled-sentence file").split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the final newline
     rows = []

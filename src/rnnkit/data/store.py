@@ -117,3 +117,17 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, urllib.error.URLError):
         return f"{e.reason}"
     return f"{type(e).__name__}: {e}"
+
+
+def read_utf8(path: Path, what: str) -> str:
+    """The text of a UTF-8 file (a leading byte-order mark dropped). FileNotFoundError names `what` the file
+    is; DataError names the line of the first byte that is not UTF-8."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    try:
+        return raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}: line {line} is not valid UTF-8 (byte 0x{raw[e.start]:02x})") from None

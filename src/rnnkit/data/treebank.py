@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 
-from .store import DataError, DataNotFoundError, data_root
+from .store import DataError, DataNotFoundError, data_root, read_utf8
 
 TAGSETS = ("upos", "xpos")
 COLUMNS = 10  # ID FORM LEMMA UPOS XPOS FEATS HEAD DEPREL DEPS MISC
@@ -35,15 +35,7 @@ def read_conllu(path: str | os.PathLike, tagset: str = "upos") -> list[Sentence]
     if tagset not in TAGSETS:
         raise ValueError(f"tagset must be one of {', '.join(TAGSETS)}; got {tagset!r}")
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"CoNLL-U file {path} does not exist") from None
-    try:
-        text = raw.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path}: line {line} is not valid UTF-8 (byte 0x{raw[e.start]:02x})") from None
+    text = read_utf8(path, "CoNLL-U file")
     sentences, block, start = [], [], 0
     for number, line in enumerate(text.split("\n"), 1):
         line = line.rstrip("\r")
