@@ -412,15 +412,21 @@ def many_to_one(model: nn.Module, features: int, input_name: str, output_name: s
     return Graph(Prediction(model), inputs, names, [output_name], axes)
 
 
+def carrying_state(module: nn.Module, rnn: nn.Module, inputs: tuple, input_names: list, axes: dict) -> Graph:
+    """The graph of a module that carries `rnn`'s state: (*inputs, h0[, c0]) -> (logits, hn[, cn]), for a
+    batch of 2 in the example; `axes` gives the dynamic axes of the inputs and of "logits"."""
+    state = zero_state(rnn, 2)
+    names, out = ["h0", "c0"][:len(state)], ["logits"] + ["hn", "cn"][:len(state)]
+    axes = {**axes, **{name: {1: "batch"} for name in names + out[1:]}}
+    return Graph(module, (*inputs, *state), [*input_names, *names], out, axes)
+
+
 def language_model_step(model: nn.Module) -> Graph:
     """The graph of a language model over ids (`rnnkit.models.language.CharLM`): (ids (B, T), h0[, c0]) ->
     (logits (B, T, V), hn[, cn]); generation feeds one id (T = 1) and the state back."""
-    state = zero_state(model.rnn, 2)
-    names, out = ["h0", "c0"][:len(state)], ["logits"] + ["hn", "cn"][:len(state)]
-    axes = {"ids": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"},
-            **{name: {1: "batch"} for name in names + out[1:]}}
-    ids = torch.zeros(2, 4, dtype=torch.long, device=state[0].device)
-    return Graph(StepWithState(model), (ids, *state), ["ids", *names], out, axes)
+    ids = torch.zeros(2, 4, dtype=torch.long, device=model.head.weight.device)
+    return carrying_state(StepWithState(model), model.rnn, (ids,), ["ids"],
+                          {"ids": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"}})
 
 
 def export_onnx(module: nn.Module, example_inputs, path, input_names, output_names, dynamic_axes=None,

@@ -54,14 +54,11 @@ class DigitsTask(Task):
     def onnx_graphs(self, loaded) -> dict:
         """(previous rows (B, S, 28), labels (B,), h0[, c0]) -> (logits of the next rows, hn[, cn]): generation
         starts from a row of zeros and feeds back sigmoid(logits) (or a sampled row) with the state."""
-        from ..export import Graph, zero_state
+        from ..export import carrying_state
 
-        state = zero_state(loaded.model.rnn, 2)
-        names, out = ["h0", "c0"][:len(state)], ["logits"] + ["hn", "cn"][:len(state)]
-        axes = {"previous": {0: "batch", 1: "rows"}, "labels": {0: "batch"}, "logits": {0: "batch", 1: "rows"},
-                **{name: {1: "batch"} for name in names + out[1:]}}
-        inputs = (torch.zeros(2, 3, SIDE), torch.tensor([3, 7]), *state)
-        return {"step": Graph(_RowsStep(loaded.model), inputs, ["previous", "labels", *names], out, axes)}
+        axes = {"previous": {0: "batch", 1: "rows"}, "labels": {0: "batch"}, "logits": {0: "batch", 1: "rows"}}
+        inputs = (torch.zeros(2, 3, SIDE), torch.tensor([3, 7]))
+        return {"step": carrying_state(_RowsStep(loaded.model), loaded.model.rnn, inputs, ["previous", "labels"], axes)}
 
     def metrics(self, cfg, extra: dict):
         from torchmetrics import MeanSquaredError, MetricCollection
