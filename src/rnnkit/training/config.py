@@ -129,7 +129,8 @@ def add_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
     for f in dataclasses.fields(config_class):
         if not f.metadata.get("cli", True):
             continue
-        kind, help_text = hints[f.name], f"{f.metadata.get('help', '')} (default: {f.default})"
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})".replace("%", "%%")  # argparse formats help
+        kind = hints[f.name]
         names = [f"--{flag(f.name)}"]
         if kind is bool:
             parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction,
