@@ -1,11 +1,13 @@
 """Labelled sentences: the tokenizer against hand-tokenised text, the TSV reader's errors by file and line,
 the vocabulary and padding, and the real SST-2 / UCI files against their README's figures."""
+import random
 from pathlib import Path
 
 import pytest
 import torch
 
-from rnnkit.data.sentences import Examples, WordVocab, pad, read_labelled, read_sst2, read_uci, tokenize
+from rnnkit.data.sentences import (Examples, WordVocab, pad, read_labelled, read_sst2, read_uci, sentence_split,
+                                   tokenize)
 from rnnkit.data.store import DataError, DataNotFoundError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -63,6 +65,47 @@ def test_batches_are_padded_to_their_own_longest_sequence():
     assert padded.tolist() == [[5, 6, 7], [8, -1, -1]] and lengths.tolist() == [3, 1]
     data = Examples([torch.tensor([1] * n) for n in (2, 9, 4)], lambda items: pad(items)[0])
     assert data.__getitems__([0, 2]).shape == (2, 4) and len(data.subset(torch.tensor([1]))) == 1
+
+
+def _inside(part: list, whole: list) -> bool:
+    return any(whole[k:k + len(part)] == part for k in range(len(whole) - len(part) + 1))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sentence_split_keeps_each_sentence_and_its_phrases_on_one_side(seed):
+    """Against a brute-force reading of the rule on random phrase banks with duplicates and shared phrases."""
+    rng = random.Random(seed)
+    sentences = [[rng.choice("abcdefgh") for _ in range(rng.randint(1, 9))] for _ in range(40)]
+    phrases = [s[:] for s in sentences]
+    for s in sentences:
+        for _ in range(rng.randint(0, 5)):
+            start = rng.randrange(len(s))
+            phrases.append(s[start:rng.randint(start + 1, len(s))])
+    rng.shuffle(phrases)
+    whole = [i for i, p in enumerate(phrases)
+             if not any(j != i and (len(q) > len(p) or (q == p and j < i)) and _inside(p, q) for j, q in enumerate(phrases))]
+    train, val = sentence_split(phrases, 0.25, seed)
+    val = val.tolist()
+    assert set(val) <= set(whole) and len(val) == round(len(whole) * 0.25) and val == sorted(set(val))
+    kept = [i for i in whole if i not in val]
+    assert train.tolist() == [i for i, p in enumerate(phrases) if any(_inside(p, phrases[k]) for k in kept)]
+    assert train.tolist() != list(range(len(phrases)))  # some phrases belong to validation sentences only
+
+
+def test_sentence_split_refuses_a_fraction_that_empties_a_side():
+    with pytest.raises(ValueError, match="fraction of 0.01 of 3 sentences"):
+        sentence_split([["a"], ["b"], ["c"]], 0.01, 0)
+
+
+@pytest.mark.skipif(not (DATA / "sst2").is_dir(), reason=f"SST-2 not found in {DATA}")
+def test_sst2_sentence_split_holds_out_whole_sentences():
+    rows = read_sst2("train", DATA)
+    words = [tokenize(r.text) for r in rows]
+    train, val = sentence_split(words, 0.1, 0)
+    assert len(val) == 688 and 60000 < len(train) < 67349 - 688
+    held = {" ".join(words[i]) for i in val.tolist()}
+    assert 17 < sum(len(words[i]) for i in val.tolist()) / len(val) < 22  # sentences like dev's (19.6 words)
+    assert not held & {" ".join(words[i]) for i in train.tolist()}
 
 
 @pytest.mark.skipif(not (DATA / "sst2").is_dir(), reason=f"SST-2 not found in {DATA}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -74,6 +74,41 @@ def read_sst2(split: str, root: str | os.PathLike | None = None) -> list[Labelle
     if split not in ("train", "dev"):
         raise ValueError(f"SST-2 split must be 'train' or 'dev' (test has no labels); got {split!r}")
     return read_labelled(_need(data_root(root) / SST2, [f"{split}.tsv"])[0], header=True)
+
+
+def sentence_split(phrases: list[list[str]], fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """(train, validation) indices of a phrase-level corpus split by whole sentences.
+
+    SST-2's training set holds every phrase of each training sentence ("a gorgeous , witty , seductive movie ."
+    and "witty" both); a random split of phrases puts parts of the same sentence on both sides and validation
+    reads high. Here the sentences are the phrases no other phrase contains (6,882 in SST-2, 19.4 words on
+    average, like its dev set's 19.6); validation is `fraction` of them, training every phrase found inside a
+    training sentence. Phrases found only inside validation sentences are in neither.
+    """
+    keys = [" " + " ".join(words) + " " for words in phrases]
+    by_word = defaultdict(list)  # word -> the phrases holding it
+    for i, words in enumerate(phrases):
+        for word in set(words):
+            by_word[word].append(i)
+
+    def inside_another(i: int, among: dict) -> bool:
+        rarest = min((among.get(w, ()) for w in set(phrases[i])), key=len, default=())
+        key = keys[i]  # a duplicate counts as inside its first occurrence
+        return any(j != i and (len(keys[j]) > len(key) or j < i) and key in keys[j] for j in rarest)
+
+    whole = [i for i in range(len(phrases)) if not inside_another(i, by_word)]
+    n_val = round(len(whole) * fraction)
+    if not 0 < n_val < len(whole):
+        raise ValueError(f"a validation fraction of {fraction} of {len(whole)} sentences leaves no sentence on one side")
+    order = torch.randperm(len(whole), generator=torch.Generator().manual_seed(seed)).tolist()
+    val = sorted(whole[k] for k in order[:n_val])
+    kept = set(whole[k] for k in order[n_val:])
+    in_kept = defaultdict(list)
+    for i in kept:
+        for word in set(phrases[i]):
+            in_kept[word].append(i)
+    train = [i for i in range(len(phrases)) if i in kept or inside_another(i, in_kept)]
+    return torch.tensor(train), torch.tensor(val)
 
 
 def read_uci(root: str | os.PathLike | None = None) -> list[Labelled]:
