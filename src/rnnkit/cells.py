@@ -34,6 +34,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from . import fused
+
 LN_EPS = 1e-5
 
 
@@ -230,9 +232,20 @@ class LSTMStep(Step):
         a = x @ p["weight_ih"].T  # (..., G*H)
         return torch.nn.functional.layer_norm(a, a.shape[-1:], p["ln_weight_ih"], self._input_bias(p), LN_EPS)
 
+    def _fuses(self, *tensors) -> bool:
+        return not self.layer_norm and fused.usable(*tensors)
+
     def step(self, xp, state, p, mask=None):
         h, c = state  # (B, P), (B, H)
         hr = _masked(h, mask)
+        peep = p.get("weight_peephole") if self.peephole else None
+        if self._fuses(xp, c, hr, p["weight_hh"], *([] if peep is None else [peep])):
+            # one C++ pass does the gate math (fused.py); the cache marks it with f = None, the
+            # activated gates (B, G*H) in g's place
+            gates = torch.addmm(xp, hr, p["weight_hh"].T)
+            c_new, act_c, h_new = fused.lstm_forward(gates, c, peep, self.coupled, self.activation == "softsign")
+            h_out = h_new @ p["weight_hr"].T if self.proj_size else h_new
+            return (h_out, c_new), (hr, c, None, None, gates, None, c_new, act_c, h_new) + (None,) * 5
         a = mean = rstd = mean_c = rstd_c = None
         if self.layer_norm:
             a = hr @ p["weight_hh"].T  # (B, G*H)
@@ -280,6 +293,15 @@ class LSTMStep(Step):
         if self.proj_size:
             grads["weight_hr"] = [(d_h, h_new)]
             d_h = d_h @ p["weight_hr"]  # (B, H)
+        if f is None:  # the forward ran fused
+            d_xp = out if out is not None else torch.empty_like(g)
+            peep = p["weight_peephole"] if self.peephole else None
+            d_c_prev, d_peep = fused.lstm_backward(d_h, d_c, g, c, c_new, act_c, peep, d_xp, self.coupled,
+                                                   self.activation == "softsign")
+            if peep is not None:
+                grads["weight_peephole"] = d_peep
+            grads["weight_hh"] = [(d_xp, hr)]
+            return d_xp, (_masked(d_xp @ p["weight_hh"], mask), d_c_prev), grads
         d_o = sigmoid_backward(d_h * act_c, o)
         d_c_out = self.act.backward(d_h * o, act_c)
         if self.layer_norm:

@@ -1,0 +1,127 @@
+"""Fused LSTM gate math on the CPU: one pass over the units per time step instead of one PyTorch op per
+gate, for the variants PyTorch's own kernels lack (peephole, coupled input-forget gate, softsign).
+
+`_fused.cpp` is compiled at first use with the system C++ compiler (`$CXX`, else `c++`/`g++`), with no
+PyTorch headers, into a per-user cache (`$RNNKIT_CACHE`, else `~/.cache/rnnkit`), and loaded with ctypes.
+Without a compiler, or with `RNNKIT_FUSED=0`, `available()` is False and cells.LSTMStep runs its
+PyTorch ops instead (the reference the fused loops are tested against). Only float32/float64 tensors on
+the CPU take this path; the matrix products stay in PyTorch.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name("_fused.cpp")
+FLAGS = ["-std=c++20", "-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC"]
+_DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+_library: ctypes.CDLL | None = None
+_error: str | None = None  # why the library is unavailable, once tried
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("RNNKIT_CACHE") or Path.home() / ".cache" / "rnnkit")
+
+
+def _build() -> ctypes.CDLL:
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found ($CXX, c++, g++, clang++)")
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join([compiler, *FLAGS, os.uname().machine]).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"fused-{key}.so"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)  # built aside, then renamed: atomic
+        os.close(fd)
+        try:
+            done = subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(target))
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    for suffix in _DTYPES.values():
+        getattr(lib, f"lstm_forward_{suffix}").argtypes = [p] * 6 + [i64, i64, i32, i32]
+        getattr(lib, f"lstm_backward_{suffix}").argtypes = [p] * 10 + [i64, i64, i32, i32]
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, built on first call; None (reason in `unavailable_reason()`) if they cannot be."""
+    global _library, _error
+    if _library is None and _error is None:
+        if os.environ.get("RNNKIT_FUSED", "1") == "0":
+            _error = "disabled by RNNKIT_FUSED=0"
+        else:
+            try:
+                _library = _build()
+            except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+                _error = str(e)
+    return _library
+
+
+def unavailable_reason() -> str | None:
+    library()
+    return _error
+
+
+def usable(*tensors: Tensor) -> bool:
+    """True when the fused loops can run on these tensors: CPU, float32/float64, and no autograd graph to
+    record through them (the engine's explicit forward and backward, and inference, run outside autograd),
+    and no tracer or compiler watching (a ctypes call is invisible to them)."""
+    first = tensors[0]
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        return False
+    return (first.device.type == "cpu" and first.dtype in _DTYPES
+            and all(t.dtype == first.dtype and t.device == first.device for t in tensors)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+            and library() is not None)
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def lstm_forward(gates: Tensor, c: Tensor, peep: Tensor | None, coupled: bool, softsign: bool):
+    """gates (B, G*H), contiguous, are replaced by the activated gates; returns c_new, act(c_new), h (B, H)."""
+    B, H = c.shape
+    c = c.contiguous()
+    c_new, act_c, h = (torch.empty_like(c) for _ in range(3))
+    fn = getattr(_library, f"lstm_forward_{_DTYPES[c.dtype]}")
+    fn(gates.data_ptr(), c.data_ptr(), _ptr(peep), c_new.data_ptr(), act_c.data_ptr(), h.data_ptr(),
+       B, H, int(coupled), int(softsign))
+    return c_new, act_c, h
+
+
+def lstm_backward(d_h: Tensor, d_c: Tensor, gates: Tensor, c: Tensor, c_new: Tensor, act_c: Tensor,
+                  peep: Tensor | None, d_gates: Tensor, coupled: bool, softsign: bool):
+    """Fills d_gates (B, G*H); returns d_c_prev (B, H) and the per-row peephole gradients (B, (G-1)*H)."""
+    B, H = c.shape
+    d_h, d_c, gates, c, c_new, act_c = (t.contiguous() for t in (d_h, d_c, gates, c, c_new, act_c))
+    if not d_gates.is_contiguous():
+        raise ValueError("d_gates must be contiguous")
+    d_c_prev = torch.empty_like(c)
+    d_peep = c.new_empty(B, peep.numel()) if peep is not None else None
+    fn = getattr(_library, f"lstm_backward_{_DTYPES[c.dtype]}")
+    fn(d_h.data_ptr(), d_c.data_ptr(), gates.data_ptr(), c.data_ptr(), c_new.data_ptr(), act_c.data_ptr(),
+       _ptr(peep), d_gates.data_ptr(), d_c_prev.data_ptr(), _ptr(d_peep), B, H, int(coupled), int(softsign))
+    return d_c_prev, d_peep

@@ -1,0 +1,172 @@
+"""The fused C++ LSTM gate loops (rnnkit/fused.py) against cells.LSTMStep's PyTorch ops, which they replace
+on the CPU: every variant they take, forward and backward through the engine, in float64 and float32,
+with saturating inputs and NaN; when they are used and when not; and the fallback without a compiler."""
+import os
+import subprocess
+import sys
+from itertools import product
+
+import pytest
+import torch
+
+import rnnkit
+from rnnkit import fused
+
+needs_fused = pytest.mark.skipif(fused.library() is None, reason=f"fused kernels unavailable: "
+                                                                 f"{fused.unavailable_reason()}")
+VARIANTS = [dict(peephole=p, coupled=c, activation=a, proj_size=s)
+            for p, c, a, s in product([False, True], [False, True], ["tanh", "softsign"], [0, 3])]
+
+
+def _run(layer, x, lengths, use_fused: bool, monkeypatch):
+    calls = {"forward": 0, "backward": 0}
+    forward, backward = fused.lstm_forward, fused.lstm_backward
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    with monkeypatch.context() as m:
+        m.setattr(fused, "lstm_forward", counted("forward", forward))
+        m.setattr(fused, "lstm_backward", counted("backward", backward))
+        if not use_fused:
+            m.setattr(fused, "usable", lambda *tensors: False)
+        x = x.detach().requires_grad_()
+        out, (h, c) = layer(x, lengths=lengths)
+        loss = (out * torch.linspace(-1, 1, out.shape[-1], dtype=x.dtype)).square().sum() + h.sum() + 2 * c.sum()
+        grads = torch.autograd.grad(loss, [x, *layer.parameters()])
+    return (out, h, c, *grads), calls
+
+
+@needs_fused
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(f"{k}={w}" for k, w in v.items()))
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_fused_equals_the_pytorch_ops(variant, dtype, tol, monkeypatch):
+    torch.manual_seed(0)
+    layer = rnnkit.LSTM(5, 8, 2, batch_first=True, bidirectional=True, impl="engine", dtype=dtype, **variant)
+    x = torch.randn(4, 9, 5, dtype=dtype)
+    lengths = torch.tensor([9, 4, 7, 1])
+    got, calls = _run(layer, x, lengths, True, monkeypatch)
+    want, none = _run(layer, x, lengths, False, monkeypatch)
+    assert calls["forward"] > 0 and calls["backward"] > 0 and none == {"forward": 0, "backward": 0}
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+@needs_fused
+@pytest.mark.parametrize("scale", [30.0, 1000.0])
+def test_fused_saturates_like_torch(scale, monkeypatch):
+    """Pre-activations far past the sigmoid's and tanh's saturation, where the written-out exp is clamped."""
+    torch.manual_seed(1)
+    layer = rnnkit.LSTM(3, 6, peephole=True, impl="engine", dtype=torch.float64)
+    x = scale * torch.randn(10, 2, 3, dtype=torch.float64)
+    got, _ = _run(layer, x, None, True, monkeypatch)
+    want, _ = _run(layer, x, None, False, monkeypatch)
+    for a, b in zip(got, want):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@needs_fused
+def test_fused_propagates_nan():
+    layer = rnnkit.LSTM(3, 4, peephole=True, impl="engine")
+    x = torch.randn(5, 2, 3)
+    x[2, 0, 1] = float("nan")
+    with torch.no_grad():
+        out, _ = layer(x)
+    assert torch.isnan(out[2:, 0]).all() and torch.isfinite(out[:, 1]).all() and torch.isfinite(out[:2]).all()
+
+
+@needs_fused
+def test_fused_is_not_used_where_it_cannot_be(monkeypatch):
+    calls, forward = [], fused.lstm_forward
+    monkeypatch.setattr(fused, "lstm_forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    x = torch.randn(4, 2, 3)
+    rnnkit.LSTM(3, 4, layer_norm=True, impl="engine")(x)  # layer norm: the PyTorch ops
+    rnnkit.LSTM(3, 4, peephole=True, impl="autograd")(x)  # autograd records the PyTorch ops
+    rnnkit.LSTM(3, 4, peephole=True, impl="engine", dtype=torch.bfloat16)(x.bfloat16())
+    assert calls == []
+    rnnkit.LSTM(3, 4, peephole=True, impl="engine")(x)
+    assert len(calls) == 4
+
+
+def _python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120)
+
+
+FALLBACK_CHECK = """
+import torch, rnnkit
+from rnnkit import fused
+print(fused.library() is None, fused.unavailable_reason())
+torch.manual_seed(0)
+a = rnnkit.LSTM(3, 4, peephole=True, coupled=True, impl="engine", dtype=torch.float64)
+b = rnnkit.LSTM(3, 4, peephole=True, coupled=True, impl="autograd", dtype=torch.float64)
+b.load_state_dict(a.state_dict())
+x = torch.randn(6, 2, 3, dtype=torch.float64)
+ga = torch.autograd.grad(a(x)[0].sum(), list(a.parameters()))
+gb = torch.autograd.grad(b(x)[0].sum(), list(b.parameters()))
+print(all(torch.allclose(u, v, rtol=1e-12, atol=1e-12) for u, v in zip(ga, gb)))
+"""
+
+
+@pytest.mark.parametrize("env, reason", [
+    ({"RNNKIT_FUSED": "0"}, "disabled by RNNKIT_FUSED=0"),
+    ({"CXX": "false", "PATH": ""}, "no C++ compiler found"),
+    ({"CXX": "/bin/false"}, "/bin/false failed"),
+])
+def test_without_the_kernels_the_pytorch_ops_run(tmp_path, env, reason):
+    if env.get("CXX") == "/bin/false" and not os.path.exists("/bin/false"):
+        pytest.skip("/bin/false not found")
+    done = _python(FALLBACK_CHECK, RNNKIT_CACHE=str(tmp_path), **env)
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.splitlines()
+    assert first.startswith("True") and reason in first and second == "True"
+    assert list(tmp_path.iterdir()) == []  # nothing half-built left in the cache
+
+
+@needs_fused
+def test_the_build_is_cached_per_source(tmp_path):
+    code = "from rnnkit import fused; print(fused.library() is not None)"
+    for _ in range(2):
+        done = _python(code, RNNKIT_CACHE=str(tmp_path))
+        assert done.stdout.strip() == "True", done.stderr
+    built = list(tmp_path.iterdir())
+    assert len(built) == 1 and built[0].name.startswith("fused-") and built[0].suffix == ".so"
+
+
+@needs_fused
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 4e-16), (torch.float32, 3e-7)])
+@pytest.mark.parametrize("softsign", [False, True])
+def test_the_written_out_gate_functions_are_accurate(dtype, tol, softsign):
+    """sigmoid and tanh (from the kernel's own exp) against torch's, to a few units in the last place."""
+    H = 4001
+    v = torch.linspace(-30, 30, H, dtype=torch.float64)
+    gates = torch.stack([v, v.flip(0), v / 3, -v / 7]).reshape(1, 4 * H).to(dtype)
+    expect = gates.double().reshape(4, H)
+    act = (lambda t: t / (1 + t.abs())) if softsign else torch.tanh
+    expect = torch.stack([expect[0].sigmoid(), expect[1].sigmoid(), act(expect[2]), expect[3].sigmoid()])
+    c = torch.zeros(1, H, dtype=dtype)
+    c_new, act_c, h = fused.lstm_forward(gates, c, None, False, softsign)
+    assert (gates.double().reshape(4, H) - expect).abs().max() <= tol
+    torch.testing.assert_close(c_new.double()[0], expect[0] * expect[2], rtol=0, atol=2 * tol)
+
+
+@needs_fused
+def test_a_traced_layer_records_the_pytorch_ops():
+    class Outputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = rnnkit.LSTM(3, 4, peephole=True, coupled=True, impl="engine")
+
+        def forward(self, x):
+            return self.layer(x)[0]
+
+    layer = Outputs().eval()
+    x = torch.randn(5, 2, 3)
+    with torch.no_grad():
+        traced = torch.jit.trace(layer, (x,), check_trace=False)
+        y = torch.randn(5, 2, 3)  # a trace is for one length (it unrolls the time loop)
+        torch.testing.assert_close(traced(y), layer(y))
