@@ -5,6 +5,7 @@
 // Built at first use by rnnkit/fused.py with the system C++ compiler (no PyTorch headers: the matrix
 // products stay in PyTorch, these loops get raw pointers); rnnkit falls back to the PyTorch ops when no
 // compiler is found. exp is written out (range reduction + polynomial) so that the loops vectorise.
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -78,25 +79,63 @@ template <typename T> inline T act_backward(T d, T y, bool softsign) {  // d * a
     return softsign ? d * (T(1) - a) * (T(1) - a) : d * (T(1) - y * y);
 }
 
-// gates (B, G*H): xp + h W_hh^T on entry, the activated gates on exit; G = 3 (f, g, o) when coupled,
-// else 4 (i, f, g, o). peep ((G-1)*H) or null. Writes c_new, act_c = act(c_new), h = o * act_c (B, H).
-template <typename T, bool coupled, bool softsign, bool has_peep>
-void forward(T* gates, const T* c, const T* peep_, T* c_new, T* act_c, T* h, int64_t B, int64_t H) {
-    const T* peep = has_peep ? peep_ : nullptr;
-    const int64_t G = coupled ? 3 : 4;
-    for (int64_t b = 0; b < B; ++b) {
+// Mean and 1/sqrt(var + eps) of x[0..n), as torch.native_layer_norm (biased variance).
+template <typename T> inline void moments(const T* x, int64_t n, T eps, T& mean, T& rstd) {
+    T sum = 0;
+    for (int64_t j = 0; j < n; ++j) sum += x[j];
+    mean = sum / T(n);
+    T sq = 0;
+    for (int64_t j = 0; j < n; ++j) sq += (x[j] - mean) * (x[j] - mean);
+    rstd = T(1) / std::sqrt(sq / T(n) + eps);
+}
+
+// d LN(x) / d x applied to d_xhat (the gradient reaching the normalised x_hat = (x - mean) * rstd):
+// rstd * (d_xhat - mean(d_xhat) - x_hat * mean(d_xhat * x_hat)). d_xhat is overwritten by the result.
+template <typename T> inline void ln_backward(T* d_xhat, const T* x, int64_t n, T mean, T rstd) {
+    T s1 = 0, s2 = 0;
+    for (int64_t j = 0; j < n; ++j) {
+        s1 += d_xhat[j];
+        s2 += d_xhat[j] * (x[j] - mean) * rstd;
+    }
+    s1 /= T(n);
+    s2 /= T(n);
+    for (int64_t j = 0; j < n; ++j) d_xhat[j] = rstd * (d_xhat[j] - s1 - (x[j] - mean) * rstd * s2);
+}
+
+// The parameters and options of one step; pointers a layer does not have are null.
+template <typename T> struct Step {
+    int64_t B, H;
+    const T* peep;  // ((G-1)*H): p_i, p_f, p_o (p_f, p_o when coupled)
+    // layer norm: a = h W_hh^T (B, G*H) is normalised with gain w_hh; c' is normalised with w_c, b_c
+    const T* a;
+    const T *w_hh, *w_c, *b_c;
+    T eps;
+};
+
+// gates (B, G*H): the gate pre-activations on entry (xp + h W_hh^T; with layer norm xp alone, LN(a) is
+// added here), the activated gates on exit; G = 3 (f, g, o) when coupled, else 4 (i, f, g, o).
+// Writes c_new, act_c (the activation of c_new, or of LN(c_new)), h = o * act_c (B, H), and with layer
+// norm the moments of each row of a and of c_new (B,).
+template <typename T, bool coupled, bool softsign, bool has_peep, bool ln>
+void forward(const Step<T>& s, T* gates, const T* c, T* c_new, T* act_c, T* h, T* stats) {
+    const int64_t G = coupled ? 3 : 4, H = s.H, off = (G - 3) * H;
+    const T* p_i = s.peep;
+    const T* p_f = has_peep ? s.peep + off : nullptr;
+    const T* p_o = has_peep ? p_f + H : nullptr;
+    for (int64_t b = 0; b < s.B; ++b) {
         T* row = gates + b * G * H;
+        if (ln) {
+            const T* ab = s.a + b * G * H;
+            T mean, rstd;
+            moments(ab, G * H, s.eps, mean, rstd);
+            stats[4 * b] = mean;
+            stats[4 * b + 1] = rstd;
+#pragma GCC ivdep
+            for (int64_t j = 0; j < G * H; ++j) row[j] += (ab[j] - mean) * rstd * s.w_hh[j];
+        }
         const T* cb = c + b * H;
-        T* i_ = coupled ? nullptr : row;
-        T* f_ = row + (G - 3) * H;
-        T* g_ = f_ + H;
-        T* o_ = g_ + H;
-        T* cn = c_new + b * H;
-        T* ac = act_c + b * H;
-        T* hb = h + b * H;
-        const T* p_i = peep;
-        const T* p_f = peep ? peep + (G - 3) * H : nullptr;
-        const T* p_o = peep ? p_f + H : nullptr;
+        T *f_ = row + off, *g_ = f_ + H, *o_ = g_ + H;
+        T *cn = c_new + b * H, *ac = act_c + b * H, *hb = h + b * H;
 #pragma GCC ivdep
         for (int64_t j = 0; j < H; ++j) {
             T cp = cb[j];
@@ -106,106 +145,155 @@ void forward(T* gates, const T* c, const T* peep_, T* c_new, T* act_c, T* h, int
             if (coupled) {
                 cj = g + f * (cp - g);
             } else {
-                T i = sigmoid(has_peep ? i_[j] + p_i[j] * cp : i_[j]);
-                i_[j] = i;
+                T i = sigmoid(has_peep ? row[j] + p_i[j] * cp : row[j]);
+                row[j] = i;
                 cj = f * cp + i * g;
             }
             T o = sigmoid(has_peep ? o_[j] + p_o[j] * cj : o_[j]);
-            T a = act(cj, softsign);
             f_[j] = f;
             g_[j] = g;
             o_[j] = o;
             cn[j] = cj;
-            ac[j] = a;
-            hb[j] = o * a;
+            if (!ln) {
+                T a = act(cj, softsign);
+                ac[j] = a;
+                hb[j] = o * a;
+            }
+        }
+        if (ln) {
+            T mean, rstd;
+            moments(cn, H, s.eps, mean, rstd);
+            stats[4 * b + 2] = mean;
+            stats[4 * b + 3] = rstd;
+#pragma GCC ivdep
+            for (int64_t j = 0; j < H; ++j) {
+                T a = act((cn[j] - mean) * rstd * s.w_c[j] + (s.b_c ? s.b_c[j] : T(0)), softsign);
+                ac[j] = a;
+                hb[j] = o_[j] * a;
+            }
         }
     }
 }
 
 // From d_h, d_c (B, H) (the gradients reaching h_t, c_t) and forward()'s results: d_gates (B, G*H), the
-// gradient of the gate pre-activations; d_c_prev (B, H); d_peep (B, (G-1)*H) per row, when peep.
-template <typename T, bool coupled, bool softsign, bool has_peep>
-void backward(const T* d_h, const T* d_c, const T* gates, const T* c, const T* c_new, const T* act_c,
-              const T* peep_, T* d_gates, T* d_c_prev, T* d_peep, int64_t B, int64_t H) {
-    const T* peep = has_peep ? peep_ : nullptr;
-    const int64_t G = coupled ? 3 : 4;
-    for (int64_t b = 0; b < B; ++b) {
+// gradient of the gate pre-activations (= of xp); d_c_prev (B, H); the batch sums of the vector
+// parameters' gradients, added to d_vec = [d_peep ((G-1)*H), d_w_hh (G*H), d_w_c (H), d_b_c (H)] (those
+// the layer has, in that order); with layer norm d_a (B, G*H), the gradient of a = h W_hh^T. work: (G*H).
+template <typename T, bool coupled, bool softsign, bool has_peep, bool ln>
+void backward(const Step<T>& s, const T* d_h, const T* d_c, const T* gates, const T* c, const T* c_new,
+              const T* act_c, const T* stats, T* d_gates, T* d_c_prev, T* d_vec, T* d_a, T* work) {
+    const int64_t G = coupled ? 3 : 4, H = s.H, off = (G - 3) * H;
+    const T* p_i = s.peep;
+    const T* p_f = has_peep ? s.peep + off : nullptr;
+    const T* p_o = has_peep ? p_f + H : nullptr;
+    T* d_peep = has_peep ? d_vec : nullptr;
+    T* d_w_hh = ln ? d_vec + (has_peep ? (G - 1) * H : 0) : nullptr;
+    T* d_w_c = ln ? d_w_hh + G * H : nullptr;
+    T* d_b_c = ln && s.b_c ? d_w_c + H : nullptr;
+    for (int64_t b = 0; b < s.B; ++b) {
         const T* row = gates + b * G * H;
         T* d_row = d_gates + b * G * H;
-        const int64_t off = (G - 3) * H;
-        const T* p_i = peep;
-        const T* p_f = peep ? peep + off : nullptr;
-        const T* p_o = peep ? p_f + H : nullptr;
-        T* dp = peep ? d_peep + b * (G - 1) * H : nullptr;
         const T *dh = d_h + b * H, *dc = d_c + b * H, *cb = c + b * H, *cn = c_new + b * H, *ac = act_c + b * H;
         T* dcp = d_c_prev + b * H;
+        T* d_cn = work;  // (H): the gradient reaching c_new from h
+        const T *o_ = row + off + 2 * H;
+#pragma GCC ivdep
+        for (int64_t j = 0; j < H; ++j) d_cn[j] = act_backward(dh[j] * o_[j], ac[j], softsign);
+        if (ln) {
+            T mean = stats[4 * b + 2], rstd = stats[4 * b + 3];
+#pragma GCC ivdep
+            for (int64_t j = 0; j < H; ++j) {
+                T x_hat = (cn[j] - mean) * rstd;
+                d_w_c[j] += d_cn[j] * x_hat;
+                if (d_b_c) d_b_c[j] += d_cn[j];
+                d_cn[j] *= s.w_c[j];
+            }
+            ln_backward(d_cn, cn, H, mean, rstd);
+        }
 #pragma GCC ivdep
         for (int64_t j = 0; j < H; ++j) {
-            T f = row[off + j], g = row[off + H + j], o = row[off + 2 * H + j];
-            T a = ac[j], cp = cb[j];
-            T d_o = dh[j] * a * o * (T(1) - o);
-            T d_cn = dc[j] + act_backward(dh[j] * o, a, softsign);
-            if (has_peep) d_cn += d_o * p_o[j];
+            T f = row[off + j], g = row[off + H + j], o = o_[j];
+            T cp = cb[j];
+            T d_o = dh[j] * ac[j] * o * (T(1) - o);
+            T dcn = dc[j] + d_cn[j];
+            if (has_peep) dcn += d_o * p_o[j];
             T d_f, d_g, d_prev;
             if (coupled) {
-                d_f = d_cn * (cp - g) * f * (T(1) - f);
-                d_g = act_backward(d_cn * (T(1) - f), g, softsign);
-                d_prev = d_cn * f;
+                d_f = dcn * (cp - g) * f * (T(1) - f);
+                d_g = act_backward(dcn * (T(1) - f), g, softsign);
+                d_prev = dcn * f;
             } else {
                 T i = row[j];
-                T d_i = d_cn * g * i * (T(1) - i);
-                d_f = d_cn * cp * f * (T(1) - f);
-                d_g = act_backward(d_cn * i, g, softsign);
-                d_prev = d_cn * f;
+                T d_i = dcn * g * i * (T(1) - i);
+                d_f = dcn * cp * f * (T(1) - f);
+                d_g = act_backward(dcn * i, g, softsign);
+                d_prev = dcn * f;
                 d_row[j] = d_i;
                 if (has_peep) {
                     d_prev += d_i * p_i[j];
-                    dp[j] = d_i * cp;
+                    d_peep[j] += d_i * cp;
                 }
             }
             if (has_peep) {
                 d_prev += d_f * p_f[j];
-                dp[off + j] = d_f * cp;
-                dp[off + H + j] = d_o * cn[j];
+                d_peep[off + j] += d_f * cp;
+                d_peep[off + H + j] += d_o * cn[j];
             }
             d_row[off + j] = d_f;
             d_row[off + H + j] = d_g;
             d_row[off + 2 * H + j] = d_o;
             dcp[j] = d_prev;
         }
+        if (ln) {
+            const T* ab = s.a + b * G * H;
+            T* da = d_a + b * G * H;
+            T mean = stats[4 * b], rstd = stats[4 * b + 1];
+#pragma GCC ivdep
+            for (int64_t j = 0; j < G * H; ++j) {
+                d_w_hh[j] += d_row[j] * (ab[j] - mean) * rstd;
+                da[j] = d_row[j] * s.w_hh[j];
+            }
+            ln_backward(da, ab, G * H, mean, rstd);
+        }
     }
 }
 
 // The variant flags as template arguments, so that each loop is compiled without branches.
-template <typename T, typename F>
-void dispatch(int coupled, int softsign, int peep, F&& run) {
-    const int key = coupled * 4 + softsign * 2 + (peep ? 1 : 0);
-    switch (key) {
-        case 0: run.template operator()<false, false, false>(); break;
-        case 1: run.template operator()<false, false, true>(); break;
-        case 2: run.template operator()<false, true, false>(); break;
-        case 3: run.template operator()<false, true, true>(); break;
-        case 4: run.template operator()<true, false, false>(); break;
-        case 5: run.template operator()<true, false, true>(); break;
-        case 6: run.template operator()<true, true, false>(); break;
-        default: run.template operator()<true, true, true>(); break;
+template <typename F> void dispatch(int coupled, int softsign, bool peep, bool ln, F&& run) {
+    switch (coupled * 8 + softsign * 4 + peep * 2 + ln) {
+        case 0: run.template operator()<false, false, false, false>(); break;
+        case 1: run.template operator()<false, false, false, true>(); break;
+        case 2: run.template operator()<false, false, true, false>(); break;
+        case 3: run.template operator()<false, false, true, true>(); break;
+        case 4: run.template operator()<false, true, false, false>(); break;
+        case 5: run.template operator()<false, true, false, true>(); break;
+        case 6: run.template operator()<false, true, true, false>(); break;
+        case 7: run.template operator()<false, true, true, true>(); break;
+        case 8: run.template operator()<true, false, false, false>(); break;
+        case 9: run.template operator()<true, false, false, true>(); break;
+        case 10: run.template operator()<true, false, true, false>(); break;
+        case 11: run.template operator()<true, false, true, true>(); break;
+        case 12: run.template operator()<true, true, false, false>(); break;
+        case 13: run.template operator()<true, true, false, true>(); break;
+        case 14: run.template operator()<true, true, true, false>(); break;
+        default: run.template operator()<true, true, true, true>(); break;
     }
 }
 
 template <typename T>
-void forward_any(T* gates, const T* c, const T* peep, T* c_new, T* act_c, T* h, int64_t B, int64_t H,
-                 int coupled, int softsign) {
-    dispatch<T>(coupled, softsign, peep != nullptr, [&]<bool C, bool S, bool P>() {
-        forward<T, C, S, P>(gates, c, peep, c_new, act_c, h, B, H);
+void forward_any(const Step<T>& s, T* gates, const T* c, T* c_new, T* act_c, T* h, T* stats, int coupled,
+                 int softsign) {
+    dispatch(coupled, softsign, s.peep != nullptr, s.a != nullptr, [&]<bool C, bool S, bool P, bool L>() {
+        forward<T, C, S, P, L>(s, gates, c, c_new, act_c, h, stats);
     });
 }
 
 template <typename T>
-void backward_any(const T* d_h, const T* d_c, const T* gates, const T* c, const T* c_new, const T* act_c,
-                  const T* peep, T* d_gates, T* d_c_prev, T* d_peep, int64_t B, int64_t H, int coupled,
-                  int softsign) {
-    dispatch<T>(coupled, softsign, peep != nullptr, [&]<bool C, bool S, bool P>() {
-        backward<T, C, S, P>(d_h, d_c, gates, c, c_new, act_c, peep, d_gates, d_c_prev, d_peep, B, H);
+void backward_any(const Step<T>& s, const T* d_h, const T* d_c, const T* gates, const T* c, const T* c_new,
+                  const T* act_c, const T* stats, T* d_gates, T* d_c_prev, T* d_vec, T* d_a, T* work,
+                  int coupled, int softsign) {
+    dispatch(coupled, softsign, s.peep != nullptr, s.a != nullptr, [&]<bool C, bool S, bool P, bool L>() {
+        backward<T, C, S, P, L>(s, d_h, d_c, gates, c, c_new, act_c, stats, d_gates, d_c_prev, d_vec, d_a, work);
     });
 }
 
@@ -213,27 +301,25 @@ void backward_any(const T* d_h, const T* d_c, const T* gates, const T* c, const 
 
 extern "C" {
 
-void lstm_forward_f32(float* gates, const float* c, const float* peep, float* c_new, float* act_c, float* h,
-                      int64_t B, int64_t H, int coupled, int softsign) {
-    forward_any<float>(gates, c, peep, c_new, act_c, h, B, H, coupled, softsign);
-}
+// One entry per direction of the data: params = [peep, a, w_hh, w_c, b_c] (null where absent), dims = [B, H],
+// flags = [coupled, softsign].
+#define RNNKIT_ENTRIES(T, suffix)                                                                           \
+    void lstm_forward_##suffix(void* const* params, const int64_t* dims, const int* flags, T* gates,         \
+                               const T* c, T* c_new, T* act_c, T* h, T* stats) {                             \
+        Step<T> s{dims[0], dims[1], (const T*)params[0], (const T*)params[1], (const T*)params[2],          \
+                  (const T*)params[3], (const T*)params[4], T(1e-5)};                                       \
+        forward_any<T>(s, gates, c, c_new, act_c, h, stats, flags[0], flags[1]);                             \
+    }                                                                                                       \
+    void lstm_backward_##suffix(void* const* params, const int64_t* dims, const int* flags, const T* d_h,   \
+                                const T* d_c, const T* gates, const T* c, const T* c_new, const T* act_c,   \
+                                const T* stats, T* d_gates, T* d_c_prev, T* d_vec, T* d_a, T* work) {        \
+        Step<T> s{dims[0], dims[1], (const T*)params[0], (const T*)params[1], (const T*)params[2],          \
+                  (const T*)params[3], (const T*)params[4], T(1e-5)};                                       \
+        backward_any<T>(s, d_h, d_c, gates, c, c_new, act_c, stats, d_gates, d_c_prev, d_vec, d_a, work,     \
+                        flags[0], flags[1]);                                                                \
+    }
 
-void lstm_forward_f64(double* gates, const double* c, const double* peep, double* c_new, double* act_c,
-                      double* h, int64_t B, int64_t H, int coupled, int softsign) {
-    forward_any<double>(gates, c, peep, c_new, act_c, h, B, H, coupled, softsign);
-}
-
-void lstm_backward_f32(const float* d_h, const float* d_c, const float* gates, const float* c,
-                       const float* c_new, const float* act_c, const float* peep, float* d_gates,
-                       float* d_c_prev, float* d_peep, int64_t B, int64_t H, int coupled, int softsign) {
-    backward_any<float>(d_h, d_c, gates, c, c_new, act_c, peep, d_gates, d_c_prev, d_peep, B, H, coupled, softsign);
-}
-
-void lstm_backward_f64(const double* d_h, const double* d_c, const double* gates, const double* c,
-                       const double* c_new, const double* act_c, const double* peep, double* d_gates,
-                       double* d_c_prev, double* d_peep, int64_t B, int64_t H, int coupled, int softsign) {
-    backward_any<double>(d_h, d_c, gates, c, c_new, act_c, peep, d_gates, d_c_prev, d_peep, B, H, coupled,
-                     softsign);
-}
+RNNKIT_ENTRIES(float, f32)
+RNNKIT_ENTRIES(double, f64)
 
 }  // extern "C"

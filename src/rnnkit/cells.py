@@ -232,20 +232,23 @@ class LSTMStep(Step):
         a = x @ p["weight_ih"].T  # (..., G*H)
         return torch.nn.functional.layer_norm(a, a.shape[-1:], p["ln_weight_ih"], self._input_bias(p), LN_EPS)
 
-    def _fuses(self, *tensors) -> bool:
-        return not self.layer_norm and fused.usable(*tensors)
-
     def step(self, xp, state, p, mask=None):
         h, c = state  # (B, P), (B, H)
         hr = _masked(h, mask)
-        peep = p.get("weight_peephole") if self.peephole else None
-        if self._fuses(xp, c, hr, p["weight_hh"], *([] if peep is None else [peep])):
-            # one C++ pass does the gate math (fused.py); the cache marks it with f = None, the
-            # activated gates (B, G*H) in g's place
-            gates = torch.addmm(xp, hr, p["weight_hh"].T)
-            c_new, act_c, h_new = fused.lstm_forward(gates, c, peep, self.coupled, self.activation == "softsign")
+        peep = p["weight_peephole"] if self.peephole else None
+        if fused.usable(xp, c, hr, *p.values()):
+            # one C++ pass does the gate math (fused.py); f = None in the cache marks it, the activated
+            # gates (B, G*H) in g's place and the layer-norm moments in mean's
+            if self.layer_norm:
+                ln = (hr @ p["weight_hh"].T, p["ln_weight_hh"], p["ln_weight_c"], p.get("ln_bias_c"))
+                gates = xp.clone()
+            else:
+                ln, gates = None, torch.addmm(xp, hr, p["weight_hh"].T)
+            c_new, act_c, h_new, stats = fused.lstm_forward(gates, c, peep, self.coupled,
+                                                            self.activation == "softsign", ln)
             h_out = h_new @ p["weight_hr"].T if self.proj_size else h_new
-            return (h_out, c_new), (hr, c, None, None, gates, None, c_new, act_c, h_new) + (None,) * 5
+            a = ln[0] if ln else None
+            return (h_out, c_new), (hr, c, None, None, gates, None, c_new, act_c, h_new, a, stats, None, None, None)
         a = mean = rstd = mean_c = rstd_c = None
         if self.layer_norm:
             a = hr @ p["weight_hh"].T  # (B, G*H)
@@ -296,12 +299,13 @@ class LSTMStep(Step):
         if f is None:  # the forward ran fused
             d_xp = out if out is not None else torch.empty_like(g)
             peep = p["weight_peephole"] if self.peephole else None
-            d_c_prev, d_peep = fused.lstm_backward(d_h, d_c, g, c, c_new, act_c, peep, d_xp, self.coupled,
-                                                   self.activation == "softsign")
-            if peep is not None:
-                grads["weight_peephole"] = d_peep
-            grads["weight_hh"] = [(d_xp, hr)]
-            return d_xp, (_masked(d_xp @ p["weight_hh"], mask), d_c_prev), grads
+            ln = (a, p["ln_weight_hh"], p["ln_weight_c"], p.get("ln_bias_c")) if self.layer_norm else None
+            d_c_prev, d_a, vector_grads = fused.lstm_backward(
+                d_h, d_c, g, c, c_new, act_c, mean, peep, d_xp, self.coupled, self.activation == "softsign", ln)
+            grads.update(vector_grads)
+            d_pre = d_xp if d_a is None else d_a
+            grads["weight_hh"] = [(d_pre, hr)]
+            return d_xp, (_masked(d_pre @ p["weight_hh"], mask), d_c_prev), grads
         d_o = sigmoid_backward(d_h * act_c, o)
         d_c_out = self.act.backward(d_h * o, act_c)
         if self.layer_norm:

@@ -58,10 +58,10 @@ def _build() -> ctypes.CDLL:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     lib = ctypes.CDLL(str(target))
-    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    p = ctypes.c_void_p
     for suffix in _DTYPES.values():
-        getattr(lib, f"lstm_forward_{suffix}").argtypes = [p] * 6 + [i64, i64, i32, i32]
-        getattr(lib, f"lstm_backward_{suffix}").argtypes = [p] * 10 + [i64, i64, i32, i32]
+        getattr(lib, f"lstm_forward_{suffix}").argtypes = [p] * 9
+        getattr(lib, f"lstm_backward_{suffix}").argtypes = [p] * 15
     return lib
 
 
@@ -101,27 +101,53 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def lstm_forward(gates: Tensor, c: Tensor, peep: Tensor | None, coupled: bool, softsign: bool):
-    """gates (B, G*H), contiguous, are replaced by the activated gates; returns c_new, act(c_new), h (B, H)."""
-    B, H = c.shape
+def _common(c: Tensor, peep, ln, coupled: bool, softsign: bool):
+    """The kernels' first three arguments: parameter pointers, (B, H), flags."""
+    a, w_hh, w_c, b_c = ln if ln is not None else (None,) * 4
+    params = (ctypes.c_void_p * 5)(*(_ptr(t) for t in (peep, a, w_hh, w_c, b_c)))
+    return params, (ctypes.c_int64 * 2)(*c.shape), (ctypes.c_int * 2)(int(coupled), int(softsign))
+
+
+def lstm_forward(gates: Tensor, c: Tensor, peep: Tensor | None, coupled: bool, softsign: bool,
+                 ln: tuple | None = None):
+    """One step's gate math. gates (B, G*H), contiguous: the pre-activations (with layer norm: xp alone),
+    replaced by the activated gates. ln: (a = h W_hh^T (B, G*H), ln_weight_hh, ln_weight_c, ln_bias_c or
+    None) for a layer-norm LSTM. Returns c_new, act_c, h (B, H) and the rows' LN moments (B, 4) or None."""
     c = c.contiguous()
+    if ln is not None:
+        ln = tuple(None if t is None else t.contiguous() for t in ln)
     c_new, act_c, h = (torch.empty_like(c) for _ in range(3))
+    stats = c.new_empty(c.shape[0], 4) if ln is not None else None
     fn = getattr(_library, f"lstm_forward_{_DTYPES[c.dtype]}")
-    fn(gates.data_ptr(), c.data_ptr(), _ptr(peep), c_new.data_ptr(), act_c.data_ptr(), h.data_ptr(),
-       B, H, int(coupled), int(softsign))
-    return c_new, act_c, h
+    fn(*_common(c, peep, ln, coupled, softsign), gates.data_ptr(), c.data_ptr(), c_new.data_ptr(),
+       act_c.data_ptr(), h.data_ptr(), _ptr(stats))
+    return c_new, act_c, h, stats
 
 
 def lstm_backward(d_h: Tensor, d_c: Tensor, gates: Tensor, c: Tensor, c_new: Tensor, act_c: Tensor,
-                  peep: Tensor | None, d_gates: Tensor, coupled: bool, softsign: bool):
-    """Fills d_gates (B, G*H); returns d_c_prev (B, H) and the per-row peephole gradients (B, (G-1)*H)."""
+                  stats: Tensor | None, peep: Tensor | None, d_gates: Tensor, coupled: bool, softsign: bool,
+                  ln: tuple | None = None):
+    """The step's backward from d_h, d_c (B, H) and lstm_forward's results. Fills d_gates (B, G*H), the
+    gradient of the pre-activations; returns d_c_prev (B, H), the gradient of a (B, G*H) with layer norm
+    (else None), and the batch sums of the vector parameters' gradients: {name: (n,)}."""
     B, H = c.shape
     d_h, d_c, gates, c, c_new, act_c = (t.contiguous() for t in (d_h, d_c, gates, c, c_new, act_c))
     if not d_gates.is_contiguous():
         raise ValueError("d_gates must be contiguous")
+    sizes = {}
+    if peep is not None:
+        sizes["weight_peephole"] = peep.numel()
+    if ln is not None:
+        ln = tuple(None if t is None else t.contiguous() for t in ln)
+        sizes.update(ln_weight_hh=gates.shape[1], ln_weight_c=H)
+        if ln[3] is not None:
+            sizes["ln_bias_c"] = H
+    d_vec = c.new_zeros(sum(sizes.values()))
     d_c_prev = torch.empty_like(c)
-    d_peep = c.new_empty(B, peep.numel()) if peep is not None else None
+    d_a = torch.empty_like(gates) if ln is not None else None
+    work = c.new_empty(H)
     fn = getattr(_library, f"lstm_backward_{_DTYPES[c.dtype]}")
-    fn(d_h.data_ptr(), d_c.data_ptr(), gates.data_ptr(), c.data_ptr(), c_new.data_ptr(), act_c.data_ptr(),
-       _ptr(peep), d_gates.data_ptr(), d_c_prev.data_ptr(), _ptr(d_peep), B, H, int(coupled), int(softsign))
-    return d_c_prev, d_peep
+    fn(*_common(c, peep, ln, coupled, softsign), d_h.data_ptr(), d_c.data_ptr(), gates.data_ptr(),
+       c.data_ptr(), c_new.data_ptr(), act_c.data_ptr(), _ptr(stats), d_gates.data_ptr(), d_c_prev.data_ptr(),
+       _ptr(d_vec), _ptr(d_a), work.data_ptr())
+    return d_c_prev, d_a, dict(zip(sizes, d_vec.split(list(sizes.values()))))
