@@ -11,11 +11,14 @@
 
 namespace {
 
+#define INLINE inline __attribute__((always_inline))  // the loops vectorise only with everything inlined
+
 template <typename T> struct Exp;
 
 template <> struct Exp<double> {
-    static inline double eval(double x) {
-        x = x < -708.0 ? -708.0 : (x > 708.0 ? 708.0 : x);
+    static INLINE double eval(double x) {
+        x = x < -708.0 ? -708.0 : x;  // NaN passes through
+        x = x > 708.0 ? 708.0 : x;
         const double shift = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer
         double k = (x * 1.4426950408889634 + shift) - shift;
         double r = x - k * 6.93147180369123816490e-01 - k * 1.90821492927058770002e-10;
@@ -40,8 +43,9 @@ template <> struct Exp<double> {
 };
 
 template <> struct Exp<float> {
-    static inline float eval(float x) {
-        x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    static INLINE float eval(float x) {
+        x = x < -87.0f ? -87.0f : x;
+        x = x > 88.0f ? 88.0f : x;
         const float shift = 12582912.0f;  // 1.5 * 2^23
         float k = (x * 1.44269504f + shift) - shift;
         float r = x - k * 0.693145752f - k * 1.42860677e-06f;
@@ -61,22 +65,20 @@ template <> struct Exp<float> {
     }
 };
 
-template <typename T> inline T sigmoid(T v) { return T(1) / (T(1) + Exp<T>::eval(-v)); }
+template <typename T> INLINE T sigmoid(T v) { return T(1) / (T(1) + Exp<T>::eval(-v)); }
 
-template <typename T> inline T tanh_(T v) {  // 1 - 2 / (e^{2v} + 1), odd by construction
-    T a = v < 0 ? -v : v;
-    T t = T(1) - T(2) / (Exp<T>::eval(T(2) * a) + T(1));
-    return v < 0 ? -t : t;
+template <typename T> INLINE T tanh_(T v) {  // 1 - 2 / (e^{2|v|} + 1), with v's sign: odd by construction
+    return std::copysign(T(1) - T(2) / (Exp<T>::eval(T(2) * std::fabs(v)) + T(1)), v);
 }
 
-template <typename T> inline T act(T v, bool softsign) {
-    T a = v < 0 ? -v : v;
-    return softsign ? v / (T(1) + a) : tanh_(v);
+template <bool softsign, typename T> INLINE T act(T v) {
+    if constexpr (softsign) return v / (T(1) + std::fabs(v));
+    else return tanh_(v);
 }
 
-template <typename T> inline T act_backward(T d, T y, bool softsign) {  // d * act'(v) from y = act(v)
-    T a = y < 0 ? -y : y;
-    return softsign ? d * (T(1) - a) * (T(1) - a) : d * (T(1) - y * y);
+template <bool softsign, typename T> INLINE T act_backward(T d, T y) {  // d * act'(v) from y = act(v)
+    if constexpr (softsign) return d * (T(1) - std::fabs(y)) * (T(1) - std::fabs(y));
+    else return d * (T(1) - y * y);
 }
 
 // Mean and 1/sqrt(var + eps) of x[0..n), as torch.native_layer_norm (biased variance).
@@ -140,7 +142,7 @@ void forward(const Step<T>& s, T* gates, const T* c, T* c_new, T* act_c, T* h, T
         for (int64_t j = 0; j < H; ++j) {
             T cp = cb[j];
             T f = sigmoid(has_peep ? f_[j] + p_f[j] * cp : f_[j]);
-            T g = act(g_[j], softsign);
+            T g = act<softsign>(g_[j]);
             T cj;
             if (coupled) {
                 cj = g + f * (cp - g);
@@ -155,7 +157,7 @@ void forward(const Step<T>& s, T* gates, const T* c, T* c_new, T* act_c, T* h, T
             o_[j] = o;
             cn[j] = cj;
             if (!ln) {
-                T a = act(cj, softsign);
+                T a = act<softsign>(cj);
                 ac[j] = a;
                 hb[j] = o * a;
             }
@@ -167,7 +169,7 @@ void forward(const Step<T>& s, T* gates, const T* c, T* c_new, T* act_c, T* h, T
             stats[4 * b + 3] = rstd;
 #pragma GCC ivdep
             for (int64_t j = 0; j < H; ++j) {
-                T a = act((cn[j] - mean) * rstd * s.w_c[j] + (s.b_c ? s.b_c[j] : T(0)), softsign);
+                T a = act<softsign>((cn[j] - mean) * rstd * s.w_c[j] + (s.b_c ? s.b_c[j] : T(0)));
                 ac[j] = a;
                 hb[j] = o_[j] * a;
             }
@@ -198,7 +200,7 @@ void backward(const Step<T>& s, const T* d_h, const T* d_c, const T* gates, cons
         T* d_cn = work;  // (H): the gradient reaching c_new from h
         const T *o_ = row + off + 2 * H;
 #pragma GCC ivdep
-        for (int64_t j = 0; j < H; ++j) d_cn[j] = act_backward(dh[j] * o_[j], ac[j], softsign);
+        for (int64_t j = 0; j < H; ++j) d_cn[j] = act_backward<softsign>(dh[j] * o_[j], ac[j]);
         if (ln) {
             T mean = stats[4 * b + 2], rstd = stats[4 * b + 3];
 #pragma GCC ivdep
@@ -220,13 +222,13 @@ void backward(const Step<T>& s, const T* d_h, const T* d_c, const T* gates, cons
             T d_f, d_g, d_prev;
             if (coupled) {
                 d_f = dcn * (cp - g) * f * (T(1) - f);
-                d_g = act_backward(dcn * (T(1) - f), g, softsign);
+                d_g = act_backward<softsign>(dcn * (T(1) - f), g);
                 d_prev = dcn * f;
             } else {
                 T i = row[j];
                 T d_i = dcn * g * i * (T(1) - i);
                 d_f = dcn * cp * f * (T(1) - f);
-                d_g = act_backward(dcn * i, g, softsign);
+                d_g = act_backward<softsign>(dcn * i, g);
                 d_prev = dcn * f;
                 d_row[j] = d_i;
                 if (has_peep) {

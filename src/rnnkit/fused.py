@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("_fused.cpp")
-FLAGS = ["-std=c++20", "-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC"]
+FLAGS = ["-std=c++20", "-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-shared", "-fPIC"]
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 _library: ctypes.CDLL | None = None
 _error: str | None = None  # why the library is unavailable, once tried
@@ -118,7 +118,7 @@ def lstm_forward(gates: Tensor, c: Tensor, peep: Tensor | None, coupled: bool, s
         ln = tuple(None if t is None else t.contiguous() for t in ln)
     c_new, act_c, h = (torch.empty_like(c) for _ in range(3))
     stats = c.new_empty(c.shape[0], 4) if ln is not None else None
-    fn = getattr(_library, f"lstm_forward_{_DTYPES[c.dtype]}")
+    fn = getattr(library(), f"lstm_forward_{_DTYPES[c.dtype]}")
     fn(*_common(c, peep, ln, coupled, softsign), gates.data_ptr(), c.data_ptr(), c_new.data_ptr(),
        act_c.data_ptr(), h.data_ptr(), _ptr(stats))
     return c_new, act_c, h, stats
@@ -146,7 +146,7 @@ def lstm_backward(d_h: Tensor, d_c: Tensor, gates: Tensor, c: Tensor, c_new: Ten
     d_c_prev = torch.empty_like(c)
     d_a = torch.empty_like(gates) if ln is not None else None
     work = c.new_empty(H)
-    fn = getattr(_library, f"lstm_backward_{_DTYPES[c.dtype]}")
+    fn = getattr(library(), f"lstm_backward_{_DTYPES[c.dtype]}")
     fn(*_common(c, peep, ln, coupled, softsign), d_h.data_ptr(), d_c.data_ptr(), gates.data_ptr(),
        c.data_ptr(), c_new.data_ptr(), act_c.data_ptr(), _ptr(stats), d_gates.data_ptr(), d_c_prev.data_ptr(),
        _ptr(d_vec), _ptr(d_a), work.data_ptr())
