@@ -20,7 +20,9 @@ which the engine sums over batch and time at the end of the backward pass:
   - a list of `(d_pre, inp)` pairs: the parameter is a matrix used as `inp @ W.T`, its gradient
     is `cat([d_pre.T @ inp for each pair], dim=0)` (one pair per block of rows it holds);
   - a tensor `(B, n)`: the parameter is a vector, its gradient is the sum over the batch
-    (or `(n,)`, already summed over the batch).
+    (or `(n,)`, already summed over the batch);
+  - a `Summed(g)`: this step's whole contribution, of the parameter's shape, added as it comes
+    (no per-step buffer: for products whose factors the engine would otherwise keep for all steps).
 A step whose recurrent product's gradient is its gate gradient returns the very tensor it returns
 as d_xp in the pair; the engine then reuses the buffer it already holds instead of copying.
 
@@ -29,7 +31,7 @@ Shapes: B batch, I input, H hidden, P = proj_size or H (the size of h), G gates.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -84,6 +86,12 @@ def layer_norm_backward(d_out: Tensor, a: Tensor, mean: Tensor, rstd: Tensor, we
     """Gradients of LN w.r.t. a (B, n), and its weight and bias summed over the batch (n,)."""
     return _aten.native_layer_norm_backward(d_out, a, a.shape[-1:], mean, rstd, weight, bias,
                                             [True, True, bias is not None])
+
+
+class Summed(NamedTuple):
+    """A step's gradient contribution to a parameter, already of the parameter's shape (see above)."""
+
+    value: Tensor
 
 
 def _masked(h: Tensor, mask: Tensor | None) -> Tensor:
@@ -303,8 +311,10 @@ class LSTMStep(Step):
             d_c_prev, d_a, vector_grads = fused.lstm_backward(
                 d_h, d_c, g, c, c_new, act_c, mean, peep, d_xp, self.coupled, self.activation == "softsign", ln)
             grads.update(vector_grads)
-            d_pre = d_xp if d_a is None else d_a
-            grads["weight_hh"] = [(d_pre, hr)]
+            if d_a is None:
+                d_pre, grads["weight_hh"] = d_xp, [(d_xp, hr)]  # d_xp is kept for all steps anyway
+            else:  # layer norm: summing now spares keeping d_a and hr for every step
+                d_pre, grads["weight_hh"] = d_a, Summed(d_a.T @ hr)
             return d_xp, (_masked(d_pre @ p["weight_hh"], mask), d_c_prev), grads
         d_o = sigmoid_backward(d_h * act_c, o)
         d_c_out = self.act.backward(d_h * o, act_c)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .cells import Step
+from .cells import Step, Summed
 
 BPTT_MODES = ("explicit", "autograd")
 
@@ -156,6 +156,10 @@ class _TimeSums:
 
     def add(self, t: int, bs: int, d_xp_t: Tensor, grads: dict) -> None:
         for name, g in grads.items():
+            if isinstance(g, Summed):
+                total = self.buffers.get(name)
+                self.buffers[name] = Summed(g.value.clone() if total is None else total.value.add_(g.value))
+                continue
             if isinstance(g, Tensor) and g.dim() == 1:  # vector parameter, summed over the batch
                 if name not in self.buffers:
                     self.buffers[name] = self.new(self.d_xp.shape[0], 1, g.shape[0])
@@ -177,6 +181,8 @@ class _TimeSums:
         buf = self.buffers.get(name)
         if buf is None:
             return torch.zeros_like(param)
+        if isinstance(buf, Summed):
+            return buf.value
         if isinstance(buf, Tensor):
             return buf.sum((0, 1))
         blocks = [(self.d_xp if d is None else d).flatten(0, 1).T @ x.flatten(0, 1) for d, x in buf]
