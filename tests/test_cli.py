@@ -5,6 +5,7 @@ import sys
 import pytest
 
 import rnnkit
+from rnnkit import fused
 from rnnkit.cli import main
 
 
@@ -25,6 +26,8 @@ def test_info_lists_every_cell_with_its_equations(capsys):
                    "layer_norm", "h' = (1 - z) * n + z * h", "reset_after=False", "softsign",
                    "minGRU:   z = sigmoid(W_z x + b_z)", "native    PyTorch's fused kernel"):
         assert needle in out, needle
+    status = "available, cached in" if fused.library() is not None else "not available ("
+    assert f"== Fused CPU kernels (rnnkit/fused.py)\n{status}" in out
 
 
 def test_demo_runs_every_layer_and_matches_torch(capsys):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, dispatch, minimal
+from . import __version__, dispatch, fused, minimal
 from .cells import GRUStep, LSTMStep, RNNStep
 from .layers import GRU, LSTM, RNN
 from .training.config import ConfigError  # standard library only, like this module's other imports
@@ -57,6 +57,10 @@ def cmd_info(args) -> int:
         print(f"== {title}")
         print(inspect.cleandoc(doc))
         print()
+    reason = fused.unavailable_reason()
+    print("== Fused CPU kernels (rnnkit/fused.py)")
+    print(f"available, cached in {fused.cache_dir()}" if reason is None else f"not available ({reason}): "
+          "the LSTM variants run as PyTorch ops")
     return 0
 
 

@@ -34,7 +34,7 @@ def _compiler() -> str | None:
     return None
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
     return Path(os.environ.get("RNNKIT_CACHE") or Path.home() / ".cache" / "rnnkit")
 
 
@@ -44,7 +44,7 @@ def _build() -> ctypes.CDLL:
         raise RuntimeError("no C++ compiler found ($CXX, c++, g++, clang++)")
     source = SOURCE.read_bytes()
     key = hashlib.sha256(source + " ".join([compiler, *FLAGS, os.uname().machine]).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"fused-{key}.so"
+    target = cache_dir() / f"fused-{key}.so"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)  # built aside, then renamed: atomic
