@@ -88,13 +88,15 @@ def usable(*tensors: Tensor) -> bool:
     """True when the fused loops can run on these tensors: CPU, float32/float64, and no autograd graph to
     record through them (the engine's explicit forward and backward, and inference, run outside autograd),
     and no tracer or compiler watching (a ctypes call is invisible to them)."""
-    first = tensors[0]
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+    first = tensors[0]  # called at every time step: the cheap checks first (ONNX export traces)
+    if first.dtype not in _DTYPES or first.is_cuda or (_library is None and library() is None):
         return False
-    return (first.device.type == "cpu" and first.dtype in _DTYPES
-            and all(t.dtype == first.dtype and t.device == first.device for t in tensors)
-            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-            and library() is not None)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    if torch._C._get_tracing_state() is not None or torch.compiler.is_compiling():
+        return False
+    dtype = first.dtype
+    return first.device.type == "cpu" and all(t.dtype is dtype and not t.is_cuda for t in tensors)
 
 
 def _ptr(t: Tensor | None) -> int | None:
