@@ -185,3 +185,13 @@ def test_a_traced_layer_records_the_pytorch_ops():
         traced = torch.jit.trace(layer, (x,), check_trace=False)
         y = torch.randn(5, 2, 3)  # a trace is for one length (it unrolls the time loop)
         torch.testing.assert_close(traced(y), layer(y))
+
+
+@needs_fused
+def test_an_unwritable_cache_builds_in_the_temporary_directory(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    done = _python("from rnnkit import fused; print(fused.library() is not None)", RNNKIT_CACHE=str(blocked / "cache"),
+                   TMPDIR=str(tmp_path))
+    assert done.stdout.strip() == "True", done.stderr
+    assert [p.name.startswith("rnnkit-") for p in tmp_path.iterdir() if p.is_dir()] == [True]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -38,15 +39,28 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RNNKIT_CACHE") or Path.home() / ".cache" / "rnnkit")
 
 
+def _cpu() -> str:
+    """The instruction sets the build may use (-march=native): a cache shared by different machines
+    must not hand one a library built for another."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return platform.processor()
+
+
 def _build() -> ctypes.CDLL:
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C++ compiler found ($CXX, c++, g++, clang++)")
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join([compiler, *FLAGS, os.uname().machine]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(source + " ".join([compiler, *FLAGS, platform.machine(), _cpu()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"fused-{key}.so"
     if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:  # e.g. a read-only home: build per process in the temporary directory
+            target = Path(tempfile.mkdtemp(prefix="rnnkit-")) / target.name
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)  # built aside, then renamed: atomic
         os.close(fd)
         try:
