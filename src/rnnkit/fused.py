@@ -119,9 +119,14 @@ def _ptr(t: Tensor | None) -> int | None:
 
 def _common(c: Tensor, peep, ln, coupled: bool, softsign: bool):
     """The kernels' first three arguments: parameter pointers, (B, H), flags."""
-    a, w_hh, w_c, b_c = ln if ln is not None else (None,) * 4
-    params = (ctypes.c_void_p * 5)(*(_ptr(t) for t in (peep, a, w_hh, w_c, b_c)))
-    return params, (ctypes.c_int64 * 2)(*c.shape), (ctypes.c_int * 2)(int(coupled), int(softsign))
+    if ln is None:
+        params = _Pointers(_ptr(peep), None, None, None, None)
+    else:
+        params = _Pointers(_ptr(peep), *(_ptr(t) for t in ln))
+    return params, _Dims(*c.shape), _Flags(coupled, softsign)
+
+
+_Pointers, _Dims, _Flags = ctypes.c_void_p * 5, ctypes.c_int64 * 2, ctypes.c_int * 2
 
 
 def lstm_forward(gates: Tensor, c: Tensor, peep: Tensor | None, coupled: bool, softsign: bool,
@@ -147,7 +152,8 @@ def lstm_backward(d_h: Tensor, d_c: Tensor, gates: Tensor, c: Tensor, c_new: Ten
     gradient of the pre-activations; returns d_c_prev (B, H), the gradient of a (B, G*H) with layer norm
     (else None), and the batch sums of the vector parameters' gradients: {name: (n,)}."""
     B, H = c.shape
-    d_h, d_c, gates, c, c_new, act_c = (t.contiguous() for t in (d_h, d_c, gates, c, c_new, act_c))
+    d_h, d_c, gates, c = d_h.contiguous(), d_c.contiguous(), gates.contiguous(), c.contiguous()
+    c_new, act_c = c_new.contiguous(), act_c.contiguous()
     if not d_gates.is_contiguous():
         raise ValueError("d_gates must be contiguous")
     sizes = {}
@@ -166,4 +172,8 @@ def lstm_backward(d_h: Tensor, d_c: Tensor, gates: Tensor, c: Tensor, c_new: Ten
     fn(*_common(c, peep, ln, coupled, softsign), d_h.data_ptr(), d_c.data_ptr(), gates.data_ptr(),
        c.data_ptr(), c_new.data_ptr(), act_c.data_ptr(), _ptr(stats), d_gates.data_ptr(), d_c_prev.data_ptr(),
        _ptr(d_vec), _ptr(d_a), work.data_ptr())
-    return d_c_prev, d_a, dict(zip(sizes, d_vec.split(list(sizes.values()))))
+    grads, start = {}, 0
+    for name, n in sizes.items():
+        grads[name] = d_vec[start:start + n]
+        start += n
+    return d_c_prev, d_a, grads
