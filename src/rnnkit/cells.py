@@ -243,20 +243,8 @@ class LSTMStep(Step):
     def step(self, xp, state, p, mask=None):
         h, c = state  # (B, P), (B, H)
         hr = _masked(h, mask)
-        peep = p["weight_peephole"] if self.peephole else None
         if fused.usable(xp, c, hr, *p.values()):
-            # one C++ pass does the gate math (fused.py); f = None in the cache marks it, the activated
-            # gates (B, G*H) in g's place and the layer-norm moments in mean's
-            if self.layer_norm:
-                ln = (hr @ p["weight_hh"].T, p["ln_weight_hh"], p["ln_weight_c"], p.get("ln_bias_c"))
-                gates = xp.clone()
-            else:
-                ln, gates = None, torch.addmm(xp, hr, p["weight_hh"].T)
-            c_new, act_c, h_new, stats = fused.lstm_forward(gates, c, peep, self.coupled,
-                                                            self.activation == "softsign", ln)
-            h_out = h_new @ p["weight_hr"].T if self.proj_size else h_new
-            a = ln[0] if ln else None
-            return (h_out, c_new), (hr, c, None, None, gates, None, c_new, act_c, h_new, a, stats, None, None, None)
+            return self._fused_step(xp, hr, c, p)
         a = mean = rstd = mean_c = rstd_c = None
         if self.layer_norm:
             a = hr @ p["weight_hh"].T  # (B, G*H)
@@ -305,17 +293,7 @@ class LSTMStep(Step):
             grads["weight_hr"] = [(d_h, h_new)]
             d_h = d_h @ p["weight_hr"]  # (B, H)
         if f is None:  # the forward ran fused
-            d_xp = out if out is not None else torch.empty_like(g)
-            peep = p["weight_peephole"] if self.peephole else None
-            ln = (a, p["ln_weight_hh"], p["ln_weight_c"], p.get("ln_bias_c")) if self.layer_norm else None
-            d_c_prev, d_a, vector_grads = fused.lstm_backward(
-                d_h, d_c, g, c, c_new, act_c, mean, peep, d_xp, self.coupled, self.activation == "softsign", ln)
-            grads.update(vector_grads)
-            if d_a is None:
-                d_pre, grads["weight_hh"] = d_xp, [(d_xp, hr)]  # d_xp is kept for all steps anyway
-            else:  # layer norm: summing now spares keeping d_a and hr for every step
-                d_pre, grads["weight_hh"] = d_a, Summed(d_a.T @ hr)
-            return d_xp, (_masked(d_pre @ p["weight_hh"], mask), d_c_prev), grads
+            return self._fused_step_backward(d_h, d_c, saved, p, mask, out, grads)
         d_o = sigmoid_backward(d_h * act_c, o)
         d_c_out = self.act.backward(d_h * o, act_c)
         if self.layer_norm:
@@ -351,6 +329,34 @@ class LSTMStep(Step):
         grads["weight_hh"] = [(d_pre, hr)]
         d_h_prev = _masked(d_pre @ p["weight_hh"], mask)
         return d_xp, (d_h_prev, d_c_prev), grads
+
+    # The same equations with the gate math in one C++ pass (fused.py): f = None in the cache marks it,
+    # the activated gates (B, G*H) in g's place and the layer-norm moments (B, 4) in mean's.
+    def _fused_step(self, xp, hr, c, p):
+        if self.layer_norm:
+            ln = (hr @ p["weight_hh"].T, p["ln_weight_hh"], p["ln_weight_c"], p.get("ln_bias_c"))
+            gates = xp.clone()  # LN(h W_hh^T) is added in the kernel
+        else:
+            ln, gates = None, torch.addmm(xp, hr, p["weight_hh"].T)
+        c_new, act_c, h_new, stats = fused.lstm_forward(
+            gates, c, p.get("weight_peephole"), self.coupled, self.activation == "softsign", ln)
+        h_out = h_new @ p["weight_hr"].T if self.proj_size else h_new
+        a = ln[0] if ln else None
+        return (h_out, c_new), (hr, c, None, None, gates, None, c_new, act_c, h_new, a, stats, None, None, None)
+
+    def _fused_step_backward(self, d_h, d_c, saved, p, mask, out, grads):
+        hr, c, _, _, gates, _, c_new, act_c, _, a, stats, *_ = saved
+        d_xp = out if out is not None else torch.empty_like(gates)
+        ln = (a, p["ln_weight_hh"], p["ln_weight_c"], p.get("ln_bias_c")) if self.layer_norm else None
+        d_c_prev, d_a, vector_grads = fused.lstm_backward(d_h, d_c, gates, c, c_new, act_c, stats,
+                                                          p.get("weight_peephole"), d_xp, self.coupled,
+                                                          self.activation == "softsign", ln)
+        grads.update(vector_grads)
+        if d_a is None:
+            d_pre, grads["weight_hh"] = d_xp, [(d_xp, hr)]  # d_xp is kept for all steps anyway
+        else:  # layer norm: summing now spares keeping d_a and h for every step
+            d_pre, grads["weight_hh"] = d_a, Summed(d_a.T @ hr)
+        return d_xp, (_masked(d_pre @ p["weight_hh"], mask), d_c_prev), grads
 
 
 @dataclass(frozen=True)
