@@ -195,3 +195,22 @@ def test_an_unwritable_cache_builds_in_the_temporary_directory(tmp_path):
                    TMPDIR=str(tmp_path))
     assert done.stdout.strip() == "True", done.stderr
     assert [p.name.startswith("rnnkit-") for p in tmp_path.iterdir() if p.is_dir()] == [True]
+
+
+@needs_fused
+def test_layer_norm_weight_gradient_summed_per_step_and_at_the_end(monkeypatch):
+    """W_hh's gradient is summed step by step while a step has at least cells.SUM_PER_STEP_ROWS rows, and
+    kept for one product at the end below that: lengths that cross the threshold use both."""
+    from rnnkit.cells import SUM_PER_STEP_ROWS
+
+    torch.manual_seed(3)
+    B = SUM_PER_STEP_ROWS + 6
+    layer = rnnkit.LSTM(3, 5, batch_first=True, bidirectional=True, layer_norm=True, impl="engine",
+                        dtype=torch.float64)
+    x = torch.randn(B, 8, 3, dtype=torch.float64)
+    lengths = torch.tensor([8] * 4 + [5] * 4 + [3] * (B - 8))  # 22 rows for 3 steps, then 8, then 4
+    got, calls = _run(layer, x, lengths, True, monkeypatch)
+    want, _ = _run(layer, x, lengths, False, monkeypatch)
+    assert calls["backward"] > 0
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

@@ -39,6 +39,7 @@ from torch import Tensor
 from . import fused
 
 LN_EPS = 1e-5
+SUM_PER_STEP_ROWS = 16  # see LSTMStep._fused_step_backward
 
 
 @dataclass(frozen=True)
@@ -354,8 +355,10 @@ class LSTMStep(Step):
         grads.update(vector_grads)
         if d_a is None:
             d_pre, grads["weight_hh"] = d_xp, [(d_xp, hr)]  # d_xp is kept for all steps anyway
-        else:  # layer norm: summing now spares keeping d_a and h for every step
+        elif len(d_a) >= SUM_PER_STEP_ROWS:  # layer norm: summing now spares keeping d_a and h for every step
             d_pre, grads["weight_hh"] = d_a, Summed(d_a.T @ hr)
+        else:  # a pass over the whole gradient per step costs more than it spares with few rows
+            d_pre, grads["weight_hh"] = d_a, [(d_a, hr)]
         return d_xp, (_masked(d_pre @ p["weight_hh"], mask), d_c_prev), grads
 
 

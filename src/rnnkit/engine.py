@@ -149,6 +149,7 @@ class _TimeSums:
         self.d_xp = d_xp  # (T, B, G*H), filled by the backward loop
         self.new = new  # new_zeros, or new_empty when every entry will be written
         self.buffers: dict[str, object] = {}
+        self.summed: dict[str, Tensor] = {}  # Summed contributions, added as they come
 
     def _buffer(self, like: Tensor) -> Tensor:
         T, B = self.d_xp.shape[:2]
@@ -156,6 +157,10 @@ class _TimeSums:
 
     def add(self, t: int, bs: int, d_xp_t: Tensor, grads: dict) -> None:
         for name, g in grads.items():
+            if isinstance(g, Summed):
+                total = self.summed.get(name)
+                self.summed[name] = g.value.clone() if total is None else total.add_(g.value)
+                continue
             if isinstance(g, Summed):
                 total = self.buffers.get(name)
                 self.buffers[name] = Summed(g.value.clone() if total is None else total.value.add_(g.value))
@@ -178,15 +183,15 @@ class _TimeSums:
                 x_buf[t, :bs] = x
 
     def total(self, name: str, param: Tensor) -> Tensor:
-        buf = self.buffers.get(name)
+        buf, summed = self.buffers.get(name), self.summed.get(name)
         if buf is None:
-            return torch.zeros_like(param)
-        if isinstance(buf, Summed):
-            return buf.value
+            return torch.zeros_like(param) if summed is None else summed
         if isinstance(buf, Tensor):
-            return buf.sum((0, 1))
-        blocks = [(self.d_xp if d is None else d).flatten(0, 1).T @ x.flatten(0, 1) for d, x in buf]
-        return torch.cat(blocks) if len(blocks) > 1 else blocks[0]
+            total = buf.sum((0, 1))
+        else:
+            blocks = [(self.d_xp if d is None else d).flatten(0, 1).T @ x.flatten(0, 1) for d, x in buf]
+            total = torch.cat(blocks) if len(blocks) > 1 else blocks[0]
+        return total if summed is None else total + summed
 
 
 def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor],
