@@ -56,10 +56,14 @@ def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
     return y * valid.reshape(T, B, *feature_dims).to(y.dtype)
 
 
+PREPARE_MIN_BATCH = 8  # below, Step.prepare's copy of W_hh^T costs more than the per-step products gain
+
+
 def _forward_loop(step: Step, xp, state0, p, batch_sizes, mask, keep_saved: bool):
     """The time loop shared by both modes. Returns out (T, B, P), final states, per-step saved."""
     T, B = xp.shape[:2]
-    p = step.prepare(p)
+    if B >= PREPARE_MIN_BATCH:
+        p = step.prepare(p)
     state = state0
     outs, saved, finished = [], [], []
     active = B
