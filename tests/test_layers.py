@@ -8,6 +8,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
 from conftest import assert_rel
+from rnnkit import layers as layers_module
 
 # (name, rnnkit class, torch.nn class, constructor keywords): every configuration torch.nn has
 TORCH_CONFIGS = [
@@ -502,3 +503,27 @@ def test_autocast_runs_in_its_dtype_and_stays_close(cls, kwargs, impl):
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in layer.parameters())
     if impl == "native":
         assert_rel(out.float(), reference, 5e-2, "bf16 vs f32")
+
+
+@pytest.mark.parametrize("cls, kwargs", [
+    (rnnkit.LSTM, {}), (rnnkit.LSTM, {"peephole": True, "proj_size": 3}), (rnnkit.LSTM, {"layer_norm": True}),
+    (rnnkit.LSTM, {"coupled": True, "activation": "softsign"}), (rnnkit.GRU, {"reset_after": False}),
+    (rnnkit.RNN, {"nonlinearity": "relu"}),
+])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_inference_in_chunks_equals_one_projection(cls, kwargs, with_lengths, monkeypatch):
+    """Without autograd, the engine projects and runs a few steps at a time (layers._infer_in_chunks);
+    with autograd it projects all steps at once. Chunks of 1 to 4 steps here, against the latter."""
+    torch.manual_seed(0)
+    layer = cls(3, 5, 2, bidirectional=True, impl="engine", dtype=torch.float64, **kwargs).eval()
+    x = torch.randn(11, 4, 3, dtype=torch.float64)
+    lengths = torch.tensor([11, 0, 7, 3]) if with_lengths else None
+    want_out, want_state = layer(x, lengths=lengths)  # parameters require grad: the whole projection
+    for chunk_steps in (1, 4):
+        monkeypatch.setattr(layers_module, "INFERENCE_CHUNK_BYTES", chunk_steps * 4 * layer.cell.gates * 5 * 8)
+        with torch.no_grad():
+            out, state = layer(x, lengths=lengths)
+        torch.testing.assert_close(out, want_out.detach(), rtol=1e-12, atol=1e-12)
+        for a, b in zip(state if isinstance(state, tuple) else (state,),
+                        want_state if isinstance(want_state, tuple) else (want_state,)):
+            torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-12)

@@ -236,12 +236,15 @@ class _Recurrent(nn.Module):
                 p = {generic: getattr(self, name) for generic, name in named.items()}
                 state0 = tuple(s[index] for s in states)
                 inp = reverse_or_keep(x, lengths, direction)
-                xp = step.project_input(inp, p)  # (T, B, G*H), one product for all steps
                 mask = None
                 if self.training and self.recurrent_dropout > 0:
                     keep = 1 - self.recurrent_dropout  # variational: one mask per sequence
                     mask = torch.bernoulli(x.new_full((B, step.output_size), keep)) / keep
-                out, final = engine.run(step, xp, state0, p, batch_sizes, mask, bptt)
+                if torch.is_grad_enabled() and any(t.requires_grad for t in (inp, *state0, *p.values())):
+                    xp = step.project_input(inp, p)  # (T, B, G*H), one product for all steps
+                    out, final = engine.run(step, xp, state0, p, batch_sizes, mask, bptt)
+                else:
+                    out, final = _infer_in_chunks(step, inp, state0, p, batch_sizes, mask)
                 outs.append(reverse_or_keep(out, lengths, direction))
                 for collected, s in zip(finals, final):
                     collected.append(s)
@@ -336,6 +339,27 @@ def _step_repr(step: Step) -> str:
     """The cell options that differ from their defaults, as keyword arguments."""
     return "".join(f", {f.name}={getattr(step, f.name)!r}" for f in dataclasses.fields(step)
                    if f.name != "hidden_size" and getattr(step, f.name) != f.default)
+
+
+INFERENCE_CHUNK_BYTES = 4 << 20  # see _infer_in_chunks
+
+
+def _infer_in_chunks(step, inp: Tensor, state0: tuple, p: dict, batch_sizes, mask):
+    """Inference on the engine: project the input and run the loop a chunk of time steps at a time (each
+    chunk's projection at most INFERENCE_CHUNK_BYTES), carrying the state from chunk to chunk. The same
+    numbers as one projection of all steps, which for long sequences is a tensor big enough (over glibc's
+    32 MiB mmap threshold) to be page-faulted in afresh at every call: at B=32, T=512, H=128 that took six
+    times as long as the matrix product itself. Training keeps the whole projection (BPTT needs it)."""
+    T, B = inp.shape[:2]
+    chunk = max(1, INFERENCE_CHUNK_BYTES // max(1, B * step.gates * step.hidden_size * inp.element_size()))
+    if chunk >= T:
+        return engine.run(step, step.project_input(inp, p), state0, p, batch_sizes, mask)
+    outs, state = [], state0
+    for start in range(0, T, chunk):
+        sizes = None if batch_sizes is None else batch_sizes[start:start + chunk]
+        out, state = engine.run(step, step.project_input(inp[start:start + chunk], p), state, p, sizes, mask)
+        outs.append(out)
+    return torch.cat(outs), state
 
 
 def reverse_or_keep(x: Tensor, lengths: Tensor | None, direction: int) -> Tensor:
