@@ -1,6 +1,6 @@
 // rnnkit's fused LSTM step: the gate math of one time step (forward) or of its backward in one pass over
-// the (B, H) units, for the variants torch's fused kernels lack (peephole, coupled input-forget gate,
-// softsign). cells.LSTMStep is the reference: the same equations, written as one PyTorch op each.
+// the (B, H) units, for every LSTM variant the engine runs (peephole, coupled input-forget gate, softsign,
+// layer norm). cells.LSTMStep is the reference: the same equations, written as one PyTorch op each.
 //
 // Built at first use by rnnkit/fused.py with the system C++ compiler (no PyTorch headers: the matrix
 // products stay in PyTorch, these loops get raw pointers); rnnkit falls back to the PyTorch ops when no

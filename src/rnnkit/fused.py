@@ -1,11 +1,13 @@
 """Fused LSTM gate math on the CPU: one pass over the units per time step instead of one PyTorch op per
-gate, for the variants PyTorch's own kernels lack (peephole, coupled input-forget gate, softsign).
+gate, for every LSTM the engine runs — above all the variants PyTorch's own kernels lack (peephole, coupled
+input-forget gate, softsign, layer norm, recurrent dropout).
 
-`_fused.cpp` is compiled at first use with the system C++ compiler (`$CXX`, else `c++`/`g++`), with no
-PyTorch headers, into a per-user cache (`$RNNKIT_CACHE`, else `~/.cache/rnnkit`), and loaded with ctypes.
-Without a compiler, or with `RNNKIT_FUSED=0`, `available()` is False and cells.LSTMStep runs its
-PyTorch ops instead (the reference the fused loops are tested against). Only float32/float64 tensors on
-the CPU take this path; the matrix products stay in PyTorch.
+`_fused.cpp` is compiled at first use with the system C++ compiler (`$CXX`, else `c++`, `g++`, `clang++`),
+with no PyTorch headers, into a per-user cache (`$RNNKIT_CACHE`, else `~/.cache/rnnkit`), and loaded with
+ctypes. Without a compiler, or with `RNNKIT_FUSED=0`, `library()` is None (`unavailable_reason()` says why)
+and cells.LSTMStep runs its PyTorch ops instead (the reference the fused loops are tested against). Only
+float32/float64 tensors on the CPU take this path, outside autograd recording; the matrix products stay in
+PyTorch.
 """
 from __future__ import annotations
 
