@@ -166,10 +166,6 @@ class _TimeSums:
                 total = self.summed.get(name)
                 self.summed[name] = g.value.clone() if total is None else total.add_(g.value)
                 continue
-            if isinstance(g, Summed):
-                total = self.buffers.get(name)
-                self.buffers[name] = Summed(g.value.clone() if total is None else total.value.add_(g.value))
-                continue
             if isinstance(g, Tensor) and g.dim() == 1:  # vector parameter, summed over the batch
                 if name not in self.buffers:
                     self.buffers[name] = self.new(self.d_xp.shape[0], 1, g.shape[0])
@@ -199,6 +195,11 @@ class _TimeSums:
         return total if summed is None else total + summed
 
 
+def records(*tensors: Tensor) -> bool:
+    """Whether autograd records a computation on these tensors (a backward pass may follow)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor],
         batch_sizes: list[int] | None = None, mask: Tensor | None = None,
         bptt: str = "explicit") -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -217,8 +218,7 @@ def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor]
         with torch.autocast(device_type, enabled=False):
             return run(step, cast(xp), tuple(map(cast, state0)), {k: cast(v) for k, v in p.items()},
                        batch_sizes, cast(mask), bptt)
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (xp, *state0, *p.values()))
-    if bptt == "autograd" or not needs_grad:  # inference runs the loop alone, keeping nothing
+    if bptt == "autograd" or not records(xp, *state0, *p.values()):  # inference runs the loop alone, keeping nothing
         out, final, _ = _forward_loop(step, xp, state0, p, batch_sizes, mask, keep_saved=False)
         return out, final
     names = tuple(p)

@@ -240,7 +240,7 @@ class _Recurrent(nn.Module):
                 if self.training and self.recurrent_dropout > 0:
                     keep = 1 - self.recurrent_dropout  # variational: one mask per sequence
                     mask = torch.bernoulli(x.new_full((B, step.output_size), keep)) / keep
-                if torch.is_grad_enabled() and any(t.requires_grad for t in (inp, *state0, *p.values())):
+                if engine.records(inp, *state0, *p.values()):
                     xp = step.project_input(inp, p)  # (T, B, G*H), one product for all steps
                     out, final = engine.run(step, xp, state0, p, batch_sizes, mask, bptt)
                 else:
@@ -352,14 +352,12 @@ def _infer_in_chunks(step, inp: Tensor, state0: tuple, p: dict, batch_sizes, mas
     times as long as the matrix product itself. Training keeps the whole projection (BPTT needs it)."""
     T, B = inp.shape[:2]
     chunk = max(1, INFERENCE_CHUNK_BYTES // max(1, B * step.gates * step.hidden_size * inp.element_size()))
-    if chunk >= T:
-        return engine.run(step, step.project_input(inp, p), state0, p, batch_sizes, mask)
     outs, state = [], state0
-    for start in range(0, T, chunk):
+    for start in range(0, max(T, 1), chunk):  # T = 0: one empty run, which returns the initial state
         sizes = None if batch_sizes is None else batch_sizes[start:start + chunk]
         out, state = engine.run(step, step.project_input(inp[start:start + chunk], p), state, p, sizes, mask)
         outs.append(out)
-    return torch.cat(outs), state
+    return (outs[0] if len(outs) == 1 else torch.cat(outs)), state
 
 
 def reverse_or_keep(x: Tensor, lengths: Tensor | None, direction: int) -> Tensor:
