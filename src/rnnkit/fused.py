@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("_fused.cpp")
-FLAGS = ["-std=c++20", "-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-fopenmp-simd", "-shared", "-fPIC"]
+FLAGS = ["-std=c++20", "-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-fopenmp-simd",
+         "-shared", "-fPIC"]
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 _library: ctypes.CDLL | None = None
 _error: str | None = None  # why the library is unavailable, once tried

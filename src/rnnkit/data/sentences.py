@@ -86,27 +86,28 @@ def sentence_split(phrases: list[list[str]], fraction: float, seed: int) -> tupl
     training sentence. Phrases found only inside validation sentences are in neither.
     """
     keys = [" " + " ".join(words) + " " for words in phrases]
-    by_word = defaultdict(list)  # word -> the phrases holding it
-    for i, words in enumerate(phrases):
-        for word in set(words):
-            by_word[word].append(i)
+
+    def by_word(ids) -> dict:  # word -> those of the phrases `ids` that hold it
+        index = defaultdict(list)
+        for i in ids:
+            for word in set(phrases[i]):
+                index[word].append(i)
+        return index
 
     def inside_another(i: int, among: dict) -> bool:
         rarest = min((among.get(w, ()) for w in set(phrases[i])), key=len, default=())
         key = keys[i]  # a duplicate counts as inside its first occurrence
         return any(j != i and (len(keys[j]) > len(key) or j < i) and key in keys[j] for j in rarest)
 
-    whole = [i for i in range(len(phrases)) if not inside_another(i, by_word)]
+    every = by_word(range(len(phrases)))
+    whole = [i for i in range(len(phrases)) if not inside_another(i, every)]
     n_val = round(len(whole) * fraction)
     if not 0 < n_val < len(whole):
         raise ValueError(f"a validation fraction of {fraction} of {len(whole)} sentences leaves no sentence on one side")
     order = torch.randperm(len(whole), generator=torch.Generator().manual_seed(seed)).tolist()
     val = sorted(whole[k] for k in order[:n_val])
     kept = set(whole[k] for k in order[n_val:])
-    in_kept = defaultdict(list)
-    for i in kept:
-        for word in set(phrases[i]):
-            in_kept[word].append(i)
+    in_kept = by_word(sorted(kept))
     train = [i for i in range(len(phrases)) if i in kept or inside_another(i, in_kept)]
     return torch.tensor(train), torch.tensor(val)
 
