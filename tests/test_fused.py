@@ -14,14 +14,24 @@ from rnnkit import fused
 
 needs_fused = pytest.mark.skipif(fused.library() is None, reason=f"fused kernels unavailable: "
                                                                  f"{fused.unavailable_reason()}")
+needs_gemm = pytest.mark.skipif(fused.gemm_address(torch.float32) is None or fused.gemm_address(torch.float64) is None,
+                                reason="PyTorch's CPU library exports no BLAS gemm to call from C++")
+
+
+FUSED_PATHS = [pytest.param("sequence", marks=needs_gemm), "step"]
 VARIANTS = [dict(peephole=p, coupled=c, activation=a, proj_size=s, layer_norm=n)
             for p, c, a, s, n in product([False, True], [False, True], ["tanh", "softsign"], [0, 3], [False, True])]
 VARIANTS += [dict(layer_norm=True, bias=False), dict(layer_norm=True, recurrent_dropout=0.3)]
 
 
-def _run(layer, x, lengths, use_fused: bool, monkeypatch):
-    calls = {"forward": 0, "backward": 0}
-    forward, backward = fused.lstm_forward, fused.lstm_backward
+PATHS = ("sequence", "step", "ops")  # the whole sequence in C++; the per-step C++ gate math; PyTorch's ops
+ENTRIES = {"sequence": ("lstm_sequence", "lstm_sequence_backward"), "step": ("lstm_forward", "lstm_backward")}
+
+
+def _run(layer, x, lengths, path: str, monkeypatch):
+    """Outputs, final states and gradients of `layer` run by `path`; asserts that the path's own C++
+    entries ran (forward and backward) and the other path's did not."""
+    calls = {name: 0 for names in ENTRIES.values() for name in names}
 
     def counted(name, fn):
         def wrapper(*args, **kwargs):
@@ -30,63 +40,69 @@ def _run(layer, x, lengths, use_fused: bool, monkeypatch):
         return wrapper
 
     with monkeypatch.context() as m:
-        m.setattr(fused, "lstm_forward", counted("forward", forward))
-        m.setattr(fused, "lstm_backward", counted("backward", backward))
-        if not use_fused:
+        for name in calls:
+            m.setattr(fused, name, counted(name, getattr(fused, name)))
+        if path == "step":  # without a BLAS to call from C++, the engine's loop runs the per-step kernels
+            m.setattr(fused, "gemm_address", lambda dtype: None)
+        if path == "ops":
             m.setattr(fused, "usable", lambda *tensors: False)
         x = x.detach().requires_grad_()
         out, (h, c) = layer(x, lengths=lengths)
         loss = (out * torch.linspace(-1, 1, out.shape[-1], dtype=x.dtype)).square().sum() + h.sum() + 2 * c.sum()
         grads = torch.autograd.grad(loss, [x, *layer.parameters()])
-    return (out, h, c, *grads), calls
+    ran = {name for name, n in calls.items() if n}
+    assert ran == set(ENTRIES.get(path, ())), (path, calls)
+    return out, h, c, *grads
 
 
-def _both(variant, dtype, monkeypatch):
-    """(fused, PyTorch ops, calls) for a two-layer bidirectional LSTM with variable lengths."""
+def _both(variant, dtype, path, monkeypatch):
+    """(`path`, PyTorch ops) for a two-layer bidirectional LSTM with variable lengths."""
     torch.manual_seed(0)
     layer = rnnkit.LSTM(5, 8, 2, batch_first=True, bidirectional=True, impl="engine", dtype=dtype, **variant)
     layer.train("recurrent_dropout" in variant)
     x = torch.randn(4, 9, 5, dtype=dtype)
     lengths = torch.tensor([9, 4, 7, 1])
     torch.manual_seed(1)  # the same recurrent-dropout masks in both runs
-    got, calls = _run(layer, x, lengths, True, monkeypatch)
+    got = _run(layer, x, lengths, path, monkeypatch)
     torch.manual_seed(1)
-    want, none = _run(layer, x, lengths, False, monkeypatch)
-    assert calls["forward"] > 0 and calls["backward"] > 0 and none == {"forward": 0, "backward": 0}
-    return got, want
+    return got, _run(layer, x, lengths, "ops", monkeypatch)
 
 
 @needs_fused
+@pytest.mark.parametrize("path", FUSED_PATHS)
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(f"{k}={w}" for k, w in v.items()))
-def test_fused_equals_the_pytorch_ops(variant, monkeypatch):
+def test_fused_equals_the_pytorch_ops(variant, path, monkeypatch):
     """float64: outputs, final states and every gradient agree to 1e-10. float32: the fused loops are at
     least as close to the float64 result as the PyTorch ops are (layer norm of a zero initial state
     divides by sqrt(eps), which magnifies float32 rounding in both)."""
-    got, want = _both(variant, torch.float64, monkeypatch)
+    got, want = _both(variant, torch.float64, path, monkeypatch)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-    got32, want32 = _both(variant, torch.float32, monkeypatch)
+    got32, want32 = _both(variant, torch.float32, path, monkeypatch)
     for a, b, exact in zip(got32, want32, want):
         error, reference_error = (a.double() - exact).abs().max(), (b.double() - exact).abs().max()
         assert error <= 2 * reference_error + 1e-5, (error, reference_error)
 
 
 @needs_fused
+@pytest.mark.parametrize("path", FUSED_PATHS)
 @pytest.mark.parametrize("scale", [30.0, 1000.0])
-def test_fused_saturates_like_torch(scale, monkeypatch):
+def test_fused_saturates_like_torch(scale, path, monkeypatch):
     """Pre-activations far past the sigmoid's and tanh's saturation, where the written-out exp is clamped."""
     torch.manual_seed(1)
     layer = rnnkit.LSTM(3, 6, peephole=True, impl="engine", dtype=torch.float64)
     x = scale * torch.randn(10, 2, 3, dtype=torch.float64)
-    got, _ = _run(layer, x, None, True, monkeypatch)
-    want, _ = _run(layer, x, None, False, monkeypatch)
+    got, want = _run(layer, x, None, path, monkeypatch), _run(layer, x, None, "ops", monkeypatch)
     for a, b in zip(got, want):
         assert torch.isfinite(a).all()
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 @needs_fused
-def test_fused_propagates_nan():
+@pytest.mark.parametrize("path", FUSED_PATHS)
+def test_fused_propagates_nan(path, monkeypatch):
+    if path == "step":
+        monkeypatch.setattr(fused, "gemm_address", lambda dtype: None)
     layer = rnnkit.LSTM(3, 4, peephole=True, impl="engine")
     x = torch.randn(5, 2, 3)
     x[2, 0, 1] = float("nan")
@@ -97,14 +113,15 @@ def test_fused_propagates_nan():
 
 @needs_fused
 def test_fused_is_not_used_where_it_cannot_be(monkeypatch):
-    calls, forward = [], fused.lstm_forward
-    monkeypatch.setattr(fused, "lstm_forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    calls = []
+    for name in ("lstm_forward", "lstm_sequence"):
+        monkeypatch.setattr(fused, name, lambda *a, fn=getattr(fused, name), **k: calls.append(1) or fn(*a, **k))
     x = torch.randn(4, 2, 3)
     rnnkit.LSTM(3, 4, peephole=True, impl="autograd")(x)  # autograd records the PyTorch ops
     rnnkit.LSTM(3, 4, peephole=True, impl="engine", dtype=torch.bfloat16)(x.bfloat16())
     assert calls == []
     rnnkit.LSTM(3, 4, peephole=True, impl="engine")(x)
-    assert len(calls) == 4
+    assert len(calls) == (1 if fused.gemm_address(torch.float32) else 4)  # one sequence, or four steps
 
 
 def _python(code: str, **env) -> subprocess.CompletedProcess:
@@ -198,7 +215,8 @@ def test_an_unwritable_cache_builds_in_the_temporary_directory(tmp_path):
 
 
 @needs_fused
-def test_layer_norm_weight_gradient_summed_per_step_and_at_the_end(monkeypatch):
+@pytest.mark.parametrize("path", FUSED_PATHS)
+def test_layer_norm_weight_gradient_summed_per_step_and_at_the_end(path, monkeypatch):
     """W_hh's gradient is summed step by step while a step has at least cells.SUM_PER_STEP_ROWS rows, and
     kept for one product at the end below that: lengths that cross the threshold use both."""
     from rnnkit.cells import SUM_PER_STEP_ROWS
@@ -209,8 +227,6 @@ def test_layer_norm_weight_gradient_summed_per_step_and_at_the_end(monkeypatch):
                         dtype=torch.float64)
     x = torch.randn(B, 8, 3, dtype=torch.float64)
     lengths = torch.tensor([8] * 4 + [5] * 4 + [3] * (B - 8))  # 22 rows for 3 steps, then 8, then 4
-    got, calls = _run(layer, x, lengths, True, monkeypatch)
-    want, _ = _run(layer, x, lengths, False, monkeypatch)
-    assert calls["backward"] > 0
+    got, want = _run(layer, x, lengths, path, monkeypatch), _run(layer, x, lengths, "ops", monkeypatch)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

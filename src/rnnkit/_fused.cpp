@@ -304,6 +304,153 @@ void backward_any(const Step<T>& s, const T* d_h, const T* d_c, const T* gates, 
     });
 }
 
+// ---- Whole sequences: the time loop with the recurrent matrix products, for one direction of one layer ----
+// The products call the BLAS that PyTorch itself links (its Fortran-interface gemm, whose address fused.py
+// looks up and checks against torch.matmul), so a sequence runs without returning to Python between steps.
+
+template <typename T> using Gemm = void (*)(const char*, const char*, const int*, const int*, const int*,
+                                            const T*, const T*, const int*, const T*, const int*, const T*, T*,
+                                            const int*);
+
+// y (rows, n) = x (rows, k) W^T + beta * y, with W (n, k); all row-major (column-major y^T = W x^T).
+template <typename T> INLINE void linear(Gemm<T> gemm, int64_t rows, int64_t n, int64_t k, const T* W, const T* x,
+                                         T beta, T* y) {
+    if (rows == 0) return;
+    const int r = int(rows), n_ = int(n), k_ = int(k);
+    const T one = 1;
+    gemm("T", "N", &n_, &r, &k_, &one, W, &k_, x, &k_, &beta, y, &n_);
+}
+
+// acc (n, k) += d (rows, n)^T x (rows, k)
+template <typename T> INLINE void accumulate(Gemm<T> gemm, int64_t rows, int64_t n, int64_t k, const T* d, const T* x,
+                                             T* acc) {
+    if (rows == 0) return;
+    const int r = int(rows), n_ = int(n), k_ = int(k);
+    const T one = 1;
+    gemm("N", "T", &k_, &n_, &r, &one, x, &k_, d, &n_, &one, acc, &k_);
+}
+
+// The buffers of a sequence (T steps, B rows, sorted longest first when batch_sizes is given: step t runs the
+// first batch_sizes[t] rows; a row that has ended keeps its state). A per-step buffer holds all T steps
+// when its stride is a step's size, or one step, reused, when its stride is 0 (inference keeps nothing).
+template <typename T> struct Sequence {
+    int64_t steps, B, H, P;
+    const int64_t* batch_sizes;  // (T) or null: every row runs every step
+    const T *w_hh, *w_hr, *mask;  // (G*H, P); (P, H) with a projection, else null; (B, P) recurrent dropout or null
+    const T* xp;                 // (T, B, G*H): the input projections
+    T* gates;                    // xp's copy, then the activated gates; may be xp itself (inference)
+    T* c;                        // (T+1, B, H) when kept, else (2, B, H); c[0] = c_0 on entry
+    const T* h0;                 // (B, P): the initial h
+    T *h, *out;                  // (B, P): h_0 on entry, the final h on exit; (T, B, P): zero past a row's end
+    T *hr, *act_c, *h_new, *a, *stats;  // h masked (mask only), act(c'), o * act(c') (projection only),
+                                        // h W_hh^T and moments (layer norm only)
+    int64_t s_gates, s_hr, s_act, s_h_new, s_a, s_stats;  // per-step strides of those buffers (0: one step)
+    bool keep_c;
+};
+
+template <typename T, bool coupled, bool softsign, bool has_peep, bool ln>
+void sequence_forward(Step<T> s, const Sequence<T>& q, Gemm<T> gemm) {
+    const int64_t G = coupled ? 3 : 4, B = q.B, H = q.H, P = q.P, GH = G * H;
+    for (int64_t t = 0; t < q.steps; ++t) {
+        const int64_t bs = q.batch_sizes ? q.batch_sizes[t] : B;
+        const T* c_prev = q.c + (q.keep_c ? t : t % 2) * B * H;
+        T* c_next = q.c + (q.keep_c ? t + 1 : (t + 1) % 2) * B * H;
+        T* out = q.out + t * B * P;
+        if (bs < B) {  // ended rows: their cell state carries, their output is zero
+            std::memcpy(c_next + bs * H, c_prev + bs * H, (B - bs) * H * sizeof(T));
+            std::memset(out + bs * P, 0, (B - bs) * P * sizeof(T));
+        }
+        if (bs == 0) continue;
+        const T* hr = q.h;
+        if (q.mask) {
+            T* m = q.hr + t * q.s_hr;
+            for (int64_t k = 0; k < bs * P; ++k) m[k] = q.h[k] * q.mask[k];
+            hr = m;
+        }
+        T* gates = q.gates + t * q.s_gates;
+        const T* xp = q.xp + t * B * GH;
+        if (gates != xp) std::memcpy(gates, xp, bs * GH * sizeof(T));
+        if (ln) {
+            T* a = q.a + t * q.s_a;
+            linear(gemm, bs, GH, P, q.w_hh, hr, T(0), a);
+            s.a = a;
+        } else {
+            linear(gemm, bs, GH, P, q.w_hh, hr, T(1), gates);
+        }
+        s.B = bs;
+        T* h_new = q.w_hr ? q.h_new + t * q.s_h_new : out;
+        forward<T, coupled, softsign, has_peep, ln>(s, gates, c_prev, c_next, q.act_c + t * q.s_act, h_new,
+                                                    ln ? q.stats + t * q.s_stats : nullptr);
+        if (q.w_hr) linear(gemm, bs, P, H, q.w_hr, h_new, T(0), out);
+        std::memcpy(q.h, out, bs * P * sizeof(T));
+    }
+}
+
+// The gradients of a kept sequence (every buffer kept) from d_out (T, B, P) and those of the final state,
+// d_h (B, P) and d_c (B, H) on entry, of the initial state on exit. Writes d_xp (T, B, G*H) (rows past a
+// row's end untouched: zero them beforehand), d_hout (T, B, P) with a projection (the gradient reaching its
+// output, for W_hr's gradient), adds the vector parameters' gradients to d_vec (see backward) and, with layer
+// norm, W_hh's gradient to d_w_hh (G*H, P) (without layer norm it is d_xp^T hr, left to the caller).
+// work: (B, H) + (B, H) + (B, G*H) + (G*H).
+template <typename T, bool coupled, bool softsign, bool has_peep, bool ln>
+void sequence_backward(Step<T> s, const Sequence<T>& q, Gemm<T> gemm, const T* d_out, T* d_h, T* d_c, T* d_xp,
+                       T* d_hout, T* d_vec, T* d_w_hh, T* work) {
+    const int64_t G = coupled ? 3 : 4, B = q.B, H = q.H, P = q.P, GH = G * H;
+    T *d_hn = work, *d_cp = work + B * H, *d_a = d_cp + B * H, *row_work = d_a + B * GH;
+    for (int64_t t = q.steps - 1; t >= 0; --t) {
+        const int64_t bs = q.batch_sizes ? q.batch_sizes[t] : B;
+        if (bs == 0) continue;
+        const T* d_o = d_out + t * B * P;
+        for (int64_t k = 0; k < bs * P; ++k) d_h[k] += d_o[k];
+        const T* dh = d_h;
+        if (q.w_hr) {
+            T* dho = d_hout + t * B * P;
+            std::memcpy(dho, d_h, bs * P * sizeof(T));
+            // d_hn (bs, H) = d_h (bs, P) W_hr: W_hr^T is (H, P) row-major, so it is linear with W = W_hr^T
+            const int r = int(bs), h_ = int(H), p_ = int(P);
+            const T one = 1, zero = 0;
+            gemm("N", "N", &h_, &r, &p_, &one, q.w_hr, &h_, d_h, &p_, &zero, d_hn, &h_);
+            dh = d_hn;
+        }
+        s.B = bs;
+        s.a = ln ? q.a + t * q.s_a : nullptr;
+        T* dx = d_xp + t * B * GH;
+        const T* hr = q.mask ? q.hr + t * q.s_hr : nullptr;  // without a mask: h_{t-1}, which d_h no longer needs
+        backward<T, coupled, softsign, has_peep, ln>(s, dh, d_c, q.gates + t * q.s_gates, q.c + t * B * H,
+                                                     q.c + (t + 1) * B * H, q.act_c + t * q.s_act,
+                                                     ln ? q.stats + t * q.s_stats : nullptr, dx, d_cp, d_vec,
+                                                     ln ? d_a : nullptr, row_work);
+        std::memcpy(d_c, d_cp, bs * H * sizeof(T));
+        const T* d_pre = dx;
+        if (ln) {
+            const T* h_prev = hr ? hr : (t > 0 ? q.out + (t - 1) * B * P : q.h0);
+            accumulate(gemm, bs, GH, P, d_a, h_prev, d_w_hh);
+            d_pre = d_a;
+        }
+        // d_h (bs, P) = d_pre (bs, G*H) W_hh: W_hh^T is (P, G*H) row-major
+        const int r = int(bs), p_ = int(P), g_ = int(GH);
+        const T one = 1, zero = 0;
+        gemm("N", "N", &p_, &r, &g_, &one, q.w_hh, &p_, d_pre, &g_, &zero, d_h, &p_);
+        if (q.mask)
+            for (int64_t k = 0; k < bs * P; ++k) d_h[k] *= q.mask[k];
+    }
+}
+
+template <typename T>
+void sequence_any(const Step<T>& s, const Sequence<T>& q, Gemm<T> gemm, int coupled, int softsign) {
+    dispatch(coupled, softsign, s.peep != nullptr, s.w_hh != nullptr, [&]<bool C, bool S, bool P, bool L>() {
+        sequence_forward<T, C, S, P, L>(s, q, gemm);
+    });
+}
+
+template <typename T>
+void sequence_backward_any(const Step<T>& s, const Sequence<T>& q, Gemm<T> gemm, int coupled, int softsign,
+                           const T* d_out, T* d_h, T* d_c, T* d_xp, T* d_hout, T* d_vec, T* d_w_hh, T* work) {
+    dispatch(coupled, softsign, s.peep != nullptr, s.w_hh != nullptr, [&]<bool C, bool S, bool P, bool L>() {
+        sequence_backward<T, C, S, P, L>(s, q, gemm, d_out, d_h, d_c, d_xp, d_hout, d_vec, d_w_hh, work);
+    });
+}
+
 }  // namespace
 
 extern "C" {
@@ -326,7 +473,37 @@ extern "C" {
                         flags[0], flags[1]);                                                                \
     }
 
+// Whole sequences: params as above; dims = [T, B, H, P]; flags = [coupled, softsign, keep_c];
+// bufs = [batch_sizes, w_hh, w_hr, mask, xp, gates, c, h0, h, out, hr, act_c, h_new, a, stats] (see Sequence);
+// strides = [gates, hr, act_c, h_new, a, stats]; grads = [d_out, d_h, d_c, d_xp, d_hout, d_vec, d_w_hh, work].
+#define RNNKIT_SEQUENCE_ENTRIES(T, suffix)                                                                  \
+    static Sequence<T> sequence_of_##suffix(const int64_t* dims, const int* flags, void* const* b,          \
+                                            const int64_t* st) {                                            \
+        return Sequence<T>{dims[0], dims[1], dims[2], dims[3], (const int64_t*)b[0], (const T*)b[1],        \
+                           (const T*)b[2], (const T*)b[3], (const T*)b[4], (T*)b[5], (T*)b[6],              \
+                           (const T*)b[7], (T*)b[8], (T*)b[9], (T*)b[10], (T*)b[11], (T*)b[12], (T*)b[13],  \
+                           (T*)b[14], st[0], st[1], st[2], st[3], st[4], st[5], flags[2] != 0};             \
+    }                                                                                                       \
+    void lstm_sequence_##suffix(void* const* params, const int64_t* dims, const int* flags,                 \
+                                void* const* bufs, const int64_t* strides, void* gemm) {                    \
+        Step<T> s{dims[1], dims[2], (const T*)params[0], nullptr, (const T*)params[1], (const T*)params[2], \
+                  (const T*)params[3], T(1e-5)};                                                            \
+        sequence_any<T>(s, sequence_of_##suffix(dims, flags, bufs, strides), (Gemm<T>)gemm, flags[0],       \
+                        flags[1]);                                                                          \
+    }                                                                                                       \
+    void lstm_sequence_backward_##suffix(void* const* params, const int64_t* dims, const int* flags,        \
+                                         void* const* bufs, const int64_t* strides, void* gemm,             \
+                                         void* const* g) {                                                  \
+        Step<T> s{dims[1], dims[2], (const T*)params[0], nullptr, (const T*)params[1], (const T*)params[2], \
+                  (const T*)params[3], T(1e-5)};                                                            \
+        sequence_backward_any<T>(s, sequence_of_##suffix(dims, flags, bufs, strides), (Gemm<T>)gemm,        \
+                                 flags[0], flags[1], (const T*)g[0], (T*)g[1], (T*)g[2], (T*)g[3], (T*)g[4], \
+                                 (T*)g[5], (T*)g[6], (T*)g[7]);                                              \
+    }
+
 RNNKIT_ENTRIES(float, f32)
+RNNKIT_SEQUENCE_ENTRIES(float, f32)
+RNNKIT_SEQUENCE_ENTRIES(double, f64)
 RNNKIT_ENTRIES(double, f64)
 
 }  // extern "C"

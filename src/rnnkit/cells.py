@@ -142,6 +142,20 @@ class Step:
         """xp = x W_ih^T + b_ih + b_hh for every time step at once: (..., I) -> (..., G*H)."""
         return torch.nn.functional.linear(x, p["weight_ih"], self._input_bias(p))
 
+    def sequence(self, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor], batch_sizes: list[int] | None,
+                 mask: Tensor | None, keep: bool):
+        """The whole sequence in one call, where the cell has such a path for these tensors: (out (T, B, P),
+        final states, and if `keep` what `sequence_backward` needs as (tensors, options): the engine keeps the
+        tensors as autograd's saved tensors), as the engine's step loop would compute.
+        None (the default): the engine runs its loop of `step`."""
+        return None
+
+    def sequence_backward(self, kept, d_out: Tensor, d_final: list[Tensor]):
+        """(d_xp, gradients of the initial states, {parameter name: gradient}) from `sequence`'s kept values
+        (`kept`: the tensors and options it returned, as (tensors, options)) and the gradients of the outputs
+        and of the final states (None: zero)."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class RNNStep(Step):
@@ -342,6 +356,22 @@ class LSTMStep(Step):
         grads["weight_hh"] = [(d_pre, hr)]
         d_h_prev = _masked(d_pre @ p["weight_hh"], mask)
         return d_xp, (d_h_prev, d_c_prev), grads
+
+    # A whole sequence in C++ (fused.lstm_sequence): the time loop, the recurrent products and the gate math.
+    def sequence(self, xp, state0, p, batch_sizes, mask, keep):
+        if len(xp) == 0 or not fused.usable(xp, *state0, *p.values()) or fused.gemm_address(xp.dtype) is None:
+            return None
+        ln = (p["ln_weight_hh"], p["ln_weight_c"], p.get("ln_bias_c")) if self.layer_norm else None
+        out, h, c, kept = fused.lstm_sequence(xp, *state0, p["weight_hh"], p.get("weight_hr"), mask, batch_sizes,
+                                              p.get("weight_peephole"), ln, self.coupled,
+                                              self.activation == "softsign", keep)
+        return out, (h, c), (kept.tensors(), kept.options()) if keep else None
+
+    def sequence_backward(self, kept, d_out, d_final):
+        q = fused.Sequence.of(*kept)
+        d_final = [torch.zeros_like(s) if d is None else d for s, d in zip((q.h, q.c[-1]), d_final)]
+        d_xp, d_h, d_c, grads = fused.lstm_sequence_backward(q, d_out, *d_final)
+        return d_xp, (d_h, d_c), grads
 
     # The same equations with the gate math in one C++ pass (fused.py): f = None in the cache marks it,
     # the activated gates (B, G*H) in g's place and the layer-norm moments (B, 4) in mean's.

@@ -61,6 +61,10 @@ PREPARE_MIN_BATCH = 8  # below, Step.prepare's copy of W_hh^T costs more than th
 
 def _forward_loop(step: Step, xp, state0, p, batch_sizes, mask, keep_saved: bool):
     """The time loop shared by both modes. Returns out (T, B, P), final states, per-step saved."""
+    if not keep_saved:
+        whole = step.sequence(xp, state0, p, batch_sizes, mask, keep=False)
+        if whole is not None:
+            return whole[0], whole[1], []
     T, B = xp.shape[:2]
     if B >= PREPARE_MIN_BATCH:
         p = step.prepare(p)
@@ -96,8 +100,14 @@ class _ExplicitBPTT(torch.autograd.Function):
     def forward(ctx, step, batch_sizes, names, xp, mask, *tensors):
         n_states = step.num_states
         state0, params = tensors[:n_states], dict(zip(names, tensors[n_states:]))
-        out, final, saved = _forward_loop(step, xp, state0, params, batch_sizes, mask, keep_saved=True)
         ctx.step, ctx.batch_sizes, ctx.names, ctx.xp_shape = step, batch_sizes, names, xp.shape
+        whole = step.sequence(xp, state0, params, batch_sizes, mask, keep=True)
+        ctx.whole = whole is not None
+        if ctx.whole:  # the step ran the sequence itself and keeps what its backward needs
+            out, final, (kept, ctx.kept_options) = whole
+            ctx.save_for_backward(*kept)
+            return (out, *final)
+        out, final, saved = _forward_loop(step, xp, state0, params, batch_sizes, mask, keep_saved=True)
         # autograd owns the per-step tensors: freed after backward, checked against in-place edits
         ctx.ran = [t for t, cache in enumerate(saved) if cache is not None]
         ctx.cache_size = len(saved[ctx.ran[0]]) if ctx.ran else 0
@@ -111,6 +121,10 @@ class _ExplicitBPTT(torch.autograd.Function):
         if torch.is_grad_enabled():
             raise RuntimeError("rnnkit's explicit BPTT has no double backward (create_graph=True); "
                                "build the layer with impl='autograd' for higher-order gradients")
+        if ctx.whole:
+            d_state, kept = list(d_final), (ctx.saved_tensors, ctx.kept_options)
+            d_xp, d_state, grads = ctx.step.sequence_backward(kept, d_out, d_state)
+            return (None, None, None, d_xp, None, *d_state, *(grads.get(name) for name in ctx.names))
         step, batch_sizes, names, k = ctx.step, ctx.batch_sizes, ctx.names, ctx.cache_size
         mask, *rest = ctx.saved_tensors
         n_fixed = step.num_states + len(names)

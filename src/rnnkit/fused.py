@@ -79,6 +79,8 @@ def _build() -> ctypes.CDLL:
     for suffix in _DTYPES.values():
         getattr(lib, f"lstm_forward_{suffix}").argtypes = [p] * 9
         getattr(lib, f"lstm_backward_{suffix}").argtypes = [p] * 15
+        getattr(lib, f"lstm_sequence_{suffix}").argtypes = [p] * 6
+        getattr(lib, f"lstm_sequence_backward_{suffix}").argtypes = [p] * 7
     return lib
 
 
@@ -180,3 +182,154 @@ def lstm_backward(d_h: Tensor, d_c: Tensor, gates: Tensor, c: Tensor, c_new: Ten
         grads[name] = d_vec[start:start + n]
         start += n
     return d_c_prev, d_a, grads
+
+
+# ---- whole sequences: the time loop in C++, the recurrent products through PyTorch's own BLAS ----
+
+_GEMM_NAMES = {torch.float32: "sgemm_", torch.float64: "dgemm_"}
+_gemm: dict | None = None  # dtype -> address of the Fortran-interface gemm, once looked up
+
+
+def _check_gemm(address: int, dtype: torch.dtype) -> bool:
+    """Whether the function at `address` computes C = A^T B + C with 32-bit integer arguments, as PyTorch does."""
+    scalar = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
+    c_int = ctypes.POINTER(ctypes.c_int)
+    fn = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, c_int, c_int, c_int, ctypes.POINTER(scalar),
+                          ctypes.c_void_p, c_int, ctypes.c_void_p, c_int, ctypes.POINTER(scalar), ctypes.c_void_p,
+                          c_int)(address)
+    g = torch.Generator().manual_seed(0)
+    a, b, c = (torch.randn(shape, generator=g, dtype=dtype) for shape in ((5, 3), (2, 5), (2, 3)))
+    expected = c + b @ a  # row-major (2, 3) = b (2, 5) a (5, 3): column-major c^T = a^T b^T
+    m, n, k, one = ctypes.c_int(3), ctypes.c_int(2), ctypes.c_int(5), scalar(1)
+    fn(b"N", b"N", m, n, k, one, a.data_ptr(), m, b.data_ptr(), k, one, c.data_ptr(), m)
+    return torch.allclose(c, expected, rtol=1e-5, atol=1e-6)
+
+
+def gemm_address(dtype: torch.dtype) -> int | None:
+    """The address of the BLAS gemm PyTorch's CPU library exports for `dtype` (MKL's `sgemm_`/`dgemm_` in
+    the x86-64 Linux wheels), checked once on a small product; None where there is none, or it disagrees."""
+    global _gemm
+    if _gemm is None:
+        _gemm = {}
+        candidates = [Path(torch.__file__).with_name("lib") / name for name in ("libtorch_cpu.so", "libtorch_cpu.dylib")]
+        for path in filter(Path.is_file, candidates):
+            try:
+                lib = ctypes.CDLL(str(path))
+            except OSError:
+                continue
+            for dt, name in _GEMM_NAMES.items():
+                symbol = getattr(lib, name, None)
+                address = ctypes.cast(symbol, ctypes.c_void_p).value if symbol is not None else None
+                if address and _check_gemm(address, dt):
+                    _gemm[dt] = address
+            break
+    return _gemm.get(dtype)
+
+
+_Buffers, _Strides, _Dims4, _Flags3, _Grads = (ctypes.c_void_p * 15, ctypes.c_int64 * 6, ctypes.c_int64 * 4,
+                                                ctypes.c_int * 3, ctypes.c_void_p * 8)
+
+
+class Sequence:
+    """The tensors of an lstm_sequence call (see `Sequence` in _fused.cpp), and its options; with `keep`,
+    what lstm_sequence_backward needs. `tensors()` and `of()` pass them through autograd's saved tensors."""
+
+    NAMES = ("batch_sizes", "w_hh", "w_hr", "mask", "xp", "gates", "c", "h0", "h", "out", "hr", "act_c", "h_new",
+             "a", "stats", "peep", "ln_w_hh", "ln_w_c", "ln_b_c")
+
+    def __init__(self, coupled: bool, softsign: bool, keep: bool, **tensors):
+        self.coupled, self.softsign, self.keep = coupled, softsign, keep
+        self.__dict__.update(tensors)
+
+    def tensors(self) -> list[Tensor | None]:
+        return [getattr(self, name) for name in self.NAMES]
+
+    def options(self) -> dict:
+        return {"coupled": self.coupled, "softsign": self.softsign, "keep": self.keep}
+
+    @classmethod
+    def of(cls, tensors, options: dict) -> "Sequence":
+        return cls(**options, **dict(zip(cls.NAMES, tensors)))
+
+
+def lstm_sequence(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | None, mask: Tensor | None,
+                  batch_sizes: list[int] | None, peep: Tensor | None, ln: tuple | None, coupled: bool,
+                  softsign: bool, keep: bool) -> tuple[Tensor, Tensor, Tensor, Sequence | None]:
+    """One direction of an LSTM layer over a whole sequence: xp (T, B, G*H) the input projections, h0 (B, P),
+    c0 (B, H), w_hh (G*H, P), w_hr (P, H) or None, mask (B, P) (recurrent dropout) or None, batch_sizes as in
+    rnnkit.engine (rows sorted longest first) or None; ln (w_ln_hh, w_ln_c, b_ln_c or None) or None.
+    Returns out (T, B, P) (zero past a row's end), the final h and c, and with `keep` what the backward needs.
+    Needs `gemm_address(xp.dtype)`."""
+    T, B, GH = xp.shape
+    P, H = h0.shape[1], c0.shape[1]
+    new = xp.new_empty
+    per_step = (lambda *shape: new(T, *shape)) if keep else (lambda *shape: new(*shape))
+    # rows past their end in the inputs of the weight-gradient products must be zero, not left unwritten
+    summed = (lambda *shape: xp.new_zeros(T, *shape)) if keep and batch_sizes is not None else per_step
+    c = new(T + 1 if keep else 2, B, H)
+    c[0] = c0
+    ln = (None,) * 3 if ln is None else tuple(None if t is None else t.contiguous() for t in ln)
+    layer_norm = ln[0] is not None
+    q = Sequence(coupled, softsign, keep,
+                 batch_sizes=None if batch_sizes is None else torch.tensor(batch_sizes, dtype=torch.int64),
+                 w_hh=w_hh.contiguous(), w_hr=None if w_hr is None else w_hr.contiguous(),
+                 mask=None if mask is None else mask.contiguous(), xp=xp.contiguous(), gates=per_step(B, GH),
+                 c=c, h0=h0.contiguous(), h=h0.clone(memory_format=torch.contiguous_format), out=new(T, B, P),
+                 hr=None if mask is None else summed(B, P), act_c=per_step(B, H),
+                 h_new=None if w_hr is None else summed(B, H),
+                 a=per_step(B, GH) if layer_norm else None, stats=per_step(B, 4) if layer_norm else None,
+                 peep=None if peep is None else peep.contiguous(), ln_w_hh=ln[0], ln_w_c=ln[1], ln_b_c=ln[2])
+    fn = getattr(library(), f"lstm_sequence_{_DTYPES[xp.dtype]}")
+    fn(*_sequence_arguments(q), gemm_address(xp.dtype))
+    return q.out, q.h, c[T if keep else T % 2], q if keep else None
+
+
+def _sequence_arguments(q: Sequence):
+    params = _Pointers(_ptr(q.peep), _ptr(q.ln_w_hh), _ptr(q.ln_w_c), _ptr(q.ln_b_c), None)
+    T, B = q.xp.shape[:2]
+    dims = _Dims4(T, B, q.c.shape[2], q.h.shape[1])
+    flags = _Flags3(q.coupled, q.softsign, q.keep)
+    buffers = _Buffers(*(_ptr(getattr(q, name)) for name in q.NAMES[:15]))  # those of `Sequence` in C++
+    strides = _Strides(*(0 if t is None or not q.keep else t.shape[1:].numel()
+                         for t in (q.gates, q.hr, q.act_c, q.h_new, q.a, q.stats)))
+    return params, dims, flags, buffers, strides
+
+
+def lstm_sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor, d_c: Tensor) -> tuple:
+    """The gradients of lstm_sequence(keep=True) from d_out (T, B, P) and those of the final h and c (B, P),
+    (B, H): d_xp (T, B, G*H), d_h0, d_c0 and {name: gradient} of weight_hh, weight_hr, weight_peephole and
+    the layer-norm gains/bias the layer has (names as in cells.LSTMStep)."""
+    T, B, GH = q.xp.shape
+    H = q.c.shape[2]
+    d_out = d_out.contiguous()
+    d_h, d_c = d_h.clone(memory_format=torch.contiguous_format), d_c.clone(memory_format=torch.contiguous_format)
+    d_xp = d_out.new_empty(T, B, GH) if q.batch_sizes is None else d_out.new_zeros(T, B, GH)
+    d_hout = None if q.w_hr is None else d_out.new_zeros(T, B, q.h.shape[1])
+    sizes = {}
+    if q.peep is not None:
+        sizes["weight_peephole"] = q.peep.numel()
+    if q.ln_w_hh is not None:
+        sizes.update(ln_weight_hh=GH, ln_weight_c=H)
+        if q.ln_b_c is not None:
+            sizes["ln_bias_c"] = H
+    d_vec = d_out.new_zeros(sum(sizes.values()))
+    d_w_hh = d_out.new_zeros(q.w_hh.shape) if q.ln_w_hh is not None else None
+    work = d_out.new_empty(2 * B * H + B * GH + GH)
+    grads_in = _Grads(*(_ptr(t) for t in (d_out, d_h, d_c, d_xp, d_hout, d_vec, d_w_hh, work)))
+    fn = getattr(library(), f"lstm_sequence_backward_{_DTYPES[d_out.dtype]}")
+    fn(*_sequence_arguments(q), gemm_address(d_out.dtype), grads_in)
+    grads, start = {}, 0
+    for name, n in sizes.items():
+        grads[name] = d_vec[start:start + n]
+        start += n
+    if d_w_hh is None:  # W_hh's gradient: d_xp^T h_r over all steps, h_r the masked h_{t-1}
+        if q.hr is not None:
+            d_w_hh = d_xp.flatten(0, 1).T @ q.hr.flatten(0, 1)
+        else:
+            d_w_hh = d_xp[0].T @ q.h0
+            if T > 1:
+                d_w_hh += d_xp[1:].flatten(0, 1).T @ q.out[:-1].flatten(0, 1)
+    grads["weight_hh"] = d_w_hh
+    if q.w_hr is not None:
+        grads["weight_hr"] = d_hout.flatten(0, 1).T @ q.h_new.flatten(0, 1)
+    return d_xp, d_h, d_c, grads
