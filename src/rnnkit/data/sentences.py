@@ -85,36 +85,54 @@ def sentence_split(phrases: list[list[str]], fraction: float, seed: int) -> tupl
     average, like its dev set's 19.6); validation is `fraction` of them, training every phrase found inside a
     training sentence. Phrases found only inside validation sentences are in neither.
     """
-    keys = [" " + " ".join(words) + " " for words in phrases]
-
-    def by_word(ids) -> dict:  # word -> those of the phrases `ids` that hold it
-        index = defaultdict(list)
-        for i in ids:
-            for word in set(phrases[i]):
-                index[word].append(i)
-        return index
-
-    def inside_another(i: int, among: dict) -> bool:
-        rarest = min((among.get(w, ()) for w in set(phrases[i])), key=len, default=())
-        key = keys[i]  # a duplicate counts as inside its first occurrence
-        return any(j != i and (len(keys[j]) > len(key) or j < i) and key in keys[j] for j in rarest)
-
-    every = by_word(range(len(phrases)))
-    whole = [i for i in range(len(phrases)) if not inside_another(i, every)]
+    whole = whole_sentences(phrases)
     n_val = round(len(whole) * fraction)
     if not 0 < n_val < len(whole):
         raise ValueError(f"a validation fraction of {fraction} of {len(whole)} sentences leaves no sentence on one side")
     order = torch.randperm(len(whole), generator=torch.Generator().manual_seed(seed)).tolist()
     val = sorted(whole[k] for k in order[:n_val])
-    kept = set(whole[k] for k in order[n_val:])
-    in_kept = by_word(sorted(kept))
-    train = [i for i in range(len(phrases)) if i in kept or inside_another(i, in_kept)]
+    kept = sorted(whole[k] for k in order[n_val:])
+    inside = _Containment(phrases, kept)
+    train = [i for i in range(len(phrases)) if i in inside.among or inside.within(i)]
     return torch.tensor(train), torch.tensor(val)
+
+
+def whole_sentences(phrases: list[list[str]]) -> list[int]:
+    """Indices of the phrases no other phrase contains (the first of equal phrases counts as containing
+    the others): SST-2's sentences among its phrases."""
+    inside = _Containment(phrases, range(len(phrases)))
+    return [i for i in range(len(phrases)) if not inside.within(i)]
+
+
+class _Containment:
+    """Whether a phrase lies inside one of the phrases `among` (a word index finds the candidates)."""
+
+    def __init__(self, phrases: list[list[str]], among):
+        self.phrases, self.among = phrases, set(among)
+        self.keys = [" " + " ".join(words) + " " for words in phrases]
+        self.index = defaultdict(list)  # word -> those of the phrases `among` that hold it
+        for i in sorted(self.among):
+            for word in set(phrases[i]):
+                self.index[word].append(i)
+
+    def within(self, i: int) -> bool:
+        rarest = min((self.index.get(w, ()) for w in set(self.phrases[i])), key=len, default=())
+        key, keys = self.keys[i], self.keys  # a duplicate counts as inside its first occurrence
+        return any(j != i and (len(keys[j]) > len(key) or j < i) and key in keys[j] for j in rarest)
 
 
 def read_uci(root: str | os.PathLike | None = None) -> list[Labelled]:
     """The 3,000 UCI sentiment-labelled sentences (Amazon, IMDb, Yelp; 1,000 each)."""
     return [row for path in _need(data_root(root) / UCI, UCI_FILES) for row in read_labelled(path, header=False)]
+
+
+def read_text_files(paths: str) -> list[list[str]]:
+    """The tokenised non-blank lines of comma-separated text files (UTF-8; .gz files are decompressed)."""
+    sentences = []
+    for name in filter(None, (p.strip() for p in paths.split(","))):
+        text = read_utf8(Path(name), "text file")
+        sentences += [words for line in text.splitlines() if (words := tokenize(line))]
+    return sentences
 
 
 def _need(directory: Path, names) -> list[Path]:

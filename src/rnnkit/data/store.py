@@ -1,6 +1,7 @@
 """Where data sets live (`data_root`) and a download that tries mirrors in order and keeps only sha256-verified bytes."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import os
@@ -120,12 +121,17 @@ def _reason(e: BaseException) -> str:
 
 
 def read_utf8(path: Path, what: str) -> str:
-    """The text of a UTF-8 file (a leading byte-order mark dropped). FileNotFoundError names `what` the file
-    is; DataError names the line of the first byte that is not UTF-8."""
+    """The text of a UTF-8 file (a leading byte-order mark dropped; a .gz file is decompressed first).
+    FileNotFoundError names `what` the file is; DataError names the line of the first byte that is not UTF-8."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} {path} does not exist") from None
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise DataError(f"{path}: not a readable gzip file ({e})") from None
     try:
         return raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:

@@ -27,7 +27,11 @@ class TextClassifier(nn.Module):
         self.word_drop, self.embed_drop = WordDropout(probs), nn.Dropout(embed_dropout)
         self.classifier = classifier
 
+    def embedding(self) -> nn.Module:
+        """ids (B, T) -> vectors (B, T, E) as the classifier reads them (word dropout, embedding dropout)."""
+        return nn.Sequential(self.word_drop, self.embed, self.embed_drop)
+
     def forward(self, inputs, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         ids, lengths = inputs
-        x = self.embed_drop(self.embed(self.word_drop(ids)))            # (B, T, E)
+        x = self.embedding()(ids)                                       # (B, T, E)
         return self.classifier((x, lengths), targets)                   # (B, C), loss

@@ -58,6 +58,10 @@ class Task:
     def update_metrics(self, metrics, output, targets) -> None:
         metrics.update(output, targets)
 
+    def pretrain(self, model, cfg, splits) -> None:
+        """Called once before a new run trains (not when it resumes), e.g. to pretrain `model` as a language
+        model on `splits.unlabelled`."""
+
     def on_train_start(self, module) -> None:
         """Called once before training, in the process that writes the run's outputs."""
 

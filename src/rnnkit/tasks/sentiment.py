@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import torch
 
 from ..data import sentences
-from ..data.sentences import Examples, WordVocab, pad, sentence_split, tokenize
+from ..data.sentences import Examples, WordVocab, pad, read_text_files, sentence_split, tokenize, whole_sentences
 from ..models import READOUTS, SequenceClassifier, make_rnn
+from ..models.pretrain import pretrain
 from ..models.textclassifier import TextClassifier
 from ..training.config import ConfigError, RNNConfig, TrainConfig, opt
 from ..training.data import VALIDATION_SEED, Splits, validation_split
@@ -34,6 +35,11 @@ class SentimentConfig(TrainConfig, RNNConfig):
     min_count: int = opt(1, "words seen fewer times in training are unknown (<unk>)", minimum=1)
     word_dropout: float = opt(0.25, "replace a training word by <unk> with this probability")
     embed_dropout: float = opt(0.5, "dropout on the word embeddings")
+    pretrain_epochs: int = opt(0, "epochs of language-model pretraining of the embedding and the recurrent layer "
+                                  "on unlabelled text (the training sentences and --pretrain-text) before "
+                                  "training on the labels; 0: none", minimum=0)
+    pretrain_text: str = opt("", "more unlabelled text to pretrain on: comma-separated files of one sentence per "
+                                 "line (.gz files are read as gzip); their words join the vocabulary")
     hidden: int = recipe_default(RNNConfig, "hidden", 256)
     bidirectional: bool = recipe_default(RNNConfig, "bidirectional", True)
     dropout: float = recipe_default(RNNConfig, "dropout", 0.5)
@@ -49,6 +55,12 @@ class SentimentConfig(TrainConfig, RNNConfig):
         for name in ("word_dropout", "embed_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must lie in [0, 1); got {getattr(self, name)!r}")
+        if self.pretrain_epochs and self.bidirectional and self.layers > 1:
+            raise ConfigError(f"--pretrain-epochs: a language model reads each direction on its own, which a "
+                              f"bidirectional stack of {self.layers} layers does not; pretrain one bidirectional "
+                              f"layer (--layers 1) or a unidirectional stack")
+        if self.pretrain_text and not self.pretrain_epochs:
+            raise ConfigError(f"--pretrain-text {self.pretrain_text!r} needs --pretrain-epochs > 0")
 
 
 def collate(items: list) -> tuple:
@@ -80,12 +92,26 @@ class SentimentTask(Task):
             keep, val = sentence_split(tokens, cfg.val_fraction, VALIDATION_SEED)
         else:
             keep, val = validation_split(len(train), cfg.val_fraction)
-        counts = Counter(w for i in keep.tolist() for w in tokens[i])  # the vocabulary sees training rows only
+        unlabelled = []
+        if cfg.pretrain_epochs:  # the training sentences (not their phrases) and the text of --pretrain-text
+            whole = set(whole_sentences(tokens))
+            unlabelled = [tokens[i] for i in keep.tolist() if i in whole] + read_text_files(cfg.pretrain_text)
+        # the vocabulary sees training rows and pretraining text only
+        counts = Counter(w for i in keep.tolist() for w in tokens[i])
+        counts.update(w for words in unlabelled for w in words)
         vocab = WordVocab.build(counts, cfg.min_count)
         examples = Examples([(vocab.encode(t), row.label) for t, row in zip(tokens, train)], collate)
         test_examples = Examples([(vocab.encode(tokenize(row.text)), row.label) for row in test], collate)
         return Splits(examples.subset(keep), examples.subset(val), test_examples,
-                      extra={"words": vocab.words, "labels": LABELS})
+                      extra={"words": vocab.words, "labels": LABELS},
+                      unlabelled=[vocab.encode(words) for words in unlabelled])
+
+    def pretrain(self, model: TextClassifier, cfg, splits) -> None:
+        if cfg.pretrain_epochs:
+            print(f"language-model pretraining on {len(splits.unlabelled):,} sentences", flush=True)
+            pretrain(model.embedding(), model.classifier.rnn, len(splits.extra["words"]), splits.unlabelled,
+                     epochs=cfg.pretrain_epochs, batch_size=cfg.batch_size, lr=cfg.lr, clip_norm=cfg.clip_norm,
+                     dropout=cfg.dropout, seed=cfg.seed)
 
     def build_model(self, cfg, extra: dict) -> TextClassifier:
         classifier = SequenceClassifier(make_rnn(cfg, cfg.embedding), len(extra["labels"]), cfg.readout, cfg.dropout)

@@ -114,3 +114,4 @@ class Splits:
     extra: dict = field(default_factory=dict)
     batched: bool = False  # items are whole batches in order (truncated-BPTT windows): no batching, no shuffle
     collate_fn: object = keep_batch
+    unlabelled: list = field(default_factory=list)  # word-id sentences for a task's pretraining (not saved)

@@ -199,7 +199,10 @@ def train(task, cfg) -> dict:
     run_dir = prepare_run_dir(task, cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     splits = task.splits(cfg)
-    module = TaskModule(task, cfg, task.build_model(cfg, splits.extra), splits.extra)
+    model = task.build_model(cfg, splits.extra)
+    if not cfg.resume:
+        task.pretrain(model, cfg, splits)
+    module = TaskModule(task, cfg, model, splits.extra)
     data = TaskData(splits, cfg.batch_size, cfg.num_workers, cfg.seed)
     last = run_dir / "checkpoints" / "last.ckpt"
     resumed_step = read_checkpoint(last).get("global_step") if cfg.resume else None
