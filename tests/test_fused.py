@@ -230,3 +230,31 @@ def test_layer_norm_weight_gradient_summed_per_step_and_at_the_end(path, monkeyp
     got, want = _run(layer, x, lengths, path, monkeypatch), _run(layer, x, lengths, "ops", monkeypatch)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@needs_fused
+def test_a_gemm_that_fails_its_check_is_not_used(monkeypatch):
+    """gemm_address checks the exported gemm on a small product: one that disagrees is never called, and the
+    layers run the per-step kernels instead, with the same results."""
+    monkeypatch.setattr(fused, "_gemm", None)
+    monkeypatch.setattr(fused, "_check_gemm", lambda address, dtype: False)
+    assert fused.gemm_address(torch.float32) is None and fused.gemm_address(torch.float64) is None
+    calls = []
+    for name in ("lstm_forward", "lstm_sequence"):
+        monkeypatch.setattr(fused, name, lambda *a, fn=getattr(fused, name), name=name, **k: calls.append(name)
+                            or fn(*a, **k))
+    layer = rnnkit.LSTM(3, 4, peephole=True, impl="engine", dtype=torch.float64)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    with torch.no_grad():
+        got = layer(x)[0]
+    assert calls == ["lstm_forward"] * 6
+    with monkeypatch.context() as m:
+        m.setattr(fused, "usable", lambda *tensors: False)
+        with torch.no_grad():
+            torch.testing.assert_close(got, layer(x)[0], rtol=1e-12, atol=1e-12)
+
+
+@needs_gemm
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_exported_gemm_passes_its_check(dtype):
+    assert fused._check_gemm(fused.gemm_address(dtype), dtype)
