@@ -211,23 +211,25 @@ def _check_gemm(address: int, dtype: torch.dtype) -> bool:
 
 
 def gemm_address(dtype: torch.dtype) -> int | None:
-    """The address of the BLAS gemm PyTorch's CPU library exports for `dtype` (MKL's `sgemm_`/`dgemm_` in
-    the x86-64 Linux wheels), checked once on a small product; None where there is none, or it disagrees."""
+    """The address of the BLAS gemm PyTorch's CPU library exports for `dtype`, checked once on a small
+    product; None where there is none, or it disagrees. Looked for only in PyTorch builds with MKL on
+    x86-64 Linux (the pip wheels), whose `sgemm_`/`dgemm_` take 32-bit integers: elsewhere a same-named
+    function with another integer width could not even be checked safely."""
     global _gemm
     if _gemm is None:
         _gemm = {}
-        candidates = [Path(torch.__file__).with_name("lib") / name for name in ("libtorch_cpu.so", "libtorch_cpu.dylib")]
-        for path in filter(Path.is_file, candidates):
+        path = Path(torch.__file__).with_name("lib") / "libtorch_cpu.so"
+        if platform.system() == "Linux" and platform.machine() == "x86_64" and torch.backends.mkl.is_available() \
+                and path.is_file():
             try:
                 lib = ctypes.CDLL(str(path))
             except OSError:
-                continue
+                return None
             for dt, name in _GEMM_NAMES.items():
                 symbol = getattr(lib, name, None)
                 address = ctypes.cast(symbol, ctypes.c_void_p).value if symbol is not None else None
                 if address and _check_gemm(address, dt):
                     _gemm[dt] = address
-            break
     return _gemm.get(dtype)
 
 
