@@ -321,6 +321,15 @@ template <typename T> INLINE void linear(Gemm<T> gemm, int64_t rows, int64_t n, 
     gemm("T", "N", &n_, &r, &k_, &one, W, &k_, x, &k_, &beta, y, &n_);
 }
 
+// y (rows, n) = x (rows, k) Wt + beta * y, with Wt (k, n) (a contiguous W^T: a faster product than W's "T")
+template <typename T> INLINE void product(Gemm<T> gemm, int64_t rows, int64_t n, int64_t k, const T* Wt, const T* x,
+                                          T beta, T* y) {
+    if (rows == 0) return;
+    const int r = int(rows), n_ = int(n), k_ = int(k);
+    const T one = 1;
+    gemm("N", "N", &n_, &r, &k_, &one, Wt, &n_, x, &k_, &beta, y, &n_);
+}
+
 // acc (n, k) += d (rows, n)^T x (rows, k)
 template <typename T> INLINE void accumulate(Gemm<T> gemm, int64_t rows, int64_t n, int64_t k, const T* d, const T* x,
                                              T* acc) {
@@ -337,6 +346,7 @@ template <typename T> struct Sequence {
     int64_t steps, B, H, P;
     const int64_t* batch_sizes;  // (T) or null: every row runs every step
     const T *w_hh, *w_hr, *mask;  // (G*H, P); (P, H) with a projection, else null; (B, P) recurrent dropout or null
+    const T* w_hh_t;              // (P, G*H): W_hh^T, contiguous, for the forward's products
     const T* xp;                 // (T, B, G*H): the input projections
     T* gates;                    // xp's copy, then the activated gates; may be xp itself (inference)
     T* c;                        // (T+1, B, H) when kept, else (2, B, H); c[0] = c_0 on entry
@@ -372,10 +382,10 @@ void sequence_forward(Step<T> s, const Sequence<T>& q, Gemm<T> gemm) {
         if (gates != xp) std::memcpy(gates, xp, bs * GH * sizeof(T));
         if (ln) {
             T* a = q.a + t * q.s_a;
-            linear(gemm, bs, GH, P, q.w_hh, hr, T(0), a);
+            product(gemm, bs, GH, P, q.w_hh_t, hr, T(0), a);
             s.a = a;
         } else {
-            linear(gemm, bs, GH, P, q.w_hh, hr, T(1), gates);
+            product(gemm, bs, GH, P, q.w_hh_t, hr, T(1), gates);
         }
         s.B = bs;
         T* h_new = q.w_hr ? q.h_new + t * q.s_h_new : out;
@@ -474,13 +484,14 @@ extern "C" {
     }
 
 // Whole sequences: params as above; dims = [T, B, H, P]; flags = [coupled, softsign, keep_c];
-// bufs = [batch_sizes, w_hh, w_hr, mask, xp, gates, c, h0, h, out, hr, act_c, h_new, a, stats] (see Sequence);
+// bufs = [batch_sizes, w_hh, w_hr, mask, xp, gates, c, h0, h, out, hr, act_c, h_new, a, stats, w_hh_t]
+// (see Sequence);
 // strides = [gates, hr, act_c, h_new, a, stats]; grads = [d_out, d_h, d_c, d_xp, d_hout, d_vec, d_w_hh, work].
 #define RNNKIT_SEQUENCE_ENTRIES(T, suffix)                                                                  \
     static Sequence<T> sequence_of_##suffix(const int64_t* dims, const int* flags, void* const* b,          \
                                             const int64_t* st) {                                            \
         return Sequence<T>{dims[0], dims[1], dims[2], dims[3], (const int64_t*)b[0], (const T*)b[1],        \
-                           (const T*)b[2], (const T*)b[3], (const T*)b[4], (T*)b[5], (T*)b[6],              \
+                           (const T*)b[2], (const T*)b[3], (const T*)b[15], (const T*)b[4], (T*)b[5], (T*)b[6], \
                            (const T*)b[7], (T*)b[8], (T*)b[9], (T*)b[10], (T*)b[11], (T*)b[12], (T*)b[13],  \
                            (T*)b[14], st[0], st[1], st[2], st[3], st[4], st[5], flags[2] != 0};             \
     }                                                                                                       \

@@ -233,7 +233,7 @@ def gemm_address(dtype: torch.dtype) -> int | None:
     return _gemm.get(dtype)
 
 
-_Buffers, _Strides, _Dims4, _Flags3, _Grads = (ctypes.c_void_p * 15, ctypes.c_int64 * 6, ctypes.c_int64 * 4,
+_Buffers, _Strides, _Dims4, _Flags3, _Grads = (ctypes.c_void_p * 16, ctypes.c_int64 * 6, ctypes.c_int64 * 4,
                                                 ctypes.c_int * 3, ctypes.c_void_p * 8)
 
 
@@ -242,7 +242,7 @@ class Sequence:
     what lstm_sequence_backward needs. `tensors()` and `of()` pass them through autograd's saved tensors."""
 
     NAMES = ("batch_sizes", "w_hh", "w_hr", "mask", "xp", "gates", "c", "h0", "h", "out", "hr", "act_c", "h_new",
-             "a", "stats", "peep", "ln_w_hh", "ln_w_c", "ln_b_c")
+             "a", "stats", "w_hh_t", "peep", "ln_w_hh", "ln_w_c", "ln_b_c")
 
     def __init__(self, coupled: bool, softsign: bool, keep: bool, **tensors):
         self.coupled, self.softsign, self.keep = coupled, softsign, keep
@@ -279,7 +279,7 @@ def lstm_sequence(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor
     layer_norm = ln[0] is not None
     q = Sequence(coupled, softsign, keep,
                  batch_sizes=None if batch_sizes is None else torch.tensor(batch_sizes, dtype=torch.int64),
-                 w_hh=w_hh.contiguous(), w_hr=None if w_hr is None else w_hr.contiguous(),
+                 w_hh=w_hh.contiguous(), w_hh_t=w_hh.T.contiguous(), w_hr=None if w_hr is None else w_hr.contiguous(),
                  mask=None if mask is None else mask.contiguous(), xp=xp.contiguous(), gates=per_step(B, GH),
                  c=c, h0=h0.contiguous(), h=h0.clone(memory_format=torch.contiguous_format), out=new(T, B, P),
                  hr=None if mask is None else summed(B, P), act_c=per_step(B, H),
@@ -296,7 +296,7 @@ def _sequence_arguments(q: Sequence):
     T, B = q.xp.shape[:2]
     dims = _Dims4(T, B, q.c.shape[2], q.h.shape[1])
     flags = _Flags3(q.coupled, q.softsign, q.keep)
-    buffers = _Buffers(*(_ptr(getattr(q, name)) for name in q.NAMES[:15]))  # those of `Sequence` in C++
+    buffers = _Buffers(*(_ptr(getattr(q, name)) for name in q.NAMES[:16]))  # those of `Sequence` in C++
     strides = _Strides(*(0 if t is None or not q.keep else t.shape[1:].numel()
                          for t in (q.gates, q.hr, q.act_c, q.h_new, q.a, q.stats)))
     return params, dims, flags, buffers, strides
