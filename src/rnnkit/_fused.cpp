@@ -5,6 +5,7 @@
 // Built at first use by rnnkit/fused.py with the system C++ compiler (no PyTorch headers: the matrix
 // products stay in PyTorch, these loops get raw pointers); rnnkit falls back to the PyTorch ops when no
 // compiler is found. exp is written out (range reduction + polynomial) so that the loops vectorise.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -356,7 +357,37 @@ template <typename T> struct Sequence {
                                         // h W_hh^T and moments (layer norm only)
     int64_t s_gates, s_hr, s_act, s_h_new, s_a, s_stats;  // per-step strides of those buffers (0: one step)
     bool keep_c;
+    // Inference may project the input here instead (x non-null): xp is then a buffer of `chunk` steps,
+    // filled with x W_ih^T for `chunk` steps at a time; each step's gates add the bias b (G*H), and with
+    // ln_w_ih (layer norm) the projection of each row is normalised first: LN(x W_ih^T) * ln_w_ih + b.
+    const T *x, *w_ih_t, *b, *ln_w_ih;  // (T, B, I); (I, G*H); (G*H) or null; (G*H) or null
+    int64_t I, chunk;
 };
+
+// gates (bs rows) from the step's projection: a copy, or with the input projected here (q.x) the bias
+// added and, with layer norm, each row normalised first.
+template <typename T> INLINE void gates_from_projection(const Sequence<T>& q, int64_t bs, int64_t GH, const T* xp,
+                                                        T* gates, T eps) {
+    if (!q.x) {
+        if (gates != xp) std::memcpy(gates, xp, bs * GH * sizeof(T));
+        return;
+    }
+    for (int64_t r = 0; r < bs; ++r) {
+        const T* in = xp + r * GH;
+        T* g = gates + r * GH;
+        if (q.ln_w_ih) {
+            T mean, rstd;
+            moments(in, GH, eps, mean, rstd);
+#pragma GCC ivdep
+            for (int64_t j = 0; j < GH; ++j) g[j] = (in[j] - mean) * rstd * q.ln_w_ih[j] + (q.b ? q.b[j] : T(0));
+        } else if (q.b) {
+#pragma GCC ivdep
+            for (int64_t j = 0; j < GH; ++j) g[j] = in[j] + q.b[j];
+        } else {
+            std::memcpy(g, in, GH * sizeof(T));
+        }
+    }
+}
 
 template <typename T, bool coupled, bool softsign, bool has_peep, bool ln>
 void sequence_forward(Step<T> s, const Sequence<T>& q, Gemm<T> gemm) {
@@ -378,8 +409,12 @@ void sequence_forward(Step<T> s, const Sequence<T>& q, Gemm<T> gemm) {
             hr = m;
         }
         T* gates = q.gates + t * q.s_gates;
-        const T* xp = q.xp + t * B * GH;
-        if (gates != xp) std::memcpy(gates, xp, bs * GH * sizeof(T));
+        const T* xp = q.xp + (q.x ? t % q.chunk : t) * B * GH;
+        if (q.x && t % q.chunk == 0) {  // project the next chunk of steps (rows past their end included)
+            const int64_t n = std::min(q.chunk, q.steps - t);
+            product(gemm, n * B, GH, q.I, q.w_ih_t, q.x + t * B * q.I, T(0), (T*)q.xp);
+        }
+        gates_from_projection(q, bs, GH, xp, gates, s.eps);
         if (ln) {
             T* a = q.a + t * q.s_a;
             product(gemm, bs, GH, P, q.w_hh_t, hr, T(0), a);
@@ -483,9 +518,9 @@ extern "C" {
                         flags[0], flags[1]);                                                                \
     }
 
-// Whole sequences: params as above; dims = [T, B, H, P]; flags = [coupled, softsign, keep_c];
-// bufs = [batch_sizes, w_hh, w_hr, mask, xp, gates, c, h0, h, out, hr, act_c, h_new, a, stats, w_hh_t]
-// (see Sequence);
+// Whole sequences: params as above; dims = [T, B, H, P, I, chunk]; flags = [coupled, softsign, keep_c];
+// bufs = [batch_sizes, w_hh, w_hr, mask, xp, gates, c, h0, h, out, hr, act_c, h_new, a, stats, w_hh_t, x, w_ih_t,
+// b, ln_w_ih] (see Sequence);
 // strides = [gates, hr, act_c, h_new, a, stats]; grads = [d_out, d_h, d_c, d_xp, d_hout, d_vec, d_w_hh, work].
 #define RNNKIT_SEQUENCE_ENTRIES(T, suffix)                                                                  \
     static Sequence<T> sequence_of_##suffix(const int64_t* dims, const int* flags, void* const* b,          \
@@ -493,7 +528,8 @@ extern "C" {
         return Sequence<T>{dims[0], dims[1], dims[2], dims[3], (const int64_t*)b[0], (const T*)b[1],        \
                            (const T*)b[2], (const T*)b[3], (const T*)b[15], (const T*)b[4], (T*)b[5], (T*)b[6], \
                            (const T*)b[7], (T*)b[8], (T*)b[9], (T*)b[10], (T*)b[11], (T*)b[12], (T*)b[13],  \
-                           (T*)b[14], st[0], st[1], st[2], st[3], st[4], st[5], flags[2] != 0};             \
+                           (T*)b[14], st[0], st[1], st[2], st[3], st[4], st[5], flags[2] != 0,              \
+                           (const T*)b[16], (const T*)b[17], (const T*)b[18], (const T*)b[19], dims[4], dims[5]}; \
     }                                                                                                       \
     void lstm_sequence_##suffix(void* const* params, const int64_t* dims, const int* flags,                 \
                                 void* const* bufs, const int64_t* strides, void* gemm) {                    \

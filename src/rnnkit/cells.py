@@ -150,6 +150,12 @@ class Step:
         None (the default): the engine runs its loop of `step`."""
         return None
 
+    def infer(self, x: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor], batch_sizes: list[int] | None,
+              mask: Tensor | None, chunk: int):
+        """Inference over a whole sequence from the layer's input x (T, B, I), the input projection included
+        (`chunk` steps of it at a time), where the cell has such a path: (out, final states); else None."""
+        return None
+
     def sequence_backward(self, kept, d_out: Tensor, d_final: list[Tensor]):
         """(d_xp, gradients of the initial states, {parameter name: gradient}) from `sequence`'s kept values
         (`kept`: the tensors and options it returned, as (tensors, options)) and the gradients of the outputs
@@ -366,6 +372,16 @@ class LSTMStep(Step):
                                               p.get("weight_peephole"), ln, self.coupled,
                                               self.activation == "softsign", keep)
         return out, (h, c), (kept.tensors(), kept.options()) if keep else None
+
+    def infer(self, x, state0, p, batch_sizes, mask, chunk):
+        if len(x) == 0 or not fused.usable(x, *state0, *p.values()) or fused.gemm_address(x.dtype) is None:
+            return None
+        ln = (p["ln_weight_hh"], p["ln_weight_c"], p.get("ln_bias_c")) if self.layer_norm else None
+        projection = (x, p["weight_ih"], self._input_bias(p), p.get("ln_weight_ih"), chunk)
+        out, h, c, _ = fused.lstm_sequence(None, *state0, p["weight_hh"], p.get("weight_hr"), mask, batch_sizes,
+                                           p.get("weight_peephole"), ln, self.coupled, self.activation == "softsign",
+                                           False, projection)
+        return out, (h, c)
 
     def sequence_backward(self, kept, d_out, d_final):
         q = fused.Sequence.of(*kept)

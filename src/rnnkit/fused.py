@@ -233,8 +233,8 @@ def gemm_address(dtype: torch.dtype) -> int | None:
     return _gemm.get(dtype)
 
 
-_Buffers, _Strides, _Dims4, _Flags3, _Grads = (ctypes.c_void_p * 16, ctypes.c_int64 * 6, ctypes.c_int64 * 4,
-                                                ctypes.c_int * 3, ctypes.c_void_p * 8)
+_Buffers, _Strides, _Dims, _Flags3, _Grads = (ctypes.c_void_p * 20, ctypes.c_int64 * 6, ctypes.c_int64 * 6,
+                                               ctypes.c_int * 3, ctypes.c_void_p * 8)
 
 
 class Sequence:
@@ -242,61 +242,70 @@ class Sequence:
     what lstm_sequence_backward needs. `tensors()` and `of()` pass them through autograd's saved tensors."""
 
     NAMES = ("batch_sizes", "w_hh", "w_hr", "mask", "xp", "gates", "c", "h0", "h", "out", "hr", "act_c", "h_new",
-             "a", "stats", "w_hh_t", "peep", "ln_w_hh", "ln_w_c", "ln_b_c")
+             "a", "stats", "w_hh_t", "x", "w_ih_t", "b", "ln_w_ih",  # these 20 in the C++ order
+             "peep", "ln_w_hh", "ln_w_c", "ln_b_c")
 
-    def __init__(self, coupled: bool, softsign: bool, keep: bool, **tensors):
-        self.coupled, self.softsign, self.keep = coupled, softsign, keep
+    def __init__(self, coupled: bool, softsign: bool, keep: bool, chunk: int = 0, **tensors):
+        self.coupled, self.softsign, self.keep, self.chunk = coupled, softsign, keep, chunk
         self.__dict__.update(tensors)
 
     def tensors(self) -> list[Tensor | None]:
         return [getattr(self, name) for name in self.NAMES]
 
     def options(self) -> dict:
-        return {"coupled": self.coupled, "softsign": self.softsign, "keep": self.keep}
+        return {"coupled": self.coupled, "softsign": self.softsign, "keep": self.keep, "chunk": self.chunk}
 
     @classmethod
     def of(cls, tensors, options: dict) -> "Sequence":
         return cls(**options, **dict(zip(cls.NAMES, tensors)))
 
 
-def lstm_sequence(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | None, mask: Tensor | None,
+def lstm_sequence(xp: Tensor | None, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | None, mask: Tensor | None,
                   batch_sizes: list[int] | None, peep: Tensor | None, ln: tuple | None, coupled: bool,
-                  softsign: bool, keep: bool) -> tuple[Tensor, Tensor, Tensor, Sequence | None]:
+                  softsign: bool, keep: bool, projection: tuple | None = None
+                  ) -> tuple[Tensor, Tensor, Tensor, Sequence | None]:
     """One direction of an LSTM layer over a whole sequence: xp (T, B, G*H) the input projections, h0 (B, P),
     c0 (B, H), w_hh (G*H, P), w_hr (P, H) or None, mask (B, P) (recurrent dropout) or None, batch_sizes as in
     rnnkit.engine (rows sorted longest first) or None; ln (w_ln_hh, w_ln_c, b_ln_c or None) or None.
     Returns out (T, B, P) (zero past a row's end), the final h and c, and with `keep` what the backward needs.
-    Needs `gemm_address(xp.dtype)`."""
-    T, B, GH = xp.shape
-    P, H = h0.shape[1], c0.shape[1]
-    new = xp.new_empty
+    Inference (no `keep`) may leave the projection to the call: xp None and projection = (x (T, B, I), w_ih
+    (G*H, I), bias (G*H) or None, ln_w_ih (G*H) or None (layer norm), chunk: steps projected at a time).
+    Needs `gemm_address(dtype)`."""
+    x, w_ih, bias, ln_w_ih, chunk = projection if projection is not None else (None,) * 4 + (0,)
+    source = xp if x is None else x
+    T, B = source.shape[:2]
+    GH, P, H = w_hh.shape[0], h0.shape[1], c0.shape[1]
+    new = source.new_empty
     per_step = (lambda *shape: new(T, *shape)) if keep else (lambda *shape: new(*shape))
     # rows past their end in the inputs of the weight-gradient products must be zero, not left unwritten
-    summed = (lambda *shape: xp.new_zeros(T, *shape)) if keep and batch_sizes is not None else per_step
+    summed = (lambda *shape: source.new_zeros(T, *shape)) if keep and batch_sizes is not None else per_step
     c = new(T + 1 if keep else 2, B, H)
     c[0] = c0
     ln = (None,) * 3 if ln is None else tuple(None if t is None else t.contiguous() for t in ln)
     layer_norm = ln[0] is not None
-    q = Sequence(coupled, softsign, keep,
+    contiguous = lambda t: None if t is None else t.contiguous()  # noqa: E731
+    q = Sequence(coupled, softsign, keep, chunk,
                  batch_sizes=None if batch_sizes is None else torch.tensor(batch_sizes, dtype=torch.int64),
-                 w_hh=w_hh.contiguous(), w_hh_t=w_hh.T.contiguous(), w_hr=None if w_hr is None else w_hr.contiguous(),
-                 mask=None if mask is None else mask.contiguous(), xp=xp.contiguous(), gates=per_step(B, GH),
+                 w_hh=w_hh.contiguous(), w_hh_t=w_hh.T.contiguous(), w_hr=contiguous(w_hr), mask=contiguous(mask),
+                 xp=new(min(chunk, T), B, GH) if x is not None else xp.contiguous(), gates=per_step(B, GH),
                  c=c, h0=h0.contiguous(), h=h0.clone(memory_format=torch.contiguous_format), out=new(T, B, P),
                  hr=None if mask is None else summed(B, P), act_c=per_step(B, H),
                  h_new=None if w_hr is None else summed(B, H),
                  a=per_step(B, GH) if layer_norm else None, stats=per_step(B, 4) if layer_norm else None,
-                 peep=None if peep is None else peep.contiguous(), ln_w_hh=ln[0], ln_w_c=ln[1], ln_b_c=ln[2])
-    fn = getattr(library(), f"lstm_sequence_{_DTYPES[xp.dtype]}")
-    fn(*_sequence_arguments(q), gemm_address(xp.dtype))
+                 x=contiguous(x), w_ih_t=None if w_ih is None else w_ih.T.contiguous(), b=contiguous(bias),
+                 ln_w_ih=contiguous(ln_w_ih),
+                 peep=contiguous(peep), ln_w_hh=ln[0], ln_w_c=ln[1], ln_b_c=ln[2])
+    fn = getattr(library(), f"lstm_sequence_{_DTYPES[source.dtype]}")
+    fn(*_sequence_arguments(q), gemm_address(source.dtype))
     return q.out, q.h, c[T if keep else T % 2], q if keep else None
 
 
 def _sequence_arguments(q: Sequence):
     params = _Pointers(_ptr(q.peep), _ptr(q.ln_w_hh), _ptr(q.ln_w_c), _ptr(q.ln_b_c), None)
-    T, B = q.xp.shape[:2]
-    dims = _Dims4(T, B, q.c.shape[2], q.h.shape[1])
+    T, B = q.out.shape[:2]
+    dims = _Dims(T, B, q.c.shape[2], q.h.shape[1], 0 if q.x is None else q.x.shape[2], q.chunk)
     flags = _Flags3(q.coupled, q.softsign, q.keep)
-    buffers = _Buffers(*(_ptr(getattr(q, name)) for name in q.NAMES[:16]))  # those of `Sequence` in C++
+    buffers = _Buffers(*(_ptr(getattr(q, name)) for name in q.NAMES[:20]))  # those of `Sequence` in C++
     strides = _Strides(*(0 if t is None or not q.keep else t.shape[1:].numel()
                          for t in (q.gates, q.hr, q.act_c, q.h_new, q.a, q.stats)))
     return params, dims, flags, buffers, strides
@@ -306,7 +315,7 @@ def lstm_sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor, d_c: Tensor)
     """The gradients of lstm_sequence(keep=True) from d_out (T, B, P) and those of the final h and c (B, P),
     (B, H): d_xp (T, B, G*H), d_h0, d_c0 and {name: gradient} of weight_hh, weight_hr, weight_peephole and
     the layer-norm gains/bias the layer has (names as in cells.LSTMStep)."""
-    T, B, GH = q.xp.shape
+    T, B, GH = q.gates.shape
     H = q.c.shape[2]
     d_out = d_out.contiguous()
     d_h, d_c = d_h.clone(memory_format=torch.contiguous_format), d_c.clone(memory_format=torch.contiguous_format)

@@ -352,6 +352,9 @@ def _infer_in_chunks(step, inp: Tensor, state0: tuple, p: dict, batch_sizes, mas
     times as long as the matrix product itself. Training keeps the whole projection (BPTT needs it)."""
     T, B = inp.shape[:2]
     chunk = max(1, INFERENCE_CHUNK_BYTES // max(1, B * step.gates * step.hidden_size * inp.element_size()))
+    whole = step.infer(inp, state0, p, batch_sizes, mask, chunk)  # the cell's own path, projection included
+    if whole is not None:
+        return whole
     outs, state = [], state0
     for start in range(0, max(T, 1), chunk):  # T = 0: one empty run, which returns the initial state
         sizes = None if batch_sizes is None else batch_sizes[start:start + chunk]
