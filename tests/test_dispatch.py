@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit import dispatch, engine
+from rnnkit import dispatch, engine, fused
 from rnnkit.cells import GRUStep, LSTMStep, RNNStep
 
 CPU = torch.device("cpu")
@@ -27,7 +27,11 @@ def test_auto_decisions():
     assert dispatch.choose("auto", lstm, CPU, 8, 0.3, True, None) == "engine"  # recurrent dropout, training
     assert dispatch.choose("auto", lstm, CPU, 8, 0.3, False, None) == "native"  # ... is off in eval mode
     assert dispatch.choose("auto", lstm, CPU, 2, 0.0, True, torch.tensor([3, 0])) == "engine"
-    assert dispatch.choose("auto", lstm, CPU, 2, 0.0, True, torch.tensor([3, 1])) == "native"
+    # lengths: torch runs its packed-sequence kernel, which the engine's C++ sequence loop beats in training
+    packed = "engine" if fused.sequence_available() else "native"
+    assert dispatch.choose("auto", lstm, CPU, 2, 0.0, True, torch.tensor([3, 1])) == packed
+    assert dispatch.choose("auto", lstm, CPU, 2, 0.0, True, torch.tensor([3, 1]), recording=False) == "native"
+    assert dispatch.choose("auto", lstm, torch.device("cuda"), 2, 0.0, True, torch.tensor([3, 1])) == "native"
     # GRU on CPU: the engine for small batches when a backward follows, where it measured faster
     assert dispatch.choose("auto", gru, CPU, 1, 0.0, True, None) == "engine"
     assert dispatch.choose("auto", gru, CPU, 1, 0.0, False, None, recording=False) == "native"

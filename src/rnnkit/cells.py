@@ -365,7 +365,7 @@ class LSTMStep(Step):
 
     # A whole sequence in C++ (fused.lstm_sequence): the time loop, the recurrent products and the gate math.
     def sequence(self, xp, state0, p, batch_sizes, mask, keep):
-        if len(xp) == 0 or not fused.usable(xp, *state0, *p.values()) or fused.gemm_address(xp.dtype) is None:
+        if len(xp) == 0 or not fused.usable(xp, *state0, *p.values()) or not fused.sequence_available(xp.dtype):
             return None
         ln = (p["ln_weight_hh"], p["ln_weight_c"], p.get("ln_bias_c")) if self.layer_norm else None
         out, h, c, kept = fused.lstm_sequence(xp, *state0, p["weight_hh"], p.get("weight_hr"), mask, batch_sizes,
@@ -374,7 +374,7 @@ class LSTMStep(Step):
         return out, (h, c), (kept.tensors(), kept.options()) if keep else None
 
     def infer(self, x, state0, p, batch_sizes, mask, chunk):
-        if len(x) == 0 or not fused.usable(x, *state0, *p.values()) or fused.gemm_address(x.dtype) is None:
+        if len(x) == 0 or not fused.usable(x, *state0, *p.values()) or not fused.sequence_available(x.dtype):
             return None
         ln = (p["ln_weight_hh"], p["ln_weight_c"], p.get("ln_bias_c")) if self.layer_norm else None
         projection = (x, p["weight_ih"], self._input_bias(p), p.get("ln_weight_ih"), chunk)

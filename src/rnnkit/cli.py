@@ -62,7 +62,7 @@ def cmd_info(args) -> int:
     if reason is not None:
         print(f"not available ({reason}): the LSTM variants run as PyTorch ops")
     else:
-        whole = fused.gemm_address(torch.float32) is not None
+        whole = fused.sequence_available()
         print(f"available, cached in {fused.cache_dir()}; " + (
             "an LSTM runs each sequence in one call (time loop, gate math, and products through PyTorch's BLAS)"
             if whole else "PyTorch's CPU library exports no BLAS gemm: the engine's loop calls the gate math per step"))

@@ -15,20 +15,25 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from . import fused
 from .cells import GRUStep, LSTMStep, RNNStep, Step
 
 IMPLS = ("auto", "native", "engine", "autograd")
 
 
-def engine_is_faster(device_type: str, step: Step, batch: int, recording: bool, steps: int | None = None) -> bool:
-    """Where both can run, whether the engine beat PyTorch's kernel in `rnnkit bench` (2-core CPU,
-    torch 2.13; the README's speed table). Only on CPU, where some of PyTorch's kernels are not
-    oneDNN's fused ones or carry a fixed cost per call:
+def engine_is_faster(device_type: str, step: Step, batch: int, recording: bool, steps: int | None = None,
+                     packed: bool = False) -> bool:
+    """Where both can run, whether the engine beat PyTorch's kernel in `rnnkit bench` and
+    benchmarks/bench_layers.py (2-core CPU, torch 2.13; the README's speed table). Only on CPU, where
+    some of PyTorch's kernels are not oneDNN's fused ones or carry a fixed cost per call:
       - GRU train steps: the engine wins at small batches (0.44x at B=1; 1.09x slower at B=32);
       - LSTM with proj_size (oneDNN has no projection) train steps: the engine is 0.44-1.01x;
+      - LSTM train steps with lengths (`packed`: torch runs its packed-sequence kernel, not oneDNN's):
+        the engine's C++ sequence loop (fused.sequence_available) is 0.37-0.62x;
       - LSTM single steps (T=1, as in generation): oneDNN's call costs 0.2-3.6 ms, the engine's
         matrix products 0.12-0.73 ms at B=1 (H=128-512), and they are even at B=64-128.
-    Otherwise, without gradients PyTorch's kernel wins (the engine is 1.03-1.38x slower)."""
+    Otherwise PyTorch's kernel wins or they are even (LSTM train steps of whole batches: the engine is
+    0.83-1.12x; inference 1.15-1.36x)."""
     if device_type != "cpu":
         return False
     kernel = native_kernel(step)
@@ -36,6 +41,8 @@ def engine_is_faster(device_type: str, step: Step, batch: int, recording: bool, 
         return True
     if not recording:
         return False
+    if kernel == "lstm" and packed and fused.sequence_available():
+        return True
     return (kernel == "gru" and batch <= 16) or (kernel == "lstm" and step.proj_size > 0)
 
 
@@ -76,7 +83,7 @@ def choose(impl: str, step: Step, device: torch.device, batch: int, recurrent_dr
         if reason:
             raise ValueError(f"impl='native' cannot run this layer: {reason}")
         return "native"
-    if reason or engine_is_faster(device.type, step, batch, recording, steps):
+    if reason or engine_is_faster(device.type, step, batch, recording, steps, packed=lengths is not None):
         return "engine"
     return "native"
 

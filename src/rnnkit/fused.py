@@ -233,6 +233,11 @@ def gemm_address(dtype: torch.dtype) -> int | None:
     return _gemm.get(dtype)
 
 
+def sequence_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether LSTMs of `dtype` on the CPU run whole sequences in C++ (the kernels built, a gemm found)."""
+    return library() is not None and gemm_address(dtype) is not None
+
+
 _Buffers, _Strides, _Dims, _Flags3, _Grads = (ctypes.c_void_p * 20, ctypes.c_int64 * 6, ctypes.c_int64 * 6,
                                                ctypes.c_int * 3, ctypes.c_void_p * 8)
 
