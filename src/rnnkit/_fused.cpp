@@ -118,6 +118,7 @@ template <typename T> struct Step {
     const T* a;
     const T *w_hh, *w_c, *b_c;
     T eps;
+    const T* xp = nullptr;  // layer norm: xp (B, G*H) read from here, the gates written only (else gates hold xp)
 };
 
 // gates (B, G*H): the gate pre-activations on entry (xp + h W_hh^T; with layer norm xp alone, LN(a) is
@@ -138,8 +139,9 @@ void forward(const Step<T>& s, T* gates, const T* c, T* c_new, T* act_c, T* h, T
             moments(ab, G * H, s.eps, mean, rstd);
             stats[4 * b] = mean;
             stats[4 * b + 1] = rstd;
+            const T* xb = s.xp ? s.xp + b * G * H : row;
 #pragma GCC ivdep
-            for (int64_t j = 0; j < G * H; ++j) row[j] += (ab[j] - mean) * rstd * s.w_hh[j];
+            for (int64_t j = 0; j < G * H; ++j) row[j] = xb[j] + (ab[j] - mean) * rstd * s.w_hh[j];
         }
         const T* cb = c + b * H;
         T *f_ = row + off, *g_ = f_ + H, *o_ = g_ + H;
@@ -331,15 +333,6 @@ template <typename T> INLINE void product(Gemm<T> gemm, int64_t rows, int64_t n,
     gemm("N", "N", &n_, &r, &k_, &one, Wt, &n_, x, &k_, &beta, y, &n_);
 }
 
-// acc (n, k) += d (rows, n)^T x (rows, k)
-template <typename T> INLINE void accumulate(Gemm<T> gemm, int64_t rows, int64_t n, int64_t k, const T* d, const T* x,
-                                             T* acc) {
-    if (rows == 0) return;
-    const int r = int(rows), n_ = int(n), k_ = int(k);
-    const T one = 1;
-    gemm("N", "T", &k_, &n_, &r, &one, x, &k_, d, &n_, &one, acc, &k_);
-}
-
 // The buffers of a sequence (T steps, B rows, sorted longest first when batch_sizes is given: step t runs the
 // first batch_sizes[t] rows; a row that has ended keeps its state). A per-step buffer holds all T steps
 // when its stride is a step's size, or one step, reused, when its stride is 0 (inference keeps nothing).
@@ -414,7 +407,10 @@ void sequence_forward(Step<T> s, const Sequence<T>& q, Gemm<T> gemm) {
             const int64_t n = std::min(q.chunk, q.steps - t);
             product(gemm, n * B, GH, q.I, q.w_ih_t, q.x + t * B * q.I, T(0), (T*)q.xp);
         }
-        gates_from_projection(q, bs, GH, xp, gates, s.eps);
+        if (ln && !q.x)  // the kernel reads xp itself
+            s.xp = xp;
+        else
+            gates_from_projection(q, bs, GH, xp, gates, s.eps);
         if (ln) {
             T* a = q.a + t * q.s_a;
             product(gemm, bs, GH, P, q.w_hh_t, hr, T(0), a);
@@ -434,14 +430,15 @@ void sequence_forward(Step<T> s, const Sequence<T>& q, Gemm<T> gemm) {
 // The gradients of a kept sequence (every buffer kept) from d_out (T, B, P) and those of the final state,
 // d_h (B, P) and d_c (B, H) on entry, of the initial state on exit. Writes d_xp (T, B, G*H) (rows past a
 // row's end untouched: zero them beforehand), d_hout (T, B, P) with a projection (the gradient reaching its
-// output, for W_hr's gradient), adds the vector parameters' gradients to d_vec (see backward) and, with layer
-// norm, W_hh's gradient to d_w_hh (G*H, P) (without layer norm it is d_xp^T hr, left to the caller).
-// work: (B, H) + (B, H) + (B, G*H) + (G*H).
+// output, for W_hr's gradient) and adds the vector parameters' gradients to d_vec (see backward). W_hh's
+// gradient is left to the caller: the sum over steps of d_pre^T h_r, d_pre being d_xp, or with layer norm
+// d_a, the gradient of a = h_r W_hh^T, which is written over the step's gates (no longer needed by then;
+// rows past a row's end stay as they were: zero them beforehand). work: (B, H) + (B, H) + (G*H).
 template <typename T, bool coupled, bool softsign, bool has_peep, bool ln>
 void sequence_backward(Step<T> s, const Sequence<T>& q, Gemm<T> gemm, const T* d_out, T* d_h, T* d_c, T* d_xp,
-                       T* d_hout, T* d_vec, T* d_w_hh, T* work) {
+                       T* d_hout, T* d_vec, T* work) {
     const int64_t G = coupled ? 3 : 4, B = q.B, H = q.H, P = q.P, GH = G * H;
-    T *d_hn = work, *d_cp = work + B * H, *d_a = d_cp + B * H, *row_work = d_a + B * GH;
+    T *d_hn = work, *d_cp = work + B * H, *row_work = d_cp + B * H;
     for (int64_t t = q.steps - 1; t >= 0; --t) {
         const int64_t bs = q.batch_sizes ? q.batch_sizes[t] : B;
         if (bs == 0) continue;
@@ -460,18 +457,12 @@ void sequence_backward(Step<T> s, const Sequence<T>& q, Gemm<T> gemm, const T* d
         s.B = bs;
         s.a = ln ? q.a + t * q.s_a : nullptr;
         T* dx = d_xp + t * B * GH;
-        const T* hr = q.mask ? q.hr + t * q.s_hr : nullptr;  // without a mask: h_{t-1}, which d_h no longer needs
-        backward<T, coupled, softsign, has_peep, ln>(s, dh, d_c, q.gates + t * q.s_gates, q.c + t * B * H,
-                                                     q.c + (t + 1) * B * H, q.act_c + t * q.s_act,
-                                                     ln ? q.stats + t * q.s_stats : nullptr, dx, d_cp, d_vec,
-                                                     ln ? d_a : nullptr, row_work);
+        T* gates = q.gates + t * q.s_gates;  // each row read by the kernel before its d_a is written there
+        backward<T, coupled, softsign, has_peep, ln>(s, dh, d_c, gates, q.c + t * B * H, q.c + (t + 1) * B * H,
+                                                     q.act_c + t * q.s_act, ln ? q.stats + t * q.s_stats : nullptr,
+                                                     dx, d_cp, d_vec, ln ? gates : nullptr, row_work);
         std::memcpy(d_c, d_cp, bs * H * sizeof(T));
-        const T* d_pre = dx;
-        if (ln) {
-            const T* h_prev = hr ? hr : (t > 0 ? q.out + (t - 1) * B * P : q.h0);
-            accumulate(gemm, bs, GH, P, d_a, h_prev, d_w_hh);
-            d_pre = d_a;
-        }
+        const T* d_pre = ln ? gates : dx;
         // d_h (bs, P) = d_pre (bs, G*H) W_hh: W_hh^T is (P, G*H) row-major
         const int r = int(bs), p_ = int(P), g_ = int(GH);
         const T one = 1, zero = 0;
@@ -490,9 +481,9 @@ void sequence_any(const Step<T>& s, const Sequence<T>& q, Gemm<T> gemm, int coup
 
 template <typename T>
 void sequence_backward_any(const Step<T>& s, const Sequence<T>& q, Gemm<T> gemm, int coupled, int softsign,
-                           const T* d_out, T* d_h, T* d_c, T* d_xp, T* d_hout, T* d_vec, T* d_w_hh, T* work) {
+                           const T* d_out, T* d_h, T* d_c, T* d_xp, T* d_hout, T* d_vec, T* work) {
     dispatch(coupled, softsign, s.peep != nullptr, s.w_hh != nullptr, [&]<bool C, bool S, bool P, bool L>() {
-        sequence_backward<T, C, S, P, L>(s, q, gemm, d_out, d_h, d_c, d_xp, d_hout, d_vec, d_w_hh, work);
+        sequence_backward<T, C, S, P, L>(s, q, gemm, d_out, d_h, d_c, d_xp, d_hout, d_vec, work);
     });
 }
 
@@ -521,7 +512,7 @@ extern "C" {
 // Whole sequences: params as above; dims = [T, B, H, P, I, chunk]; flags = [coupled, softsign, keep_c];
 // bufs = [batch_sizes, w_hh, w_hr, mask, xp, gates, c, h0, h, out, hr, act_c, h_new, a, stats, w_hh_t, x, w_ih_t,
 // b, ln_w_ih] (see Sequence);
-// strides = [gates, hr, act_c, h_new, a, stats]; grads = [d_out, d_h, d_c, d_xp, d_hout, d_vec, d_w_hh, work].
+// strides = [gates, hr, act_c, h_new, a, stats]; grads = [d_out, d_h, d_c, d_xp, d_hout, d_vec, work].
 #define RNNKIT_SEQUENCE_ENTRIES(T, suffix)                                                                  \
     static Sequence<T> sequence_of_##suffix(const int64_t* dims, const int* flags, void* const* b,          \
                                             const int64_t* st) {                                            \
@@ -545,7 +536,7 @@ extern "C" {
                   (const T*)params[3], T(1e-5)};                                                            \
         sequence_backward_any<T>(s, sequence_of_##suffix(dims, flags, bufs, strides), (Gemm<T>)gemm,        \
                                  flags[0], flags[1], (const T*)g[0], (T*)g[1], (T*)g[2], (T*)g[3], (T*)g[4], \
-                                 (T*)g[5], (T*)g[6], (T*)g[7]);                                              \
+                                 (T*)g[5], (T*)g[6]);                                                        \
     }
 
 RNNKIT_ENTRIES(float, f32)

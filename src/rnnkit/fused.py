@@ -239,7 +239,7 @@ def sequence_available(dtype: torch.dtype = torch.float32) -> bool:
 
 
 _Buffers, _Strides, _Dims, _Flags3, _Grads = (ctypes.c_void_p * 20, ctypes.c_int64 * 6, ctypes.c_int64 * 6,
-                                               ctypes.c_int * 3, ctypes.c_void_p * 8)
+                                               ctypes.c_int * 3, ctypes.c_void_p * 7)
 
 
 class Sequence:
@@ -292,7 +292,8 @@ def lstm_sequence(xp: Tensor | None, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr:
     q = Sequence(coupled, softsign, keep, chunk,
                  batch_sizes=None if batch_sizes is None else torch.tensor(batch_sizes, dtype=torch.int64),
                  w_hh=w_hh.contiguous(), w_hh_t=w_hh.T.contiguous(), w_hr=contiguous(w_hr), mask=contiguous(mask),
-                 xp=new(min(chunk, T), B, GH) if x is not None else xp.contiguous(), gates=per_step(B, GH),
+                 xp=new(min(chunk, T), B, GH) if x is not None else xp.contiguous(),
+                 gates=summed(B, GH) if layer_norm else per_step(B, GH),  # holds d_a in the backward
                  c=c, h0=h0.contiguous(), h=h0.clone(memory_format=torch.contiguous_format), out=new(T, B, P),
                  hr=None if mask is None else summed(B, P), act_c=per_step(B, H),
                  h_new=None if w_hr is None else summed(B, H),
@@ -302,6 +303,7 @@ def lstm_sequence(xp: Tensor | None, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr:
                  peep=contiguous(peep), ln_w_hh=ln[0], ln_w_c=ln[1], ln_b_c=ln[2])
     fn = getattr(library(), f"lstm_sequence_{_DTYPES[source.dtype]}")
     fn(*_sequence_arguments(q), gemm_address(source.dtype))
+    q.xp = q.w_hh_t = q.x = q.w_ih_t = None  # the backward needs none of them: kept, they would hold memory
     return q.out, q.h, c[T if keep else T % 2], q if keep else None
 
 
@@ -334,22 +336,23 @@ def lstm_sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor, d_c: Tensor)
         if q.ln_b_c is not None:
             sizes["ln_bias_c"] = H
     d_vec = d_out.new_zeros(sum(sizes.values()))
-    d_w_hh = d_out.new_zeros(q.w_hh.shape) if q.ln_w_hh is not None else None
-    work = d_out.new_empty(2 * B * H + B * GH + GH)
-    grads_in = _Grads(*(_ptr(t) for t in (d_out, d_h, d_c, d_xp, d_hout, d_vec, d_w_hh, work)))
+    work = d_out.new_empty(2 * B * H + GH)
+    grads_in = _Grads(*(_ptr(t) for t in (d_out, d_h, d_c, d_xp, d_hout, d_vec, work)))
     fn = getattr(library(), f"lstm_sequence_backward_{_DTYPES[d_out.dtype]}")
     fn(*_sequence_arguments(q), gemm_address(d_out.dtype), grads_in)
     grads, start = {}, 0
     for name, n in sizes.items():
         grads[name] = d_vec[start:start + n]
         start += n
-    if d_w_hh is None:  # W_hh's gradient: d_xp^T h_r over all steps, h_r the masked h_{t-1}
-        if q.hr is not None:
-            d_w_hh = d_xp.flatten(0, 1).T @ q.hr.flatten(0, 1)
-        else:
-            d_w_hh = d_xp[0].T @ q.h0
-            if T > 1:
-                d_w_hh += d_xp[1:].flatten(0, 1).T @ q.out[:-1].flatten(0, 1)
+    # W_hh's gradient: d_pre^T h_r summed over all steps, h_r the masked h_{t-1}; d_pre is d_xp, or with
+    # layer norm the gradient of h_r W_hh^T, which the backward wrote over the gates
+    d_pre = d_xp if q.ln_w_hh is None else q.gates
+    if q.hr is not None:
+        d_w_hh = d_pre.flatten(0, 1).T @ q.hr.flatten(0, 1)
+    else:
+        d_w_hh = d_pre[0].T @ q.h0
+        if T > 1:
+            d_w_hh += d_pre[1:].flatten(0, 1).T @ q.out[:-1].flatten(0, 1)
     grads["weight_hh"] = d_w_hh
     if q.w_hr is not None:
         grads["weight_hr"] = d_hout.flatten(0, 1).T @ q.h_new.flatten(0, 1)
