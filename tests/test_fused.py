@@ -74,7 +74,9 @@ def _both(variant, dtype, path, monkeypatch):
 def test_fused_equals_the_pytorch_ops(variant, path, monkeypatch):
     """float64: outputs, final states and every gradient agree to 1e-10. float32: the fused loops are at
     least as close to the float64 result as the PyTorch ops are (layer norm of a zero initial state
-    divides by sqrt(eps), which magnifies float32 rounding in both)."""
+    divides by sqrt(eps), which magnifies float32 rounding in both). With layer norm, the sequence path's
+    W_hh gradient is summed a few steps at a time (3 in float64, 6 in float32, of 9)."""
+    monkeypatch.setattr(fused, "BACKWARD_CHUNK_BYTES", 3 * 4 * 4 * 8 * 8)
     got, want = _both(variant, torch.float64, path, monkeypatch)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

@@ -333,6 +333,15 @@ template <typename T> INLINE void product(Gemm<T> gemm, int64_t rows, int64_t n,
     gemm("N", "N", &n_, &r, &k_, &one, Wt, &n_, x, &k_, &beta, y, &n_);
 }
 
+// acc (n, k) += d (rows, n)^T x (rows, k)
+template <typename T> INLINE void accumulate(Gemm<T> gemm, int64_t rows, int64_t n, int64_t k, const T* d, const T* x,
+                                             T* acc) {
+    if (rows == 0) return;
+    const int r = int(rows), n_ = int(n), k_ = int(k);
+    const T one = 1;
+    gemm("N", "T", &k_, &n_, &r, &one, x, &k_, d, &n_, &one, acc, &k_);
+}
+
 // The buffers of a sequence (T steps, B rows, sorted longest first when batch_sizes is given: step t runs the
 // first batch_sizes[t] rows; a row that has ended keeps its state). A per-step buffer holds all T steps
 // when its stride is a step's size, or one step, reused, when its stride is 0 (inference keeps nothing).
@@ -431,17 +440,36 @@ void sequence_forward(Step<T> s, const Sequence<T>& q, Gemm<T> gemm) {
 // d_h (B, P) and d_c (B, H) on entry, of the initial state on exit. Writes d_xp (T, B, G*H) (rows past a
 // row's end untouched: zero them beforehand), d_hout (T, B, P) with a projection (the gradient reaching its
 // output, for W_hr's gradient) and adds the vector parameters' gradients to d_vec (see backward). W_hh's
-// gradient is left to the caller: the sum over steps of d_pre^T h_r, d_pre being d_xp, or with layer norm
-// d_a, the gradient of a = h_r W_hh^T, which is written over the step's gates (no longer needed by then;
-// rows past a row's end stay as they were: zero them beforehand). work: (B, H) + (B, H) + (G*H).
+// gradient, the sum over steps of d_pre^T h_r: without layer norm d_pre is d_xp, and the product over all
+// steps is left to the caller; with layer norm d_pre is d_a, the gradient of a = h_r W_hh^T, kept for
+// `chunk` steps at a time and added to d_w_hh (G*H, P) one product per chunk (the saved tensors are never
+// written: a second backward through the same graph gives the same gradients).
+// work: (B, H) + (B, H) + (G*H) + with layer norm (chunk, B, G*H).
 template <typename T, bool coupled, bool softsign, bool has_peep, bool ln>
 void sequence_backward(Step<T> s, const Sequence<T>& q, Gemm<T> gemm, const T* d_out, T* d_h, T* d_c, T* d_xp,
-                       T* d_hout, T* d_vec, T* work) {
-    const int64_t G = coupled ? 3 : 4, B = q.B, H = q.H, P = q.P, GH = G * H;
-    T *d_hn = work, *d_cp = work + B * H, *row_work = d_cp + B * H;
+                       T* d_hout, T* d_vec, T* d_w_hh, T* work) {
+    const int64_t G = coupled ? 3 : 4, B = q.B, H = q.H, P = q.P, GH = G * H, K = q.chunk;
+    T *d_hn = work, *d_cp = work + B * H, *row_work = d_cp + B * H, *d_a_chunk = row_work + GH;
+    // layer norm: d_a of steps t .. t+n-1 (rows past their end zero) times their h_r, added to d_w_hh
+    auto add_chunk = [&](int64_t t) {
+        const int64_t n = std::min(K, q.steps - t);
+        if (q.mask) {
+            accumulate(gemm, n * B, GH, P, d_a_chunk, q.hr + t * q.s_hr, d_w_hh);
+        } else if (t > 0) {
+            accumulate(gemm, n * B, GH, P, d_a_chunk, q.out + (t - 1) * B * P, d_w_hh);
+        } else {  // step 0 reads h_0, the others the outputs before them
+            accumulate(gemm, B, GH, P, d_a_chunk, q.h0, d_w_hh);
+            accumulate(gemm, (n - 1) * B, GH, P, d_a_chunk + B * GH, q.out, d_w_hh);
+        }
+    };
     for (int64_t t = q.steps - 1; t >= 0; --t) {
         const int64_t bs = q.batch_sizes ? q.batch_sizes[t] : B;
-        if (bs == 0) continue;
+        T* d_a = ln ? d_a_chunk + (t % K) * B * GH : nullptr;
+        if (ln && bs < B) std::memset(d_a + bs * GH, 0, (B - bs) * GH * sizeof(T));  // rows that have ended
+        if (bs == 0) {
+            if (ln && t % K == 0) add_chunk(t);
+            continue;
+        }
         const T* d_o = d_out + t * B * P;
         for (int64_t k = 0; k < bs * P; ++k) d_h[k] += d_o[k];
         const T* dh = d_h;
@@ -457,12 +485,13 @@ void sequence_backward(Step<T> s, const Sequence<T>& q, Gemm<T> gemm, const T* d
         s.B = bs;
         s.a = ln ? q.a + t * q.s_a : nullptr;
         T* dx = d_xp + t * B * GH;
-        T* gates = q.gates + t * q.s_gates;  // each row read by the kernel before its d_a is written there
-        backward<T, coupled, softsign, has_peep, ln>(s, dh, d_c, gates, q.c + t * B * H, q.c + (t + 1) * B * H,
-                                                     q.act_c + t * q.s_act, ln ? q.stats + t * q.s_stats : nullptr,
-                                                     dx, d_cp, d_vec, ln ? gates : nullptr, row_work);
+        backward<T, coupled, softsign, has_peep, ln>(s, dh, d_c, q.gates + t * q.s_gates, q.c + t * B * H,
+                                                     q.c + (t + 1) * B * H, q.act_c + t * q.s_act,
+                                                     ln ? q.stats + t * q.s_stats : nullptr, dx, d_cp, d_vec, d_a,
+                                                     row_work);
         std::memcpy(d_c, d_cp, bs * H * sizeof(T));
-        const T* d_pre = ln ? gates : dx;
+        const T* d_pre = ln ? d_a : dx;
+        if (ln && t % K == 0) add_chunk(t);  // the chunk of steps t .. t+K-1 is complete
         // d_h (bs, P) = d_pre (bs, G*H) W_hh: W_hh^T is (P, G*H) row-major
         const int r = int(bs), p_ = int(P), g_ = int(GH);
         const T one = 1, zero = 0;
@@ -481,9 +510,9 @@ void sequence_any(const Step<T>& s, const Sequence<T>& q, Gemm<T> gemm, int coup
 
 template <typename T>
 void sequence_backward_any(const Step<T>& s, const Sequence<T>& q, Gemm<T> gemm, int coupled, int softsign,
-                           const T* d_out, T* d_h, T* d_c, T* d_xp, T* d_hout, T* d_vec, T* work) {
+                           const T* d_out, T* d_h, T* d_c, T* d_xp, T* d_hout, T* d_vec, T* d_w_hh, T* work) {
     dispatch(coupled, softsign, s.peep != nullptr, s.w_hh != nullptr, [&]<bool C, bool S, bool P, bool L>() {
-        sequence_backward<T, C, S, P, L>(s, q, gemm, d_out, d_h, d_c, d_xp, d_hout, d_vec, work);
+        sequence_backward<T, C, S, P, L>(s, q, gemm, d_out, d_h, d_c, d_xp, d_hout, d_vec, d_w_hh, work);
     });
 }
 
@@ -512,7 +541,7 @@ extern "C" {
 // Whole sequences: params as above; dims = [T, B, H, P, I, chunk]; flags = [coupled, softsign, keep_c];
 // bufs = [batch_sizes, w_hh, w_hr, mask, xp, gates, c, h0, h, out, hr, act_c, h_new, a, stats, w_hh_t, x, w_ih_t,
 // b, ln_w_ih] (see Sequence);
-// strides = [gates, hr, act_c, h_new, a, stats]; grads = [d_out, d_h, d_c, d_xp, d_hout, d_vec, work].
+// strides = [gates, hr, act_c, h_new, a, stats]; grads = [d_out, d_h, d_c, d_xp, d_hout, d_vec, d_w_hh, work]; backward's chunk is dims[5].
 #define RNNKIT_SEQUENCE_ENTRIES(T, suffix)                                                                  \
     static Sequence<T> sequence_of_##suffix(const int64_t* dims, const int* flags, void* const* b,          \
                                             const int64_t* st) {                                            \
@@ -536,7 +565,7 @@ extern "C" {
                   (const T*)params[3], T(1e-5)};                                                            \
         sequence_backward_any<T>(s, sequence_of_##suffix(dims, flags, bufs, strides), (Gemm<T>)gemm,        \
                                  flags[0], flags[1], (const T*)g[0], (T*)g[1], (T*)g[2], (T*)g[3], (T*)g[4], \
-                                 (T*)g[5], (T*)g[6]);                                                        \
+                                 (T*)g[5], (T*)g[6], (T*)g[7]);                                              \
     }
 
 RNNKIT_ENTRIES(float, f32)

@@ -238,8 +238,11 @@ def sequence_available(dtype: torch.dtype = torch.float32) -> bool:
     return library() is not None and gemm_address(dtype) is not None
 
 
+BACKWARD_CHUNK_BYTES = 2 << 20  # layer norm: d_a of this many bytes' worth of steps per W_hh product
+
+
 _Buffers, _Strides, _Dims, _Flags3, _Grads = (ctypes.c_void_p * 20, ctypes.c_int64 * 6, ctypes.c_int64 * 6,
-                                               ctypes.c_int * 3, ctypes.c_void_p * 7)
+                                               ctypes.c_int * 3, ctypes.c_void_p * 8)
 
 
 class Sequence:
@@ -293,7 +296,7 @@ def lstm_sequence(xp: Tensor | None, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr:
                  batch_sizes=None if batch_sizes is None else torch.tensor(batch_sizes, dtype=torch.int64),
                  w_hh=w_hh.contiguous(), w_hh_t=w_hh.T.contiguous(), w_hr=contiguous(w_hr), mask=contiguous(mask),
                  xp=new(min(chunk, T), B, GH) if x is not None else xp.contiguous(),
-                 gates=summed(B, GH) if layer_norm else per_step(B, GH),  # holds d_a in the backward
+                 gates=per_step(B, GH),
                  c=c, h0=h0.contiguous(), h=h0.clone(memory_format=torch.contiguous_format), out=new(T, B, P),
                  hr=None if mask is None else summed(B, P), act_c=per_step(B, H),
                  h_new=None if w_hr is None else summed(B, H),
@@ -307,10 +310,11 @@ def lstm_sequence(xp: Tensor | None, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr:
     return q.out, q.h, c[T if keep else T % 2], q if keep else None
 
 
-def _sequence_arguments(q: Sequence):
+def _sequence_arguments(q: Sequence, chunk: int | None = None):
     params = _Pointers(_ptr(q.peep), _ptr(q.ln_w_hh), _ptr(q.ln_w_c), _ptr(q.ln_b_c), None)
     T, B = q.out.shape[:2]
-    dims = _Dims(T, B, q.c.shape[2], q.h.shape[1], 0 if q.x is None else q.x.shape[2], q.chunk)
+    dims = _Dims(T, B, q.c.shape[2], q.h.shape[1], 0 if q.x is None else q.x.shape[2],
+                 q.chunk if chunk is None else chunk)
     flags = _Flags3(q.coupled, q.softsign, q.keep)
     buffers = _Buffers(*(_ptr(getattr(q, name)) for name in q.NAMES[:20]))  # those of `Sequence` in C++
     strides = _Strides(*(0 if t is None or not q.keep else t.shape[1:].numel()
@@ -336,23 +340,24 @@ def lstm_sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor, d_c: Tensor)
         if q.ln_b_c is not None:
             sizes["ln_bias_c"] = H
     d_vec = d_out.new_zeros(sum(sizes.values()))
-    work = d_out.new_empty(2 * B * H + GH)
-    grads_in = _Grads(*(_ptr(t) for t in (d_out, d_h, d_c, d_xp, d_hout, d_vec, work)))
+    layer_norm = q.ln_w_hh is not None
+    chunk = max(1, BACKWARD_CHUNK_BYTES // (B * GH * d_out.element_size()))  # steps of d_a per W_hh product
+    d_w_hh = d_out.new_zeros(q.w_hh.shape) if layer_norm else None
+    work = d_out.new_empty(2 * B * H + GH + (chunk * B * GH if layer_norm else 0))
+    grads_in = _Grads(*(_ptr(t) for t in (d_out, d_h, d_c, d_xp, d_hout, d_vec, d_w_hh, work)))
     fn = getattr(library(), f"lstm_sequence_backward_{_DTYPES[d_out.dtype]}")
-    fn(*_sequence_arguments(q), gemm_address(d_out.dtype), grads_in)
+    fn(*_sequence_arguments(q, chunk), gemm_address(d_out.dtype), grads_in)
     grads, start = {}, 0
     for name, n in sizes.items():
         grads[name] = d_vec[start:start + n]
         start += n
-    # W_hh's gradient: d_pre^T h_r summed over all steps, h_r the masked h_{t-1}; d_pre is d_xp, or with
-    # layer norm the gradient of h_r W_hh^T, which the backward wrote over the gates
-    d_pre = d_xp if q.ln_w_hh is None else q.gates
-    if q.hr is not None:
-        d_w_hh = d_pre.flatten(0, 1).T @ q.hr.flatten(0, 1)
-    else:
-        d_w_hh = d_pre[0].T @ q.h0
-        if T > 1:
-            d_w_hh += d_pre[1:].flatten(0, 1).T @ q.out[:-1].flatten(0, 1)
+    if not layer_norm:  # W_hh's gradient: d_xp^T h_r over all steps, h_r the masked h_{t-1}
+        if q.hr is not None:
+            d_w_hh = d_xp.flatten(0, 1).T @ q.hr.flatten(0, 1)
+        else:
+            d_w_hh = d_xp[0].T @ q.h0
+            if T > 1:
+                d_w_hh += d_xp[1:].flatten(0, 1).T @ q.out[:-1].flatten(0, 1)
     grads["weight_hh"] = d_w_hh
     if q.w_hr is not None:
         grads["weight_hr"] = d_hout.flatten(0, 1).T @ q.h_new.flatten(0, 1)
