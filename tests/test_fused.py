@@ -200,6 +200,20 @@ def test_without_the_kernels_the_pytorch_ops_run(tmp_path, env, reason):
 
 
 @needs_fused
+def test_a_compiler_without_openmp_builds_the_single_threaded_loops(tmp_path):
+    """-fopenmp refused (as by a compiler without OpenMP): the kernels are built without it, still used, and
+    cached under their own name, so later processes do not try OpenMP again."""
+    wrapper = tmp_path / "cxx"
+    wrapper.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && exit 1; done\nexec c++ "$@"\n')
+    wrapper.chmod(0o755)
+    cache = tmp_path / "cache"
+    done = _python(FALLBACK_CHECK, RNNKIT_CACHE=str(cache), CXX=str(wrapper))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["False None", "True"]
+    assert [p.name.endswith("-fopenmp-simd.so") for p in cache.iterdir()] == [True]
+
+
+@needs_fused
 def test_the_build_is_cached_per_source(tmp_path):
     code = "from rnnkit import fused; print(fused.library() is not None)"
     for _ in range(2):

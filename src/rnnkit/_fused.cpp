@@ -14,6 +14,11 @@ namespace {
 
 #define INLINE inline __attribute__((always_inline))  // the loops vectorise only with everything inlined
 
+// Built with OpenMP (fused.py tries -fopenmp first), the forward's rows are split among PyTorch's threads (its
+// OpenMP runtime is the one already loaded) from this many rows on; the backward, whose rows add into shared
+// sums, stays on one thread. Without OpenMP the pragmas are ignored.
+constexpr int64_t PARALLEL_ROWS = 16;
+
 template <typename T> struct Exp;
 
 template <> struct Exp<double> {
@@ -131,6 +136,7 @@ void forward(const Step<T>& s, T* gates, const T* c, T* c_new, T* act_c, T* h, T
     const T* p_i = s.peep;
     const T* p_f = has_peep ? s.peep + off : nullptr;
     const T* p_o = has_peep ? p_f + H : nullptr;
+#pragma omp parallel for if (s.B >= PARALLEL_ROWS) schedule(static)  // rows are independent
     for (int64_t b = 0; b < s.B; ++b) {
         T* row = gates + b * G * H;
         if (ln) {
@@ -374,6 +380,7 @@ template <typename T> INLINE void gates_from_projection(const Sequence<T>& q, in
         if (gates != xp) std::memcpy(gates, xp, bs * GH * sizeof(T));
         return;
     }
+#pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
     for (int64_t r = 0; r < bs; ++r) {
         const T* in = xp + r * GH;
         T* g = gates + r * GH;

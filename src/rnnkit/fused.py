@@ -29,8 +29,10 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("_fused.cpp")
-FLAGS = ["-std=c++20", "-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-fopenmp-simd",
-         "-shared", "-fPIC"]
+FLAGS = ["-std=c++20", "-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-shared", "-fPIC"]
+# OpenMP: threads over a step's rows, in PyTorch's own runtime (the library is loaded after torch, so its
+# libgomp.so.1 is the one already in the process); a compiler without it builds the single-threaded loops
+OPENMP_FLAGS = (["-fopenmp"], ["-fopenmp-simd"])
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 _library: ctypes.CDLL | None = None
 _error: str | None = None  # why the library is unavailable, once tried
@@ -63,23 +65,35 @@ def _build() -> ctypes.CDLL:
         raise RuntimeError("no C++ compiler found ($CXX, c++, g++, clang++)")
     source = SOURCE.read_bytes()
     key = hashlib.sha256(source + " ".join([compiler, *FLAGS, platform.machine(), _cpu()]).encode()).hexdigest()[:16]
-    target = cache_dir() / f"fused-{key}.so"
-    if not target.is_file():
+    builds = [cache_dir() / f"fused-{key}-{flags[0].lstrip('-')}.so" for flags in OPENMP_FLAGS]
+    error = None
+    for target, openmp in sorted(zip(builds, OPENMP_FLAGS), key=lambda b: not b[0].is_file()):  # a cached one first
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        except OSError:  # e.g. a read-only home: build per process in the temporary directory
-            target = Path(tempfile.mkdtemp(prefix="rnnkit-")) / target.name
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)  # built aside, then renamed: atomic
-        os.close(fd)
-        try:
-            done = subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    lib = ctypes.CDLL(str(target))
+            return ctypes.CDLL(str(target if target.is_file() else _compile(compiler, openmp, target)))
+        except (OSError, RuntimeError) as e:  # e.g. no OpenMP in this compiler: the next flags
+            error = e
+    raise error
+
+
+def _compile(compiler: str, openmp: list[str], target: Path) -> Path:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # e.g. a read-only home: build per process in the temporary directory
+        target = Path(tempfile.mkdtemp(prefix="rnnkit-")) / target.name
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)  # built aside, then renamed: atomic
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *FLAGS, *openmp, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _load(lib: ctypes.CDLL) -> ctypes.CDLL:
     p = ctypes.c_void_p
     for suffix in _DTYPES.values():
         getattr(lib, f"lstm_forward_{suffix}").argtypes = [p] * 9
@@ -97,7 +111,7 @@ def library() -> ctypes.CDLL | None:
             _error = "disabled by RNNKIT_FUSED=0"
         else:
             try:
-                _library = _build()
+                _library = _load(_build())
             except (OSError, RuntimeError, subprocess.SubprocessError) as e:
                 _error = str(e)
     return _library
