@@ -86,6 +86,28 @@ def test_fused_equals_the_pytorch_ops(variant, path, monkeypatch):
         assert error <= 2 * reference_error + 1e-5, (error, reference_error)
 
 
+@needs_fused
+@pytest.mark.parametrize("path", FUSED_PATHS)
+@pytest.mark.parametrize("variant", [dict(peephole=True), dict(layer_norm=True, peephole=True, proj_size=3),
+                                     dict(coupled=True, layer_norm=True, recurrent_dropout=0.3)],
+                         ids=lambda v: "-".join(f"{k}={w}" for k, w in v.items()))
+def test_rows_split_among_threads_give_the_same_gradients(variant, path, monkeypatch):
+    """A batch of 37 rows (above the kernels' PARALLEL_ROWS, not a multiple of the thread count): the rows
+    split among threads agree with the PyTorch ops, and two runs agree bit for bit."""
+    torch.manual_seed(0)
+    layer = rnnkit.LSTM(5, 8, batch_first=True, bidirectional=True, impl="engine", dtype=torch.float64, **variant)
+    layer.train("recurrent_dropout" in variant)
+    x = torch.randn(37, 6, 5, dtype=torch.float64)
+    lengths = torch.randint(1, 7, (37,))
+    runs = []
+    for which in (path, path, "ops"):
+        torch.manual_seed(1)
+        runs.append(_run(layer, x, lengths, which, monkeypatch))
+    for a, b, c in zip(*runs):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-10)
+
+
 def _infer(layer, x, lengths, path: str, monkeypatch):
     """Inference (eval, no grad) by `path`; asserts which C++ entry ran ("sequence": one call per direction
     and layer, the input projection included)."""

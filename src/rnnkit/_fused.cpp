@@ -9,14 +9,17 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace {
 
 #define INLINE inline __attribute__((always_inline))  // the loops vectorise only with everything inlined
 
-// Built with OpenMP (fused.py tries -fopenmp first), the forward's rows are split among PyTorch's threads (its
-// OpenMP runtime is the one already loaded) from this many rows on; the backward, whose rows add into shared
-// sums, stays on one thread. Without OpenMP the pragmas are ignored.
+// Built with OpenMP (fused.py tries -fopenmp first), a step's rows are split among PyTorch's threads (its
+// OpenMP runtime is the one already loaded) from this many rows on. Without OpenMP the pragmas are ignored.
 constexpr int64_t PARALLEL_ROWS = 16;
 
 template <typename T> struct Exp;
@@ -196,8 +199,9 @@ void forward(const Step<T>& s, T* gates, const T* c, T* c_new, T* act_c, T* h, T
 // parameters' gradients, added to d_vec = [d_peep ((G-1)*H), d_w_hh (G*H), d_w_c (H), d_b_c (H)] (those
 // the layer has, in that order); with layer norm d_a (B, G*H), the gradient of a = h W_hh^T. work: (G*H).
 template <typename T, bool coupled, bool softsign, bool has_peep, bool ln>
-void backward(const Step<T>& s, const T* d_h, const T* d_c, const T* gates, const T* c, const T* c_new,
-              const T* act_c, const T* stats, T* d_gates, T* d_c_prev, T* d_vec, T* d_a, T* work) {
+void backward_rows(const Step<T>& s, int64_t first, int64_t end, const T* d_h, const T* d_c, const T* gates,
+                   const T* c, const T* c_new, const T* act_c, const T* stats, T* d_gates, T* d_c_prev, T* d_vec,
+                   T* d_a, T* work) {
     const int64_t G = coupled ? 3 : 4, H = s.H, off = (G - 3) * H;
     const T* p_i = s.peep;
     const T* p_f = has_peep ? s.peep + off : nullptr;
@@ -206,7 +210,7 @@ void backward(const Step<T>& s, const T* d_h, const T* d_c, const T* gates, cons
     T* d_w_hh = ln ? d_vec + (has_peep ? (G - 1) * H : 0) : nullptr;
     T* d_w_c = ln ? d_w_hh + G * H : nullptr;
     T* d_b_c = ln && s.b_c ? d_w_c + H : nullptr;
-    for (int64_t b = 0; b < s.B; ++b) {
+    for (int64_t b = first; b < end; ++b) {
         const T* row = gates + b * G * H;
         T* d_row = d_gates + b * G * H;
         const T *dh = d_h + b * H, *dc = d_c + b * H, *cb = c + b * H, *cn = c_new + b * H, *ac = act_c + b * H;
@@ -272,6 +276,40 @@ void backward(const Step<T>& s, const T* d_h, const T* d_c, const T* gates, cons
             ln_backward(da, ab, G * H, mean, rstd);
         }
     }
+}
+
+// backward_rows over all rows; from PARALLEL_ROWS rows on (with OpenMP), each thread takes a block of rows and
+// sums the vector parameters' gradients apart, added to d_vec in thread order afterwards: the same sums for
+// the same number of threads, run after run.
+template <typename T, bool coupled, bool softsign, bool has_peep, bool ln>
+void backward(const Step<T>& s, const T* d_h, const T* d_c, const T* gates, const T* c, const T* c_new,
+              const T* act_c, const T* stats, T* d_gates, T* d_c_prev, T* d_vec, T* d_a, T* work) {
+#ifdef _OPENMP
+    const int threads = s.B >= PARALLEL_ROWS ? omp_get_max_threads() : 1;
+#else
+    const int threads = 1;
+#endif
+    if (threads == 1) {
+        backward_rows<T, coupled, softsign, has_peep, ln>(s, 0, s.B, d_h, d_c, gates, c, c_new, act_c, stats,
+                                                          d_gates, d_c_prev, d_vec, d_a, work);
+        return;
+    }
+    const int64_t G = coupled ? 3 : 4, H = s.H;
+    const int64_t n_vec = (has_peep ? (G - 1) * H : 0) + (ln ? G * H + H + (s.b_c ? H : 0) : 0);
+    std::vector<T> partial(threads * n_vec, T(0)), works(threads * G * H);
+#pragma omp parallel num_threads(threads)
+    {
+#ifdef _OPENMP
+        const int64_t id = omp_get_thread_num(), n = omp_get_num_threads();
+#else
+        const int64_t id = 0, n = 1;
+#endif
+        backward_rows<T, coupled, softsign, has_peep, ln>(s, s.B * id / n, s.B * (id + 1) / n, d_h, d_c, gates, c,
+                                                          c_new, act_c, stats, d_gates, d_c_prev,
+                                                          partial.data() + id * n_vec, d_a, works.data() + id * G * H);
+    }
+    for (int t = 0; t < threads; ++t)
+        for (int64_t j = 0; j < n_vec; ++j) d_vec[j] += partial[t * n_vec + j];
 }
 
 // The variant flags as template arguments, so that each loop is compiled without branches.
