@@ -29,7 +29,7 @@ def engine_is_faster(device_type: str, step: Step, batch: int, recording: bool, 
       - GRU train steps: the engine wins at small batches (0.44x at B=1; 1.09x slower at B=32);
       - LSTM with proj_size (oneDNN has no projection) train steps: the engine is 0.44-1.01x;
       - LSTM train steps with lengths (`packed`: torch runs its packed-sequence kernel, not oneDNN's):
-        the engine's C++ sequence loop (fused.sequence_available) is 0.37-0.62x;
+        the engine's C++ sequence loop (fused.sequence_available) is 0.26-0.61x;
       - LSTM single steps (T=1, as in generation): oneDNN's call costs 0.2-3.6 ms, the engine's
         matrix products 0.12-0.73 ms at B=1 (H=128-512), and they are even at B=64-128.
     Otherwise PyTorch's kernel wins or they are even (LSTM train steps of whole batches: the engine is
