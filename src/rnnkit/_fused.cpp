@@ -359,31 +359,14 @@ template <typename T> using Gemm = void (*)(const char*, const char*, const int*
                                             const T*, const T*, const int*, const T*, const int*, const T*, T*,
                                             const int*);
 
-// y (rows, n) = x (rows, k) W^T + beta * y, with W (n, k); all row-major (column-major y^T = W x^T).
-template <typename T> INLINE void linear(Gemm<T> gemm, int64_t rows, int64_t n, int64_t k, const T* W, const T* x,
-                                         T beta, T* y) {
-    if (rows == 0) return;
-    const int r = int(rows), n_ = int(n), k_ = int(k);
+// Row-major C (m, n) = A (m, k) B (k, n) + beta * C, with A stored as (k, m) if ta and B as (n, k) if tb, through
+// the column-major gemm: C^T = B^T A^T, a row-major matrix being its transpose in column-major order.
+template <typename T> INLINE void matmul(Gemm<T> gemm, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* A,
+                                         const T* B, T beta, T* C) {
+    if (m == 0 || n == 0) return;
+    const int m_ = int(m), n_ = int(n), k_ = int(k), lda = ta ? m_ : k_, ldb = tb ? k_ : n_;
     const T one = 1;
-    gemm("T", "N", &n_, &r, &k_, &one, W, &k_, x, &k_, &beta, y, &n_);
-}
-
-// y (rows, n) = x (rows, k) Wt + beta * y, with Wt (k, n) (a contiguous W^T: a faster product than W's "T")
-template <typename T> INLINE void product(Gemm<T> gemm, int64_t rows, int64_t n, int64_t k, const T* Wt, const T* x,
-                                          T beta, T* y) {
-    if (rows == 0) return;
-    const int r = int(rows), n_ = int(n), k_ = int(k);
-    const T one = 1;
-    gemm("N", "N", &n_, &r, &k_, &one, Wt, &n_, x, &k_, &beta, y, &n_);
-}
-
-// acc (n, k) += d (rows, n)^T x (rows, k)
-template <typename T> INLINE void accumulate(Gemm<T> gemm, int64_t rows, int64_t n, int64_t k, const T* d, const T* x,
-                                             T* acc) {
-    if (rows == 0) return;
-    const int r = int(rows), n_ = int(n), k_ = int(k);
-    const T one = 1;
-    gemm("N", "T", &k_, &n_, &r, &one, x, &k_, d, &n_, &one, acc, &k_);
+    gemm(tb ? "T" : "N", ta ? "T" : "N", &n_, &m_, &k_, &one, B, &ldb, A, &lda, &beta, C, &n_);
 }
 
 // The buffers of a sequence (T steps, B rows, sorted longest first when batch_sizes is given: step t runs the
@@ -459,7 +442,7 @@ void sequence_forward(Step<T> s, const Sequence<T>& q, Gemm<T> gemm) {
         const T* xp = q.xp + (q.x ? t % q.chunk : t) * B * GH;
         if (q.x && t % q.chunk == 0) {  // project the next chunk of steps (rows past their end included)
             const int64_t n = std::min(q.chunk, q.steps - t);
-            product(gemm, n * B, GH, q.I, q.w_ih_t, q.x + t * B * q.I, T(0), (T*)q.xp);
+            matmul(gemm, false, false, n * B, GH, q.I, q.x + t * B * q.I, q.w_ih_t, T(0), (T*)q.xp);
         }
         if (ln && !q.x)  // the kernel reads xp itself
             s.xp = xp;
@@ -467,16 +450,16 @@ void sequence_forward(Step<T> s, const Sequence<T>& q, Gemm<T> gemm) {
             gates_from_projection(q, bs, GH, xp, gates, s.eps);
         if (ln) {
             T* a = q.a + t * q.s_a;
-            product(gemm, bs, GH, P, q.w_hh_t, hr, T(0), a);
+            matmul(gemm, false, false, bs, GH, P, hr, q.w_hh_t, T(0), a);
             s.a = a;
         } else {
-            product(gemm, bs, GH, P, q.w_hh_t, hr, T(1), gates);
+            matmul(gemm, false, false, bs, GH, P, hr, q.w_hh_t, T(1), gates);
         }
         s.B = bs;
         T* h_new = q.w_hr ? q.h_new + t * q.s_h_new : out;
         forward<T, coupled, softsign, has_peep, ln>(s, gates, c_prev, c_next, q.act_c + t * q.s_act, h_new,
                                                     ln ? q.stats + t * q.s_stats : nullptr);
-        if (q.w_hr) linear(gemm, bs, P, H, q.w_hr, h_new, T(0), out);
+        if (q.w_hr) matmul(gemm, false, true, bs, P, H, h_new, q.w_hr, T(0), out);  // h W_hr^T
         std::memcpy(q.h, out, bs * P * sizeof(T));
     }
 }
@@ -499,12 +482,12 @@ void sequence_backward(Step<T> s, const Sequence<T>& q, Gemm<T> gemm, const T* d
     auto add_chunk = [&](int64_t t) {
         const int64_t n = std::min(K, q.steps - t);
         if (q.mask) {
-            accumulate(gemm, n * B, GH, P, d_a_chunk, q.hr + t * q.s_hr, d_w_hh);
+            matmul(gemm, true, false, GH, P, n * B, d_a_chunk, q.hr + t * q.s_hr, T(1), d_w_hh);
         } else if (t > 0) {
-            accumulate(gemm, n * B, GH, P, d_a_chunk, q.out + (t - 1) * B * P, d_w_hh);
+            matmul(gemm, true, false, GH, P, n * B, d_a_chunk, q.out + (t - 1) * B * P, T(1), d_w_hh);
         } else {  // step 0 reads h_0, the others the outputs before them
-            accumulate(gemm, B, GH, P, d_a_chunk, q.h0, d_w_hh);
-            accumulate(gemm, (n - 1) * B, GH, P, d_a_chunk + B * GH, q.out, d_w_hh);
+            matmul(gemm, true, false, GH, P, B, d_a_chunk, q.h0, T(1), d_w_hh);
+            matmul(gemm, true, false, GH, P, (n - 1) * B, d_a_chunk + B * GH, q.out, T(1), d_w_hh);
         }
     };
     for (int64_t t = q.steps - 1; t >= 0; --t) {
@@ -521,10 +504,7 @@ void sequence_backward(Step<T> s, const Sequence<T>& q, Gemm<T> gemm, const T* d
         if (q.w_hr) {
             T* dho = d_hout + t * B * P;
             std::memcpy(dho, d_h, bs * P * sizeof(T));
-            // d_hn (bs, H) = d_h (bs, P) W_hr: W_hr^T is (H, P) row-major, so it is linear with W = W_hr^T
-            const int r = int(bs), h_ = int(H), p_ = int(P);
-            const T one = 1, zero = 0;
-            gemm("N", "N", &h_, &r, &p_, &one, q.w_hr, &h_, d_h, &p_, &zero, d_hn, &h_);
+            matmul(gemm, false, false, bs, H, P, d_h, q.w_hr, T(0), d_hn);  // d_hn (bs, H) = d_h (bs, P) W_hr
             dh = d_hn;
         }
         s.B = bs;
@@ -537,10 +517,7 @@ void sequence_backward(Step<T> s, const Sequence<T>& q, Gemm<T> gemm, const T* d
         std::memcpy(d_c, d_cp, bs * H * sizeof(T));
         const T* d_pre = ln ? d_a : dx;
         if (ln && t % K == 0) add_chunk(t);  // the chunk of steps t .. t+K-1 is complete
-        // d_h (bs, P) = d_pre (bs, G*H) W_hh: W_hh^T is (P, G*H) row-major
-        const int r = int(bs), p_ = int(P), g_ = int(GH);
-        const T one = 1, zero = 0;
-        gemm("N", "N", &p_, &r, &g_, &one, q.w_hh, &p_, d_pre, &g_, &zero, d_h, &p_);
+        matmul(gemm, false, false, bs, P, GH, d_pre, q.w_hh, T(0), d_h);  // d_h (bs, P) = d_pre (bs, G*H) W_hh
         if (q.mask)
             for (int64_t k = 0; k < bs * P; ++k) d_h[k] *= q.mask[k];
     }
