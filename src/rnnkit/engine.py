@@ -11,6 +11,9 @@ One direction of one layer is `run(step, xp, state0, p, batch_sizes, mask, bptt)
   - with `bptt="autograd"` the same loop is recorded by torch.autograd (the reference; slower,
     but twice differentiable).
 
+A cell may run a whole sequence itself (`Step.sequence` / `Step.sequence_backward`; the LSTM does, in C++,
+where rnnkit.fused can): the engine then hands it the sequence instead of looping over `step`.
+
 Variable lengths use the layout of torch's PackedSequence: the batch is sorted longest first and
 `batch_sizes[t]` rows are active at step t, so each step runs on a prefix of the batch; a row
 that has ended keeps its state, which becomes its final state; outputs past a row's end are zero.

@@ -349,7 +349,8 @@ def _infer_in_chunks(step, inp: Tensor, state0: tuple, p: dict, batch_sizes, mas
     chunk's projection at most INFERENCE_CHUNK_BYTES), carrying the state from chunk to chunk. The same
     numbers as one projection of all steps, which for long sequences is a tensor big enough (over glibc's
     32 MiB mmap threshold) to be page-faulted in afresh at every call: at B=32, T=512, H=128 that took six
-    times as long as the matrix product itself. Training keeps the whole projection (BPTT needs it)."""
+    times as long as the matrix product itself. Training keeps the whole projection (BPTT needs it). A cell that
+    runs whole sequences from the input (`Step.infer`, the LSTM's C++ loop) projects the chunks itself."""
     T, B = inp.shape[:2]
     chunk = max(1, INFERENCE_CHUNK_BYTES // max(1, B * step.gates * step.hidden_size * inp.element_size()))
     whole = step.infer(inp, state0, p, batch_sizes, mask, chunk)  # the cell's own path, projection included
