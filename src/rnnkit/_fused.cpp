@@ -378,7 +378,7 @@ template <typename T> struct Sequence {
     const T *w_hh, *w_hr, *mask;  // (G*H, P); (P, H) with a projection, else null; (B, P) recurrent dropout or null
     const T* w_hh_t;              // (P, G*H): W_hh^T, contiguous, for the forward's products
     const T* xp;                 // (T, B, G*H): the input projections
-    T* gates;                    // xp's copy, then the activated gates; may be xp itself (inference)
+    T* gates;                    // the pre-activations, then the activated gates
     T* c;                        // (T+1, B, H) when kept, else (2, B, H); c[0] = c_0 on entry
     const T* h0;                 // (B, P): the initial h
     T *h, *out;                  // (B, P): h_0 on entry, the final h on exit; (T, B, P): zero past a row's end
@@ -398,7 +398,7 @@ template <typename T> struct Sequence {
 template <typename T> INLINE void gates_from_projection(const Sequence<T>& q, int64_t bs, int64_t GH, const T* xp,
                                                         T* gates, T eps) {
     if (!q.x) {
-        if (gates != xp) std::memcpy(gates, xp, bs * GH * sizeof(T));
+        std::memcpy(gates, xp, bs * GH * sizeof(T));
         return;
     }
 #pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)

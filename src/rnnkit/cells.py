@@ -365,23 +365,26 @@ class LSTMStep(Step):
 
     # A whole sequence in C++ (fused.lstm_sequence): the time loop, the recurrent products and the gate math.
     def sequence(self, xp, state0, p, batch_sizes, mask, keep):
-        if len(xp) == 0 or not fused.usable(xp, *state0, *p.values()) or not fused.sequence_available(xp.dtype):
+        ran = self._fused_sequence(xp, xp, state0, p, batch_sizes, mask, keep)
+        if ran is None:
             return None
-        ln = (p["ln_weight_hh"], p["ln_weight_c"], p.get("ln_bias_c")) if self.layer_norm else None
-        out, h, c, kept = fused.lstm_sequence(xp, *state0, p["weight_hh"], p.get("weight_hr"), mask, batch_sizes,
-                                              p.get("weight_peephole"), ln, self.coupled,
-                                              self.activation == "softsign", keep)
+        out, h, c, kept = ran
         return out, (h, c), (kept.tensors(), kept.options()) if keep else None
 
     def infer(self, x, state0, p, batch_sizes, mask, chunk):
-        if len(x) == 0 or not fused.usable(x, *state0, *p.values()) or not fused.sequence_available(x.dtype):
+        projection = (x, p["weight_ih"], self._input_bias(p), p.get("ln_weight_ih"), chunk)
+        ran = self._fused_sequence(x, None, state0, p, batch_sizes, mask, False, projection)
+        return None if ran is None else (ran[0], ran[1:3])
+
+    def _fused_sequence(self, source, xp, state0, p, batch_sizes, mask, keep, projection=None):
+        """fused.lstm_sequence on xp (or `projection` of the input), where it can run on `source`; else None."""
+        if len(source) == 0 or not fused.usable(source, *state0, *p.values()) \
+                or not fused.sequence_available(source.dtype):
             return None
         ln = (p["ln_weight_hh"], p["ln_weight_c"], p.get("ln_bias_c")) if self.layer_norm else None
-        projection = (x, p["weight_ih"], self._input_bias(p), p.get("ln_weight_ih"), chunk)
-        out, h, c, _ = fused.lstm_sequence(None, *state0, p["weight_hh"], p.get("weight_hr"), mask, batch_sizes,
-                                           p.get("weight_peephole"), ln, self.coupled, self.activation == "softsign",
-                                           False, projection)
-        return out, (h, c)
+        return fused.lstm_sequence(xp, *state0, p["weight_hh"], p.get("weight_hr"), mask, batch_sizes,
+                                   p.get("weight_peephole"), ln, self.coupled, self.activation == "softsign", keep,
+                                   projection)
 
     def sequence_backward(self, kept, d_out, d_final):
         q = fused.Sequence.of(*kept)

@@ -180,14 +180,9 @@ def lstm_backward(d_h: Tensor, d_c: Tensor, gates: Tensor, c: Tensor, c_new: Ten
     c_new, act_c = c_new.contiguous(), act_c.contiguous()
     if not d_gates.is_contiguous():
         raise ValueError("d_gates must be contiguous")
-    sizes = {}
-    if peep is not None:
-        sizes["weight_peephole"] = peep.numel()
     if ln is not None:
         ln = tuple(None if t is None else t.contiguous() for t in ln)
-        sizes.update(ln_weight_hh=gates.shape[1], ln_weight_c=H)
-        if ln[3] is not None:
-            sizes["ln_bias_c"] = H
+    sizes = _vector_sizes(peep, None if ln is None else ln[1], H, None if ln is None else ln[3])
     d_vec = c.new_zeros(sum(sizes.values()))
     d_c_prev = torch.empty_like(c)
     d_a = torch.empty_like(gates) if ln is not None else None
@@ -196,11 +191,24 @@ def lstm_backward(d_h: Tensor, d_c: Tensor, gates: Tensor, c: Tensor, c_new: Ten
     fn(*_common(c, peep, ln, coupled, softsign), d_h.data_ptr(), d_c.data_ptr(), gates.data_ptr(),
        c.data_ptr(), c_new.data_ptr(), act_c.data_ptr(), _ptr(stats), d_gates.data_ptr(), d_c_prev.data_ptr(),
        _ptr(d_vec), _ptr(d_a), work.data_ptr())
-    grads, start = {}, 0
-    for name, n in sizes.items():
-        grads[name] = d_vec[start:start + n]
-        start += n
-    return d_c_prev, d_a, grads
+    return d_c_prev, d_a, _split(d_vec, sizes)
+
+
+def _vector_sizes(peep: Tensor | None, ln_w_hh: Tensor | None, H: int, ln_b_c: Tensor | None) -> dict:
+    """{name: size} of the vector parameters whose gradients the kernels add to d_vec, in its order."""
+    sizes = {}
+    if peep is not None:
+        sizes["weight_peephole"] = peep.numel()
+    if ln_w_hh is not None:
+        sizes.update(ln_weight_hh=ln_w_hh.numel(), ln_weight_c=H)
+        if ln_b_c is not None:
+            sizes["ln_bias_c"] = H
+    return sizes
+
+
+def _split(d_vec: Tensor, sizes: dict) -> dict:
+    """d_vec cut into the named gradients of _vector_sizes."""
+    return dict(zip(sizes, d_vec.split(list(sizes.values()))))
 
 
 # ---- whole sequences: the time loop in C++, the recurrent products through PyTorch's own BLAS ----
@@ -346,13 +354,7 @@ def lstm_sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor, d_c: Tensor)
     d_h, d_c = d_h.clone(memory_format=torch.contiguous_format), d_c.clone(memory_format=torch.contiguous_format)
     d_xp = d_out.new_empty(T, B, GH) if q.batch_sizes is None else d_out.new_zeros(T, B, GH)
     d_hout = None if q.w_hr is None else d_out.new_zeros(T, B, q.h.shape[1])
-    sizes = {}
-    if q.peep is not None:
-        sizes["weight_peephole"] = q.peep.numel()
-    if q.ln_w_hh is not None:
-        sizes.update(ln_weight_hh=GH, ln_weight_c=H)
-        if q.ln_b_c is not None:
-            sizes["ln_bias_c"] = H
+    sizes = _vector_sizes(q.peep, q.ln_w_hh, H, q.ln_b_c)
     d_vec = d_out.new_zeros(sum(sizes.values()))
     layer_norm = q.ln_w_hh is not None
     chunk = max(1, BACKWARD_CHUNK_BYTES // (B * GH * d_out.element_size()))  # steps of d_a per W_hh product
@@ -361,10 +363,7 @@ def lstm_sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor, d_c: Tensor)
     grads_in = _Grads(*(_ptr(t) for t in (d_out, d_h, d_c, d_xp, d_hout, d_vec, d_w_hh, work)))
     fn = getattr(library(), f"lstm_sequence_backward_{_DTYPES[d_out.dtype]}")
     fn(*_sequence_arguments(q, chunk), gemm_address(d_out.dtype), grads_in)
-    grads, start = {}, 0
-    for name, n in sizes.items():
-        grads[name] = d_vec[start:start + n]
-        start += n
+    grads = _split(d_vec, sizes)
     if not layer_norm:  # W_hh's gradient: d_xp^T h_r over all steps, h_r the masked h_{t-1}
         if q.hr is not None:
             d_w_hh = d_xp.flatten(0, 1).T @ q.hr.flatten(0, 1)

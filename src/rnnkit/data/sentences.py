@@ -76,16 +76,18 @@ def read_sst2(split: str, root: str | os.PathLike | None = None) -> list[Labelle
     return read_labelled(_need(data_root(root) / SST2, [f"{split}.tsv"])[0], header=True)
 
 
-def sentence_split(phrases: list[list[str]], fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+def sentence_split(phrases: list[list[str]], fraction: float, seed: int,
+                   whole: list[int] | None = None) -> tuple[Tensor, Tensor]:
     """(train, validation) indices of a phrase-level corpus split by whole sentences.
 
     SST-2's training set holds every phrase of each training sentence ("a gorgeous , witty , seductive movie ."
     and "witty" both); a random split of phrases puts parts of the same sentence on both sides and validation
     reads high. Here the sentences are the phrases no other phrase contains (6,882 in SST-2, 19.4 words on
     average, like its dev set's 19.6); validation is `fraction` of them, training every phrase found inside a
-    training sentence. Phrases found only inside validation sentences are in neither.
+    training sentence. Phrases found only inside validation sentences are in neither. `whole`: the
+    sentences' indices, if the caller has them already (`whole_sentences(phrases)`).
     """
-    whole = whole_sentences(phrases)
+    whole = whole_sentences(phrases) if whole is None else whole
     n_val = round(len(whole) * fraction)
     if not 0 < n_val < len(whole):
         raise ValueError(f"a validation fraction of {fraction} of {len(whole)} sentences leaves no sentence on one side")

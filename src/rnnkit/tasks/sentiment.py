@@ -88,14 +88,15 @@ class SentimentTask(Task):
             kept, held = validation_split(len(rows), 0.1)  # the test tenth, before validation is taken
             train, test = [rows[i] for i in kept.tolist()], [rows[i] for i in held.tolist()]
         tokens = [tokenize(row.text) for row in train]
+        whole = whole_sentences(tokens) if cfg.val_split == "sentences" or cfg.pretrain_epochs else None
         if cfg.val_split == "sentences":
-            keep, val = sentence_split(tokens, cfg.val_fraction, VALIDATION_SEED)
+            keep, val = sentence_split(tokens, cfg.val_fraction, VALIDATION_SEED, whole)
         else:
             keep, val = validation_split(len(train), cfg.val_fraction)
         unlabelled = []
         if cfg.pretrain_epochs:  # the training sentences (not their phrases) and the text of --pretrain-text
-            whole = set(whole_sentences(tokens))
-            unlabelled = [tokens[i] for i in keep.tolist() if i in whole] + read_text_files(cfg.pretrain_text)
+            sentence = set(whole)
+            unlabelled = [tokens[i] for i in keep.tolist() if i in sentence] + read_text_files(cfg.pretrain_text)
         # the vocabulary sees training rows and pretraining text only
         counts = Counter(w for i in keep.tolist() for w in tokens[i])
         counts.update(w for words in unlabelled for w in words)
