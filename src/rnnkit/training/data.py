@@ -115,3 +115,4 @@ class Splits:
     batched: bool = False  # items are whole batches in order (truncated-BPTT windows): no batching, no shuffle
     collate_fn: object = keep_batch
     unlabelled: list = field(default_factory=list)  # word-id sentences for a task's pretraining (not saved)
+    init: dict = field(default_factory=dict)  # what a new model starts from, e.g. pretrained vectors (not saved)

