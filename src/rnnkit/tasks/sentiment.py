@@ -1,6 +1,7 @@
 """The notes' many-to-one case: sentiment of a sentence with a (bidirectional) LSTM read out by last, final,
 mean or max over its outputs. SST-2 (its phrase-level train set; its dev set is the test, evaluated once) or
-the UCI sentiment-labelled sentences; run with `rnnkit classify`."""
+the UCI sentiment-labelled sentences; the embedding may start from pretrained word vectors (`--vectors`,
+data/vectors.py) and the embedding and LSTM from language-model pretraining; run with `rnnkit classify`."""
 from __future__ import annotations
 
 import json
