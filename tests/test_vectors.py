@@ -204,7 +204,8 @@ def test_bad_downloads_are_named(served, tmp_path, kind, message):
 
 def test_sentiment_starts_its_embedding_from_the_vectors(tmp_path):
     """Training words found in the file and the file's first words start from their vectors, in the embedding's
-    first columns; the other columns and the words without a vector keep their random start."""
+    first columns; a word never seen in training has zeros after its vector; the training words' other columns
+    and the words without a vector keep their random start."""
     write_sst2(tmp_path / "data", 200, 4)
     lines = (tmp_path / "data" / "sst2" / "train.tsv").read_text().splitlines()[1:]
     known = sorted({w for line in lines for w in line.split("\t")[0].split()})[:5]
@@ -223,8 +224,10 @@ def test_sentiment_starts_its_embedding_from_the_vectors(tmp_path):
     after = model.embed.weight.detach()
     rows = [words.index(w) for w in table]
     torch.testing.assert_close(after[rows, :3], torch.tensor(list(table.values())), rtol=0, atol=0)
+    assert after[words.index("zebra"), 3:].abs().sum() == 0 and before[words.index("zebra"), 3:].abs().sum() > 0
     others = [i for i in range(len(words)) if i not in rows]
-    assert torch.equal(after[:, 3], before[:, 3]) and torch.equal(after[others], before[others])
+    trained = [i for i in range(len(words)) if words[i] != "zebra"]
+    assert torch.equal(after[trained, 3], before[trained, 3]) and torch.equal(after[others], before[others])
 
 
 def test_train_sentiment_with_vectors_end_to_end(tmp_path):

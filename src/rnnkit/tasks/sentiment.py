@@ -115,9 +115,10 @@ class SentimentTask(Task):
             if vectors.dim > cfg.embedding:
                 raise ConfigError(f"--vectors {cfg.vectors!r} has {vectors.dim} numbers per word, more than "
                                   f"--embedding {cfg.embedding}")
+            trained = len(vocab.words)  # the words after these are never seen in training
             vocab = WordVocab(vocab.words + [w for w in dict.fromkeys(vectors.words[:cfg.vectors_words])
                                              if w not in vocab.ids])
-            init["vectors"] = vectors.rows(vocab.words)
+            init["vectors"] = (*vectors.rows(vocab.words), trained)
         examples = Examples([(vocab.encode(t), row.label) for t, row in zip(tokens, train)], collate)
         test_examples = Examples([(vocab.encode(tokenize(row.text)), row.label) for row in test], collate)
         return Splits(examples.subset(keep), examples.subset(val), test_examples,
@@ -127,9 +128,12 @@ class SentimentTask(Task):
     def pretrain(self, model: TextClassifier, cfg, splits) -> None:
         """The pretrained word vectors into the embedding, then the language-model pretraining, as asked."""
         if "vectors" in splits.init:
-            positions, rows = splits.init["vectors"]
+            positions, rows, trained = splits.init["vectors"]
             with torch.no_grad():
                 model.embed.weight[positions, :rows.shape[1]] = rows
+                # a word never seen in training is never trained: its columns past the vector stay zero, not
+                # random numbers the model never learned to read
+                model.embed.weight[trained:, rows.shape[1]:] = 0
             print(f"{len(positions):,} of {len(splits.extra['words']):,} words start from {cfg.vectors}", flush=True)
         if cfg.pretrain_epochs:
             print(f"language-model pretraining on {len(splits.unlabelled):,} sentences", flush=True)
