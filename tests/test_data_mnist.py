@@ -96,7 +96,7 @@ def test_download_dataset_keeps_verified_files_without_requests(downloaded):
 
 
 def test_download_dataset_rejects_unknown_names():
-    with pytest.raises(ValueError, match=r"unknown data set 'cifar'; known: mnist"):
+    with pytest.raises(ValueError, match=r"unknown data set 'cifar'; known: glove-6b-100d, mnist, tinyshakespeare"):
         download_dataset("cifar")
 
 

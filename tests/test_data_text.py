@@ -64,7 +64,7 @@ def test_download_rejects_a_string_of_mirrors(tmp_path):
 
 
 def test_registered_with_real_mirror_bases():
-    assert DATASETS["tinyshakespeare"] is tinyshakespeare
+    assert DATASETS["tinyshakespeare"] is tinyshakespeare.download
     assert all(url.startswith("https://") and url.endswith("/tinyshakespeare/") for url in tinyshakespeare.MIRRORS)
 
 

