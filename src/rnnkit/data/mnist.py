@@ -92,12 +92,9 @@ def load(split: str, root: str | os.PathLike | None = None) -> tuple[torch.Tenso
 def download(root: str | os.PathLike | None = None, mirrors: list[str] | None = None, log=print) -> Path:
     """Download the four files into `data_root(root) / "mnist"`, each sha256-verified; returns that directory."""
     mirrors = MIRRORS if mirrors is None else mirrors
-    if isinstance(mirrors, str):
-        raise ValueError(f"mirrors must be a list of base URLs, got the string {mirrors!r}")
     directory = data_root(root) / "mnist"
     for name, spec in FILES.items():
-        urls = [base.rstrip("/") + "/" + name for base in mirrors]
-        store.download(urls, directory / name, spec.sha256, log=log)
+        store.download(store.mirror_urls(mirrors, name), directory / name, spec.sha256, log=log)
     return directory
 
 

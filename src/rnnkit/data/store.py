@@ -49,6 +49,13 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def mirror_urls(mirrors: list[str], name: str) -> list[str]:
+    """The URL of the file `name` under each base URL in `mirrors`, in order; ValueError for a bare string."""
+    if isinstance(mirrors, str):
+        raise ValueError(f"mirrors must be a list of base URLs, got the string {mirrors!r}")
+    return [base.rstrip("/") + "/" + name for base in mirrors]
+
+
 def download(urls: list[str], dest: str | os.PathLike, sha256: str, log=print, timeout: float = 60) -> Path:
     """Make `dest` a verified copy of the file with hash `sha256`, fetching it from the first of `urls` that works.
 

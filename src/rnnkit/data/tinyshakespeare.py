@@ -26,11 +26,8 @@ MIRRORS = [
 
 def download(root: str | os.PathLike | None = None, mirrors: list[str] | None = None, log=print) -> Path:
     """Download input.txt into `data_root(root) / "tinyshakespeare"`, sha256-verified; returns that directory."""
-    mirrors = MIRRORS if mirrors is None else mirrors
-    if isinstance(mirrors, str):
-        raise ValueError(f"mirrors must be a list of base URLs, got the string {mirrors!r}")
     directory = data_root(root) / "tinyshakespeare"
-    urls = [base.rstrip("/") + "/" + NAME for base in mirrors]
+    urls = store.mirror_urls(MIRRORS if mirrors is None else mirrors, NAME)
     store.download(urls, directory / NAME, FILES[NAME].sha256, log=log)
     return directory
 
