@@ -1,11 +1,14 @@
 """SST-2 dev accuracy of several `rnnkit train sentiment` checkpoints, each alone and as an ensemble that
-averages their class probabilities. Each model has its own vocabulary; the dev sentences are read once.
+averages their class probabilities (what `rnnkit classify CKPT --ensemble CKPT2 ...` prints), and, for each
+smaller ensemble size k, the lowest, mean and highest accuracy over every k of the checkpoints. Each model has
+its own vocabulary; the dev sentences are read once.
 
     python benchmarks/sentiment_ensemble.py CKPT [CKPT ...] [--data-dir ../shared/data] [--json FILE]
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 
@@ -30,14 +33,24 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as e:
         print(f"sentiment_ensemble: {e}", file=sys.stderr)
         return 1
-    accuracy = {path: (p.argmax(1) == labels).float().mean().item() for path, p in probabilities.items()}
-    mean = torch.stack(list(probabilities.values())).mean(0)
-    accuracy["ensemble"] = (mean.argmax(1) == labels).float().mean().item()
+    def accuracy_of(paths) -> float:
+        mean = torch.stack([probabilities[p] for p in paths]).mean(0)
+        return (mean.argmax(1) == labels).float().mean().item()
+
+    accuracy = {path: accuracy_of([path]) for path in probabilities}
+    accuracy["ensemble"] = accuracy_of(list(probabilities))
     for name, value in accuracy.items():
         print(f"{value:.4f}  {name}")
+    by_size = {}
+    for k in range(2, len(probabilities)):
+        values = [accuracy_of(subset) for subset in itertools.combinations(probabilities, k)]
+        by_size[k] = {"ensembles": len(values), "min": min(values), "mean": sum(values) / len(values),
+                      "max": max(values)}
+        print(f"{k} models, {len(values)} ensembles: {by_size[k]['min']:.4f} lowest, {by_size[k]['mean']:.4f} mean, "
+              f"{by_size[k]['max']:.4f} highest")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"dev_sentences": len(rows), "accuracy": accuracy}, f, indent=2)
+            json.dump({"dev_sentences": len(rows), "accuracy": accuracy, "by_size": by_size}, f, indent=2)
     return 0
 
 

@@ -4,14 +4,17 @@ import io
 import json
 import random
 import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from clirun import rnnkit
-from rnnkit.tasks import get_task
-from rnnkit.tasks.sentiment import SentimentConfig, collate
+from rnnkit.data.sentences import read_sst2
+from rnnkit.tasks import get_task, load
+from rnnkit.tasks.sentiment import SentimentConfig, classify, collate
 from rnnkit.training import run
 
 
@@ -134,15 +137,21 @@ def test_train_refuses_a_row_without_label_naming_file_and_line(tmp_path):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+def perturbed(ckpt, path, seed: int):
+    """A copy of checkpoint `ckpt` at `path` with noise added to its weights: another model of the same data."""
+    saved = torch.load(ckpt, weights_only=True)
+    torch.manual_seed(seed)
+    saved["state_dict"] = {k: v + 0.3 * torch.randn_like(v) if v.is_floating_point() else v
+                           for k, v in saved["state_dict"].items()}
+    torch.save(saved, path)
+    return path
+
+
 def test_classify_ensemble_averages_the_checkpoints_probabilities(trained, tmp_path, monkeypatch):
     """`--ensemble CKPT2` prints the mean of the two models' probabilities; the second model here is the first
     with its weights perturbed, so the two disagree."""
     ckpt = trained / "checkpoints" / "best.ckpt"
-    saved = torch.load(ckpt, weights_only=True)
-    torch.manual_seed(0)
-    saved["state_dict"] = {k: v + 0.3 * torch.randn_like(v) if v.is_floating_point() else v
-                           for k, v in saved["state_dict"].items()}
-    torch.save(saved, tmp_path / "other.ckpt")
+    perturbed(ckpt, tmp_path / "other.ckpt", seed=0)
 
     def probabilities(*argv):
         monkeypatch.setattr("sys.stdin", io.StringIO("the plot is dull\na wonderful film\nit 's a movie\n"))
@@ -160,3 +169,30 @@ def test_classify_ensemble_with_a_missing_checkpoint_is_named(trained, tmp_path)
     code, _, err = rnnkit("classify", trained / "checkpoints" / "best.ckpt", "a film", "--ensemble",
                           tmp_path / "nothing.ckpt")
     assert code != 0 and "nothing.ckpt" in err and "Traceback" not in err
+
+
+def test_the_ensemble_benchmark_scores_each_model_every_subset_and_all(trained, tmp_path):
+    """benchmarks/sentiment_ensemble.py against a hand computation from `classify` on the dev rows."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import sentiment_ensemble
+    finally:
+        sys.path.pop(0)
+    paths = [trained / "checkpoints" / "best.ckpt", *(perturbed(trained / "checkpoints" / "best.ckpt",
+                                                                tmp_path / f"{i}.ckpt", seed=i) for i in (1, 2))]
+    data = trained.parent / "data"
+    assert sentiment_ensemble.main([*map(str, paths), "--data-dir", str(data), "--json", str(tmp_path / "r.json")]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    rows = read_sst2("dev", data)
+    labels = torch.tensor([row.label for row in rows])
+    probs = [torch.tensor(classify(load(p), [row.text for row in rows])) for p in paths]
+
+    def accuracy(indices):
+        return (torch.stack([probs[i] for i in indices]).mean(0).argmax(1) == labels).float().mean().item()
+
+    assert [result["accuracy"][str(p)] for p in paths] == pytest.approx([accuracy([i]) for i in range(3)])
+    assert result["accuracy"]["ensemble"] == pytest.approx(accuracy([0, 1, 2]))
+    pairs = [accuracy(pair) for pair in ((0, 1), (0, 2), (1, 2))]
+    assert result["by_size"]["2"] == pytest.approx({"ensembles": 3, "min": min(pairs), "mean": sum(pairs) / 3,
+                                                    "max": max(pairs)})
+    assert sentiment_ensemble.main([str(tmp_path / "none.ckpt"), "--data-dir", str(data)]) == 1
