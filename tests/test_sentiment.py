@@ -196,3 +196,11 @@ def test_the_ensemble_benchmark_scores_each_model_every_subset_and_all(trained, 
     assert result["by_size"]["2"] == pytest.approx({"ensembles": 3, "min": min(pairs), "mean": sum(pairs) / 3,
                                                     "max": max(pairs)})
     assert sentiment_ensemble.main([str(tmp_path / "none.ckpt"), "--data-dir", str(data)]) == 1
+
+
+def test_classify_takes_the_sentence_before_or_after_the_options(trained):
+    """Plain argparse refuses a positional after an option; the task commands' parser takes both orders."""
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    before = rnnkit("classify", ckpt, "a wonderful film", "--json", "--ensemble", ckpt)
+    after = rnnkit("classify", ckpt, "--json", "--ensemble", ckpt, "a wonderful film")
+    assert before[0] == after[0] == 0 and before[1] == after[1] and json.loads(after[1])[0]["text"] == "a wonderful film"

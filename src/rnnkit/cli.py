@@ -41,7 +41,22 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with a usage error said in one line and a pointer to --help (not the whole usage)."""
+    """argparse, with a usage error said in one line and a pointer to --help (not the whole usage). With
+    `intermixed=True` (a command without subcommands) positionals may also follow options, as in
+    `rnnkit classify CKPT --ensemble CKPT2 "a witty film"`, which plain argparse refuses."""
+
+    def __init__(self, *args, intermixed: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._intermixed, self._parsing = intermixed, False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if not self._intermixed or self._parsing:
+            return super().parse_known_args(args, namespace)
+        self._parsing = True  # parse_known_intermixed_args calls back here for its two passes
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._parsing = False
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n(see `{self.prog} --help`)\n")
@@ -400,7 +415,7 @@ def _add_training_commands(sub) -> None:
     ex.set_defaults(fn=cmd_export)
     for task in TASKS.values():
         for command in task.commands:
-            p = sub.add_parser(command.name, help=command.help, description=command.help)
+            p = sub.add_parser(command.name, help=command.help, description=command.help, intermixed=True)
             p.add_argument("checkpoint", metavar="CKPT", help=f"a {task.name} checkpoint (rnnkit train {task.name})")
             command.add_arguments(p)
             p.set_defaults(fn=_task_command(task, command))
