@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as e:
         print(f"sentiment_ensemble: {e}", file=sys.stderr)
         return 1
+
     def accuracy_of(paths) -> float:
         mean = torch.stack([probabilities[p] for p in paths]).mean(0)
         return (mean.argmax(1) == labels).float().mean().item()
