@@ -162,7 +162,19 @@ def cmd_numpy_demo(args) -> int:
         raise UsageError(str(e)) from None
 
 
-TRAIN_EXTRAS_MISSING = "this command needs rnnkit's training extras: pip install 'rnnkit[train]' (missing: {})"
+# The optional dependencies, by the extra of pyproject.toml that installs them (the layers need torch alone).
+EXTRA_OF_MODULE = {**dict.fromkeys(("lightning", "pytorch_lightning", "lightning_utilities", "torchmetrics",
+                                    "tensorboard", "matplotlib", "PIL", "conllu", "sacrebleu", "tokenizers", "yaml",
+                                    "filelock"), "train"),
+                   "onnx": "onnx", "onnxruntime": "onnx", "pyarrow": "vectors"}
+
+
+def _missing_extra(command: str, module: str) -> str | None:
+    """The one line to print when `command` imports `module` and it is absent, or None if no extra has it."""
+    extra = EXTRA_OF_MODULE.get(module.partition(".")[0])
+    if extra is None:
+        return None
+    return f'rnnkit {command} needs the {extra!r} extra: pip install "rnnkit[{extra}]" (missing: {module})'
 
 
 def _print_metrics(title: str, metrics: dict) -> None:
@@ -363,9 +375,12 @@ def _add_training_commands(sub) -> None:
     try:
         from .tasks import TASKS
         from .training.config import add_arguments
-    except ImportError as e:  # layers-only install: say what is missing when the command is used
+    except ModuleNotFoundError as e:  # layers-only install: say what is missing when the command is used
+        if e.name is None or _missing_extra("train", e.name) is None:
+            raise
+
         def missing_extras(args, module=e.name):
-            raise UsageError(TRAIN_EXTRAS_MISSING.format(module))
+            raise ModuleNotFoundError(f"No module named {module!r}", name=module)
 
         for name in ("train", "eval", "predict", "sample", "export"):
             p = sub.add_parser(name, help="(needs rnnkit[train])", add_help=False)
@@ -495,6 +510,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rnnkit: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:  # an optional dependency: name the extra that installs it
+        message = _missing_extra(args.command, e.name or "")
+        if message is None or args.debug:
+            raise
+        print(f"rnnkit: error: {message}", file=sys.stderr)
+        return 1
     except (ValueError, TypeError, OSError, RuntimeError) as e:
         if args.debug:
             raise
