@@ -473,15 +473,6 @@ def test_gradcheck_through_layer(cls, kwargs, option):
     assert torch.autograd.gradcheck(f, (x, h0, *params))
 
 
-def test_double_backward_needs_the_autograd_loop():
-    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
-    reference = rnnkit.GRU(2, 2, dtype=torch.float64, impl="autograd")
-    assert torch.autograd.gradgradcheck(lambda x: reference(x)[0], (x,))
-    explicit = rnnkit.GRU(2, 2, dtype=torch.float64, impl="engine")
-    with pytest.raises(RuntimeError, match="no double backward.*impl='autograd'"):
-        torch.autograd.grad(explicit(x)[0].sum(), x, create_graph=True)
-
-
 @pytest.mark.parametrize("impl", ["native", "engine", "autograd"])
 @pytest.mark.parametrize("cls,kwargs", [(rnnkit.LSTM, {}), (rnnkit.LSTM, {"peephole": True, "layer_norm": True}),
                                         (rnnkit.GRU, {"reset_after": False}), (rnnkit.GRU, {}), (rnnkit.RNN, {})])

@@ -8,8 +8,9 @@ One direction of one layer is `run(step, xp, state0, p, batch_sizes, mask, bptt)
   - with `bptt="explicit"` the backward pass walks time in reverse, each step supplying its local
     derivative (`step.step_backward`), and the gradients of the shared recurrent weights are
     summed over time at the end as one matrix product per weight block;
-  - with `bptt="autograd"` the same loop is recorded by torch.autograd (the reference; slower,
-    but twice differentiable).
+  - with `bptt="autograd"` the same loop is recorded by torch.autograd (the reference; slower).
+    Both are twice differentiable: asked for a graph of its backward (create_graph=True), the
+    explicit BPTT recomputes the loop under autograd and differentiates that.
 
 A cell may run a whole sequence itself (`Step.sequence` / `Step.sequence_backward`; the LSTM does, in C++,
 where rnnkit.fused can): the engine then hands it the sequence instead of looping over `step`.
@@ -99,40 +100,49 @@ def _forward_loop(step: Step, xp, state0, p, batch_sizes, mask, keep_saved: bool
 class _ExplicitBPTT(torch.autograd.Function):
     """Forward: the time loop without autograd. Backward: BPTT by hand."""
 
+    # Saved tensors, in order: the inputs (the recomputation's source, mask, initial states,
+    # parameters: alive anyway, so saving them costs no memory), then what the backward keeps.
+
     @staticmethod
-    def forward(ctx, step, batch_sizes, names, xp, mask, *tensors):
+    def forward(ctx, step, batch_sizes, names, xp, source, mask, *tensors):
         n_states = step.num_states
         state0, params = tensors[:n_states], dict(zip(names, tensors[n_states:]))
         ctx.step, ctx.batch_sizes, ctx.names, ctx.xp_shape = step, batch_sizes, names, xp.shape
+        # A double backward recomputes the step loop under autograd from `source`, the input the
+        # projection was made from (or from xp itself when the caller has no such input).
+        ctx.from_source = source is not None
+        inputs = (source if ctx.from_source else xp, mask, *state0, *params.values())
         whole = step.sequence(xp, state0, params, batch_sizes, mask, keep=True)
         ctx.whole = whole is not None
         if ctx.whole:  # the step ran the sequence itself and keeps what its backward needs
             out, final, (kept, ctx.kept_options) = whole
-            ctx.save_for_backward(*kept)
+            ctx.save_for_backward(*inputs, *kept)
             return (out, *final)
         out, final, saved = _forward_loop(step, xp, state0, params, batch_sizes, mask, keep_saved=True)
         # autograd owns the per-step tensors: freed after backward, checked against in-place edits
         ctx.ran = [t for t, cache in enumerate(saved) if cache is not None]
         ctx.cache_size = len(saved[ctx.ran[0]]) if ctx.ran else 0
-        ctx.save_for_backward(mask, *state0, *params.values(), *(x for cache in saved if cache for x in cache))
+        ctx.save_for_backward(*inputs, *(x for cache in saved if cache for x in cache))
         return (out, *final)
 
     @staticmethod
     def backward(ctx, d_out, *d_final):
-        # Grad mode is on here only under create_graph=True. The gradients below are built from
-        # saved tensors outside autograd, so a graph through them would be silently wrong.
-        if torch.is_grad_enabled():
-            raise RuntimeError("rnnkit's explicit BPTT has no double backward (create_graph=True); "
-                               "build the layer with impl='autograd' for higher-order gradients")
+        step, names = ctx.step, ctx.names
+        n_inputs = 2 + step.num_states + len(names)
+        saved = ctx.saved_tensors
+        inputs, rest = saved[:n_inputs], saved[n_inputs:]
+        if torch.is_grad_enabled():  # create_graph=True: a graph of the backward is asked for
+            return (None, None, None, *_recorded_backward(ctx, inputs, d_out, d_final))
+        nothing = (None, None, None)  # step, batch_sizes, names
         if ctx.whole:
-            d_state, kept = list(d_final), (ctx.saved_tensors, ctx.kept_options)
-            d_xp, d_state, grads = ctx.step.sequence_backward(kept, d_out, d_state)
-            return (None, None, None, d_xp, None, *d_state, *(grads.get(name) for name in ctx.names))
-        step, batch_sizes, names, k = ctx.step, ctx.batch_sizes, ctx.names, ctx.cache_size
-        mask, *rest = ctx.saved_tensors
-        n_fixed = step.num_states + len(names)
-        state0, params = rest[: step.num_states], dict(zip(names, rest[step.num_states:n_fixed]))
-        flat = rest[n_fixed:]
+            d_state, kept = list(d_final), (rest, ctx.kept_options)
+            d_xp, d_state, grads = step.sequence_backward(kept, d_out, d_state)
+            return (*nothing, d_xp, None, None, *d_state, *(grads.get(name) for name in names))
+        batch_sizes, k = ctx.batch_sizes, ctx.cache_size
+        mask = inputs[1]
+        state0 = inputs[2:2 + step.num_states]
+        params = dict(zip(names, inputs[2 + step.num_states:]))
+        flat = rest
         cache = {t: flat[j * k:(j + 1) * k] for j, t in enumerate(ctx.ran)}
         B = ctx.xp_shape[1]
         d_state = [torch.zeros_like(s) if d is None else d.clone() for s, d in zip(state0, d_final)]
@@ -156,7 +166,35 @@ class _ExplicitBPTT(torch.autograd.Function):
                     d[:bs] = g
             sums.add(t, bs, d_xp_t, grads)
         d_params = [sums.total(name, params[name]) for name in names]
-        return (None, None, None, d_xp, None, *d_state, *d_params)
+        return (*nothing, d_xp, None, None, *d_state, *d_params)
+
+
+def _recorded_backward(ctx, inputs, d_out, d_final):
+    """The backward as PyTorch ops that autograd records, for a double backward: the step loop is run
+    again under autograd from the saved inputs and differentiated with create_graph=True. Returns the
+    gradients of (xp, source, mask, *state0, *params), as _ExplicitBPTT.backward does.
+
+    Each input enters the loop through an alias (a view), so that the gradient taken with respect to it
+    counts only the loop's use of it: the projection xp = project_input(source, p) is differentiated by
+    autograd outside this function, and again here only through the recomputed xp."""
+    step, names, n = ctx.step, ctx.names, ctx.step.num_states
+    source, mask, *tensors = inputs
+    state0, params = tensors[:n], dict(zip(names, tensors[n:]))
+    wanted = ctx.needs_input_grad[3:]  # xp, source, mask, *state0, *params
+    xp = step.project_input(source, params) if ctx.from_source else source
+    loop_xp, *loop_tensors = (t.view_as(t) if t.requires_grad else t for t in (xp, *tensors))
+    loop_state0, loop_params = tuple(loop_tensors[:n]), dict(zip(names, loop_tensors[n:]))
+    out, final, _ = _forward_loop(step, loop_xp, loop_state0, loop_params, ctx.batch_sizes, mask, keep_saved=True)
+    outputs = [out, *final]
+    grad_outputs = [torch.zeros_like(o) if d is None else d for o, d in zip(outputs, (d_out, *d_final))]
+    targets = [loop_xp, *loop_tensors]
+    asked = [i for i, (t, w) in enumerate(zip(targets, (wanted[0], *wanted[3:]))) if w and t.requires_grad]
+    found = () if not asked else torch.autograd.grad(outputs, [targets[i] for i in asked], grad_outputs, create_graph=True,
+                                allow_unused=True)
+    grads = [None] * len(targets)
+    for i, g in zip(asked, found):
+        grads[i] = torch.zeros_like(targets[i]) if g is None else g
+    return (grads[0], None, None, *grads[1:])
 
 
 class _TimeSums:
@@ -219,11 +257,15 @@ def records(*tensors: Tensor) -> bool:
 
 def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor],
         batch_sizes: list[int] | None = None, mask: Tensor | None = None,
-        bptt: str = "explicit") -> tuple[Tensor, tuple[Tensor, ...]]:
+        bptt: str = "explicit", source: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Run `step` over time: xp (T, B, G*H), state0 each (B, ·) -> out (T, B, P), final states.
 
     With `batch_sizes`, rows must be sorted longest first (see the module docstring).
     `mask` (B, P) is the recurrent-dropout mask, reused at every step.
+    `source`: the input xp was projected from (xp == step.project_input(source, p)), if the caller has
+    it. The explicit BPTT is twice differentiable: under create_graph=True its backward runs the step
+    loop again as recorded PyTorch ops, starting from `source` (which autograd keeps anyway for the
+    projection's own backward); without `source` it keeps xp for that.
     """
     if bptt not in BPTT_MODES:
         raise ValueError(f"bptt must be one of {', '.join(map(repr, BPTT_MODES))}; got {bptt!r}")
@@ -234,10 +276,10 @@ def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor]
         cast = lambda t: t.to(dtype) if t is not None and t.is_floating_point() else t  # noqa: E731
         with torch.autocast(device_type, enabled=False):
             return run(step, cast(xp), tuple(map(cast, state0)), {k: cast(v) for k, v in p.items()},
-                       batch_sizes, cast(mask), bptt)
+                       batch_sizes, cast(mask), bptt, cast(source))
     if bptt == "autograd" or not records(xp, *state0, *p.values()):  # inference runs the loop alone, keeping nothing
         out, final, _ = _forward_loop(step, xp, state0, p, batch_sizes, mask, keep_saved=False)
         return out, final
     names = tuple(p)
-    out, *final = _ExplicitBPTT.apply(step, batch_sizes, names, xp, mask, *state0, *p.values())
+    out, *final = _ExplicitBPTT.apply(step, batch_sizes, names, xp, source, mask, *state0, *p.values())
     return out, tuple(final)

@@ -242,7 +242,7 @@ class _Recurrent(nn.Module):
                     mask = torch.bernoulli(x.new_full((B, step.output_size), keep)) / keep
                 if engine.records(inp, *state0, *p.values()):
                     xp = step.project_input(inp, p)  # (T, B, G*H), one product for all steps
-                    out, final = engine.run(step, xp, state0, p, batch_sizes, mask, bptt)
+                    out, final = engine.run(step, xp, state0, p, batch_sizes, mask, bptt, source=inp)
                 else:
                     out, final = _infer_in_chunks(step, inp, state0, p, batch_sizes, mask)
                 outs.append(reverse_or_keep(out, lengths, direction))

@@ -112,6 +112,32 @@ class MinLSTMStep:
         return -F.softplus(-d), -F.softplus(d) + log_g(k_h)
 
 
+class _LogCumSumExp(torch.autograd.Function):
+    """torch.logcumsumexp along dim 0, with a backward that is itself differentiable everywhere.
+
+    torch's backward takes log|g| of the incoming gradient and masks the entries where g is 0, so its
+    own derivative there is 0/0: every second-order gradient through it is NaN as soon as one output
+    gets no gradient (a loss on some steps only, or padding past a sequence's end). Here the log is
+    taken of g with its zeros replaced by ones before masking, which gives the same first derivative
+    and a finite second one."""
+
+    @staticmethod
+    def forward(ctx, v):
+        y = torch.logcumsumexp(v, 0)
+        ctx.save_for_backward(v, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        v, y = ctx.saved_tensors
+        # d v_k = sum_{t >= k} g_t exp(v_k - y_t), in log space for the positive and negative parts of g
+        lowest = torch.finfo(g.dtype).min
+        log_abs = torch.where(g == 0, torch.ones_like(g), g).abs().log()
+        parts = [torch.where(sign, log_abs, lowest) - y for sign in (g > 0, g < 0)]
+        pos, neg = (torch.logcumsumexp(part.flip(0), 0).flip(0) + v for part in parts)
+        return pos.exp() - neg.exp()
+
+
 def parallel_scan_log(log_a: Tensor, log_b: Tensor, h0: Tensor | None = None) -> Tensor:
     """Every h_t of h_t = a_t * h_{t-1} + b_t (t = 1..T along dim 0) at once, from log a and log b.
 
@@ -120,7 +146,7 @@ def parallel_scan_log(log_a: Tensor, log_b: Tensor, h0: Tensor | None = None) ->
     log_a, log_b: (T, ...); h0: log_a.shape[1:]. Returns h (T, ...).
     """
     a_star = torch.cumsum(log_a, 0)  # (T, B, H) log A_t
-    h = torch.exp(a_star + torch.logcumsumexp(log_b - a_star, 0))  # (T, B, H)
+    h = torch.exp(a_star + _LogCumSumExp.apply(log_b - a_star))  # (T, B, H)
     if h0 is not None:
         h = h + torch.exp(a_star) * h0
     return h
