@@ -208,15 +208,28 @@ def _load(path):
 
 
 def cmd_eval(args) -> int:
+    import dataclasses
+
+    from .tasks import testfile
     from .training.run import evaluate
 
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1; got {args.batch_size}")
     loaded = _load(args.checkpoint)
-    split, metrics = evaluate(loaded, args.data_dir, args.batch_size, progress=not args.json)
+    testfile.check_options(loaded.task, args)
+    if args.test_file is None:
+        split, metrics = evaluate(loaded, args.data_dir, args.batch_size, progress=not args.json)
+        items, where = None, f"{split} set"
+    else:
+        metrics, items = testfile.evaluate_file(loaded, args, progress=not args.json)
+        split, where = "test", f"test file {args.test_file}"
+    cfg = dataclasses.replace(loaded.cfg, data_dir=args.data_dir or loaded.cfg.data_dir)
+    metrics.update(loaded.task.decoded_metrics(loaded, cfg, items))
     if args.json:
         print(json.dumps({"checkpoint": args.checkpoint, "task": loaded.task.name, "split": split,
-                          "metrics": metrics}, indent=2))
+                          **({"test_file": args.test_file} if args.test_file else {}), "metrics": metrics}, indent=2))
     else:
-        _print_metrics(f"{loaded.task.name} checkpoint {args.checkpoint}, {split} set:", metrics)
+        _print_metrics(f"{loaded.task.name} checkpoint {args.checkpoint}, {where}:", metrics)
     return 0
 
 
@@ -399,6 +412,18 @@ def _add_training_commands(sub) -> None:
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.add_argument("--data-dir", default=None, help="data directory (default: the one the run used)")
     ev.add_argument("--batch-size", type=int, default=None)
+    ev.add_argument("--test-file", default=None, metavar="FILE", help="score the checkpoint on this file instead, "
+                    "with the metrics of its task's test set and the checkpoint's vocabularies; " + "; ".join(
+                        f"{task.name}: {task.test_file_help}" for task in TASKS.values() if task.test_file_help))
+    ev.add_argument("--test-target", default=None, metavar="FILE",
+                    help="translate: the reference translations of --test-file's lines, line by line")
+    ev.add_argument("--test-labels", default=None, metavar="FILE",
+                    help="mnist: the IDX labels file (gzip'd) of --test-file's images")
+    ev.add_argument("--header", action="store_true",
+                    help="sentiment: the first line of --test-file is a header (as SST-2's sentence<TAB>label)")
+    ev.add_argument("--test-fraction", type=float, default=None, metavar="F",
+                    help="forecast: score only the windows forecasting the last F of --test-file's rows, as "
+                         "training's test part (default: every window with the model's W rows before it)")
     ev.set_defaults(fn=cmd_eval)
     pr = sub.add_parser("predict", help="run a checkpoint on inputs (mnist: image files of digits)")
     pr.add_argument("checkpoint", metavar="CKPT")

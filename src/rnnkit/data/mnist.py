@@ -44,6 +44,8 @@ SIDE, CLASSES = 28, 10
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """A gzip'd MNIST IDX file -> a uint8 array of the shape its header gives; DataError if corrupt or malformed."""
     path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(f"IDX file {path} does not exist")
     try:
         raw = gzip.decompress(path.read_bytes())  # whole file at once: much faster than streaming for 47 MB
     except EOFError:
@@ -75,7 +77,12 @@ def load(split: str, root: str | os.PathLike | None = None) -> tuple[torch.Tenso
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
-    images_path, labels_path = _find(SPLITS[split], root)
+    return read_pair(*_find(SPLITS[split], root))
+
+
+def read_pair(images_path: str | os.PathLike, labels_path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gzip'd IDX files of MNIST images and their labels -> (images uint8 (N, 28, 28), labels int64 (N,));
+    DataError naming the file for anything but 28x28 images and as many labels in 0..9."""
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or labels.ndim != 1:
         raise DataError(f"{images_path} must hold images (IDX magic 2051) and {labels_path} labels (2049); "

@@ -40,6 +40,8 @@ class Task:
     mode: str = "min"
     carries_state: bool = False  # truncated BPTT: the state of one batch starts the next (see TaskModule)
     commands: tuple[Command, ...] = ()  # the task's own commands on its checkpoints (see Command)
+    test_file_help: str = ""  # what `rnnkit eval --test-file` reads for this task ("": no --test-file)
+    test_file_options: tuple[str, ...] = ()  # the other eval options its reader takes (argparse dests)
 
     def splits(self, cfg):
         """The train/val/test data (training.data.Splits) for `cfg`."""
@@ -78,10 +80,31 @@ class Task:
     def sample(self, loaded, args) -> None:
         raise NotImplementedError(f"task {self.name!r} has no sample command")
 
+    def read_test_file(self, loaded, args) -> "TestFile":
+        """`rnnkit eval --test-file`: the examples of `args.test_file` (and the files of the options in
+        `test_file_options`), encoded with the checkpoint's vocabularies as training encoded its test set."""
+        raise NotImplementedError(f"task {self.name!r} has no --test-file")
+
+    def decoded_metrics(self, loaded, cfg, items: list | None = None) -> dict:
+        """Metrics of what the model generates (e.g. BLEU of translations), which the batched test loop does not
+        compute, on `items` (TestFile.items) or else the task's own test set; `rnnkit eval` adds them."""
+        return {}
+
     def onnx_graphs(self, loaded) -> dict:
         """The ONNX graphs of the task's model, {name: rnnkit.export.Graph}: `rnnkit export --format onnx`
         writes one file per graph (a single graph to the path given)."""
         raise NotImplementedError(f"task {self.name!r} has no ONNX export")
+
+
+@dataclasses.dataclass
+class TestFile:
+    """A test set read from a user's files (`Task.read_test_file`): the examples (a Dataset whose batches the
+    task's model reads), the extra data the metrics are built from (the checkpoint's) and the raw items for
+    `Task.decoded_metrics`."""
+
+    data: object
+    extra: dict
+    items: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass

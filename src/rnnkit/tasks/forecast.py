@@ -34,7 +34,7 @@ from ..models import make_rnn
 from ..models.forecaster import Forecaster
 from ..training.config import ConfigError, RNNConfig, TrainConfig, opt
 from ..training.data import Splits, TensorBatches
-from .base import Command, Task, recipe_default
+from .base import Command, Task, TestFile, recipe_default
 
 # The recipes of --series: the data set's file in the data directory, its columns, and what suits it.
 SERIES = {
@@ -250,6 +250,8 @@ class ForecastTask(Task):
     config_class = ForecastConfig
     monitor, mode = "val_rmse", "min"
     commands = ()  # set below
+    test_file_help = "a CSV file with the model's columns, scaled with the checkpoint's scaler"
+    test_file_options = ("test_fraction",)
 
     def splits(self, cfg) -> Splits:
         path = cfg.csv_path()
@@ -271,6 +273,22 @@ class ForecastTask(Task):
             if len(part) == 0:
                 raise DataError(f"{path}: no {name} window has {H} observed target values in a row")
         return Splits(*parts, extra=extra)
+
+    def read_test_file(self, loaded, args) -> TestFile:
+        """The windows of a CSV series, read, filled and scaled as in training with the checkpoint's scaler,
+        categories and season; every window with W rows before it, or those of the last --test-fraction."""
+        cfg, path, fraction = loaded.cfg, Path(args.test_file), args.test_fraction
+        if fraction is not None and not 0 < fraction <= 1:
+            raise ConfigError(f"--test-fraction must lie in (0, 1]; got {fraction!r}")
+        series, _ = read_series(cfg, path, loaded.extra)
+        n = len(series.scaled)
+        start = n - round(n * fraction) if fraction is not None else 0  # training's test part: the same rows
+        windows = make_windows(cfg, series, start, n, loaded.extra["season"])
+        if len(windows) == 0:
+            raise DataError(f"{path}: no window to score: the model reads {cfg.window} rows and forecasts the next "
+                            f"{cfg.horizon} (all observed), and the file has {n} rows"
+                            + (f", of which the last {n - start} are scored" if fraction is not None else ""))
+        return TestFile(windows, loaded.extra)
 
     def build_model(self, cfg, extra: dict) -> Forecaster:
         inputs = len(extra["columns"]) + sum(len(c) for c in extra.get("categories", {}).values())

@@ -10,9 +10,9 @@ import torch
 
 from ..data import mnist
 from ..models import READOUTS, SequenceClassifier, make_rnn
-from ..training.config import RNNConfig, TrainConfig, opt
+from ..training.config import ConfigError, RNNConfig, TrainConfig, opt
 from ..training.data import Splits, TensorBatches
-from .base import Task, recipe_default
+from .base import Task, TestFile, recipe_default
 
 MEAN, STD = 0.1307, 0.3081  # of the MNIST training pixels scaled to [0, 1]
 SIDE = 28
@@ -37,12 +37,21 @@ class MNISTTask(Task):
     help = "classify MNIST digits row by row with a (bidirectional) RNN/LSTM/GRU"
     config_class = MNISTConfig
     monitor, mode = "val_acc", "max"
+    test_file_help = "a gzip'd IDX file of 28x28 images (as t10k-images-idx3-ubyte.gz), with --test-labels its labels"
+    test_file_options = ("test_labels",)
 
     def splits(self, cfg) -> Splits:
         images, labels = mnist.load("train", cfg.data_dir or None)
         train, val = TensorBatches(to_inputs(images), labels).split(cfg.val_fraction)
         test_images, test_labels = mnist.load("test", cfg.data_dir or None)
         return Splits(train, val, TensorBatches(to_inputs(test_images), test_labels))
+
+    def read_test_file(self, loaded, args) -> TestFile:
+        if args.test_labels is None:
+            raise ConfigError(f"--test-file {args.test_file!r} of an mnist checkpoint needs --test-labels, the IDX "
+                              "file of its labels")
+        images, labels = mnist.read_pair(args.test_file, args.test_labels)
+        return TestFile(TensorBatches(to_inputs(images), labels), loaded.extra)
 
     def build_model(self, cfg, extra: dict) -> SequenceClassifier:
         return SequenceClassifier(make_rnn(cfg, SIDE), 10, cfg.readout, cfg.dropout)

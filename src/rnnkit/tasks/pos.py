@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 
 from ..data import treebank
+from ..data.store import DataError
 from ..data.sentences import Examples, WordVocab, pad
 from ..models import make_rnn
 from ..models.tagger import CHAR_ENCODERS, IGNORE, CharFeatures, Tagger
 from ..training.config import ConfigError, RNNConfig, TrainConfig, opt
 from ..training.data import Splits, validation_split
-from .base import Command, Task, recipe_default
+from .base import Command, Task, TestFile, recipe_default
 
 MAX_WORD_CHARS = 24  # longer words (URLs, e-mail addresses) keep their first and last 12 characters
 
@@ -116,6 +117,7 @@ class POSTask(Task):
     config_class = POSConfig
     monitor, mode = "val_acc", "max"
     commands = ()  # set below, after the functions they call
+    test_file_help = "a CoNLL-U file (its tag column: the model's --tagset)"
 
     def splits(self, cfg) -> Splits:
         read = lambda path: treebank.read_conllu(path, cfg.tagset)
@@ -133,6 +135,21 @@ class POSTask(Task):
         encoder = Encoder(extra)
         data = lambda sentences: Examples([encoder.encode(s.words, s.tags) for s in sentences], collate)
         return Splits(data(train), data(dev), data(test) if test else None, extra=extra)
+
+    def read_test_file(self, loaded, args) -> TestFile:
+        """The sentences of a CoNLL-U file; a tag outside the model's tag list is refused (it has no output for
+        it, so neither its loss nor its accuracy would mean anything)."""
+        sentences = treebank.read_conllu(args.test_file, loaded.cfg.tagset)
+        known = set(loaded.extra["tags"])
+        for s in sentences:
+            unknown = next((t for t in s.tags if t not in known), None)
+            if unknown is not None:
+                raise DataError(f"{args.test_file}: the sentence at line {s.line} has the {loaded.cfg.tagset.upper()} "
+                                f"tag {unknown!r}, which the model does not have (its tags: "
+                                f"{', '.join(loaded.extra['tags'])})")
+        encoder = Encoder(loaded.extra)
+        return TestFile(Examples([encoder.encode(s.words, s.tags) for s in sentences], collate), loaded.extra,
+                        sentences)
 
     def build_model(self, cfg, extra: dict) -> Tagger:
         chars = None

@@ -12,13 +12,14 @@ import torch
 
 from ..data import sentences
 from ..data.sentences import Examples, WordVocab, pad, read_text_files, sentence_split, tokenize, whole_sentences
+from ..data.store import DataError
 from ..data.vectors import GLOVE_6B_50D, GLOVE_6B_100D, read_vectors
 from ..models import READOUTS, SequenceClassifier, make_rnn
 from ..models.pretrain import pretrain
 from ..models.textclassifier import TextClassifier
 from ..training.config import ConfigError, RNNConfig, TrainConfig, opt
 from ..training.data import VALIDATION_SEED, Splits, validation_split
-from .base import Command, Task, recipe_default
+from .base import Command, Task, TestFile, recipe_default
 from .pos import read_input_lines
 
 DATASETS = ("sst2", "uci")
@@ -89,6 +90,9 @@ class SentimentTask(Task):
     config_class = SentimentConfig
     monitor, mode = "val_acc", "max"
     commands = ()  # set below
+    test_file_help = "rows TEXT<TAB>LABEL (0 negative, 1 positive), as SST-2's and the UCI files (--header: skip " \
+                     "the first line)"
+    test_file_options = ("header",)
 
     def splits(self, cfg) -> Splits:
         """SST-2: validation (early stopping, model selection) is held out of train, and dev is the test.
@@ -137,6 +141,17 @@ class SentimentTask(Task):
         return Splits(examples.subset(keep), examples.subset(val), test_examples,
                       extra={"words": vocab.words, "labels": LABELS, **extra},
                       unlabelled=[vocab.encode(words) for words in unlabelled], init=init)
+
+    def read_test_file(self, loaded, args) -> TestFile:
+        """Rows TEXT<TAB>LABEL tokenised as in training; words outside the checkpoint's vocabulary read as <unk>."""
+        rows = sentences.read_labelled(args.test_file, header=args.header, labels=len(loaded.extra["labels"]))
+        vocab = WordVocab(loaded.extra["words"])
+        tokens = [tokenize(row.text) for row in rows]
+        empty = next((row for row, words in zip(rows, tokens) if not words), None)
+        if empty is not None:
+            raise DataError(f"{args.test_file}: line {empty.line} has no words: {empty.text!r:.80}")
+        return TestFile(Examples([(vocab.encode(words), row.label) for words, row in zip(tokens, rows)], collate),
+                        loaded.extra, rows)
 
     def pretrain(self, model: TextClassifier, cfg, splits) -> None:
         """The pretrained word vectors into the embedding, then the language-model pretraining, as asked."""

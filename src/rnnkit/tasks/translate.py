@@ -12,13 +12,14 @@ from pathlib import Path
 import torch
 
 from ..data import parallel
+from ..data.store import DataError
 from ..models import make_rnn
 from ..models.attention import KINDS
 from ..models.recurrent import rnn_output_size
 from ..models.seq2seq import Seq2Seq, beam_search, greedy, max_length
 from ..training.config import ConfigError, RNNConfig, TrainConfig, opt
 from ..training.data import Splits
-from .base import Command, Task, recipe_default
+from .base import Command, Task, TestFile, recipe_default
 
 CORPORA = ("multi30k", "reverse", "dates")
 
@@ -70,6 +71,8 @@ class TranslateTask(Task):
     help = "sequence to sequence with attention (Multi30k translation, or synthetic tasks), BLEU"
     config_class = TranslateConfig
     monitor, mode = "val_loss", "min"
+    test_file_help = "source sentences, one per line (.gz: gzip'd), with --test-target, their translations"
+    test_file_options = ("test_target",)
 
     def splits(self, cfg) -> Splits:
         train, val, test = pairs(cfg)
@@ -81,6 +84,29 @@ class TranslateTask(Task):
         datasets = [pair_batches(src_tok, tgt_tok, train, cfg.max_tokens), pair_batches(src_tok, tgt_tok, val),
                     pair_batches(src_tok, tgt_tok, test)]
         return Splits(*datasets, extra=extra)
+
+    def read_test_file(self, loaded, args) -> TestFile:
+        """Parallel files (line i of --test-target translates line i of --test-file), tokenised by the
+        checkpoint's tokenizers; test loss and perplexity, and BLEU from decoded_metrics."""
+        if args.test_target is None:
+            raise ConfigError(f"--test-file {args.test_file!r} of a translate checkpoint needs --test-target, "
+                              "the file of its reference translations")
+        items = parallel.read_parallel(args.test_file, args.test_target)
+        if not items:
+            raise DataError(f"{args.test_file} holds no lines to translate")
+        src_tok = parallel.load_tokenizer(loaded.extra["src_tokenizer"])
+        tgt_tok = parallel.load_tokenizer(loaded.extra["tgt_tokenizer"])
+        return TestFile(pair_batches(src_tok, tgt_tok, items), loaded.extra, items)
+
+    def decoded_metrics(self, loaded, cfg, items=None) -> dict:
+        """Corpus BLEU and exact match of greedy and beam-search (--beam of the run) translations, as bleu.json."""
+        test = pairs(cfg)[2] if items is None else items
+        sources, references = [s for s, _ in test], [t for _, t in test]
+        metrics, beams = {}, {"greedy": 1, **({f"beam{cfg.beam}": cfg.beam} if cfg.beam > 1 else {})}
+        for name, beam in beams.items():
+            scores = score(translate(loaded, sources, beam=beam, alpha=cfg.alpha), references)
+            metrics.update({f"test_bleu_{name}": scores["bleu"], f"test_exact_{name}": scores["exact"]})
+        return metrics
 
     def build_model(self, cfg, extra: dict) -> Seq2Seq:
         encoder = make_rnn(cfg, cfg.embedding)
