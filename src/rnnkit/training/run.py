@@ -20,7 +20,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .. import __version__
 from ..tasks.base import Loaded, rebuild
-from .config import ConfigError, from_dict
+from .config import ConfigError, flag, from_dict
 from .datamodule import TaskData
 from .module import CHECKPOINT_FORMAT, CHECKPOINT_KEY, TaskModule
 
@@ -68,8 +68,13 @@ def prepare_run_dir(task, cfg) -> Path:
     return run_dir
 
 
+RESUME_MAY_CHANGE = ("accelerator", "checkpoint_every", "data_dir", "devices", "max_epochs", "max_time",
+                     "num_workers", "progress")
+
+
 def resume_config(task, out: str, given: dict):
-    """The saved config of the run in `out`, with the options that may change on resume replaced."""
+    """The saved config of the run in `out`, with the options that may change on resume replaced. The
+    other options may be given too (the original command repeated with --resume), with their saved values."""
     last = Path(out) / "checkpoints" / "last.ckpt"
     if not out or not last.is_file():
         raise ConfigError(f"--resume needs --out pointing at a run with {Path('checkpoints') / 'last.ckpt'}; "
@@ -77,13 +82,13 @@ def resume_config(task, out: str, given: dict):
     record = read_checkpoint(last).get(CHECKPOINT_KEY) or {}
     if record.get("task") != task.name:
         raise ConfigError(f"--resume: {last} is a run of task {record.get('task')!r}, not {task.name!r}")
-    changeable = {"max_epochs", "max_time", "devices", "accelerator", "progress", "num_workers", "data_dir",
-                  "checkpoint_every"}
-    fixed = sorted(set(given) - changeable - {"out", "resume"})
-    if fixed:
-        raise ConfigError(f"--resume continues the saved config; only {', '.join(sorted(changeable))} may change "
-                          f"(got {', '.join(fixed)})")
-    return from_dict(task.config_class, {**record["config"], **given, "out": out, "resume": True})
+    saved = dataclasses.asdict(from_dict(task.config_class, record["config"]))  # an option added since: its default
+    changed = [f"--{flag(k)} {v!r} (the run has {saved[k]!r})" for k, v in given.items()
+               if k not in (*RESUME_MAY_CHANGE, "out", "resume") and v != saved[k]]
+    if changed:
+        raise ConfigError(f"--resume continues the saved config; only {', '.join(RESUME_MAY_CHANGE)} may change "
+                          f"(got {'; '.join(changed)})")
+    return from_dict(task.config_class, {**saved, **given, "out": out, "resume": True})
 
 
 def _limit(value: float):

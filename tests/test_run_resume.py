@@ -1,0 +1,54 @@
+"""`rnnkit train ... --resume`: the original command repeated with --resume is accepted (its options have
+the saved values); an option that would change the saved run is refused, naming the old and new values."""
+import os
+from pathlib import Path
+
+import pytest
+
+from clirun import rnnkit
+from rnnkit.training import run
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+pytestmark = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"MNIST not found in {DATA}")
+ORIGINAL = ["--data-dir", str(DATA), "--hidden", "8", "--limit-train-batches", "2", "--limit-eval-batches", "1",
+            "--batch-size", "16", "--seed", "3", "--no-progress", "--patience", "0"]
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    monkeypatch.delenv(run.RUN_DIR_ENV, raising=False)
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory):
+    out = tmp_path_factory.mktemp("resume") / "run"
+    code, _, err = rnnkit("train", "mnist", "--out", out, *ORIGINAL, "--max-epochs", "1")
+    assert code == 0, err
+    os.environ.pop(run.RUN_DIR_ENV, None)
+    return out
+
+
+def test_the_original_command_repeated_with_resume_continues_the_run(tmp_path):
+    out = tmp_path / "run"
+    code, _, err = rnnkit("train", "mnist", "--out", out, *ORIGINAL, "--max-epochs", "1")
+    assert code == 0, err
+    os.environ.pop(run.RUN_DIR_ENV, None)
+    last = out / "checkpoints" / "last.ckpt"
+    code, _, err = rnnkit("train", "mnist", "--out", out, *ORIGINAL, "--max-epochs", "2", "--resume")
+    assert code == 0, err
+    assert run.read_checkpoint(last)["global_step"] == 4  # two epochs of two batches: it went on
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--seed", "4"], "--seed 4 (the run has 3)"),
+    (["--hidden", "16"], "--hidden 16 (the run has 8)"),
+    (["--limit-train-batches", "3"], "--limit-train-batches 3.0 (the run has 2.0)"),
+    (["--cell", "gru"], "--cell 'gru' (the run has 'lstm')"),
+])
+def test_resume_refuses_a_changed_option_naming_old_and_new(one_epoch, flags, named):
+    last = one_epoch / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    code, _, err = rnnkit("train", "mnist", "--out", one_epoch, *ORIGINAL, *flags, "--resume")
+    assert code == 2 and named in err and "Traceback" not in err, err
+    assert "may change" in err and err.strip().count("\n") == 0
+    assert last.read_bytes() == before
