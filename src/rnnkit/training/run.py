@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
+import io
 import json
 import logging
 import os
 import pickle
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -138,12 +141,76 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomically(path, lambda tmp: torch.save(checkpoint, tmp), needed=lambda: _saved_size(checkpoint))
+
+
+def write_atomically(path: Path, write, needed=None) -> None:
+    """`write(tmp)` to a temporary file beside `path`, then renamed over it: a crash leaves the old file whole.
+    A failed write (a full disk above all) raises an OSError in one line: the file, why, the bytes it
+    needed (`needed()`, called only then) and the bytes free."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and not any(s in str(e) for s in TORCH_WRITE_FAILED):
+            raise
+        tmp.unlink(missing_ok=True)  # before measuring the free space: its partial content is not kept
+        raise _write_failed(path, e, needed) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# What torch's zip writer says when a write fails (its C++ code sees no errno): "[enforce fail at
+# inline_container.cc:...] . unexpected pos 704 vs 598" on a full disk, "file write failed" otherwise.
+TORCH_WRITE_FAILED = ("inline_container", "PytorchStreamWriter", "file write failed", "unexpected pos")
+
+
+def _write_failed(path: Path, error: Exception, needed) -> OSError:
+    reason = (error.strerror or str(error)) if isinstance(error, OSError) else \
+        f"torch: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
+    if isinstance(error, OSError) and error.errno not in (None, errno.ENOSPC, errno.EDQUOT):
+        return OSError(f"could not write {path}: {reason}")
+    try:
+        size = needed() if callable(needed) else needed
+    except Exception:  # the size is a detail of the message; the failed write is the error
+        size = None
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    full = (isinstance(error, OSError) and error.errno is not None) or (None not in (size, free) and free < size)
+    space = "; ".join(filter(None, [f"it needs {_bytes(size)}" if size is not None else "",
+                                    f"{_bytes(free)} free in {path.parent}" if free is not None else ""]))
+    kept = "; the previous file is unchanged" if path.exists() else ""
+    return OSError(f"{'disk full: ' if full else ''}could not write {path} ({reason}){': ' + space if space else ''}"
+                   f"{kept}")
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB ({n} bytes)" if n >= 1e5 else f"{n} bytes"
+
+
+class _Counter(io.RawIOBase):
+    """A file that keeps nothing but the number of bytes written to it."""
+
+    def __init__(self):
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        n = memoryview(b).nbytes
+        self.size += n
+        return n
+
+
+def _saved_size(checkpoint: dict) -> int:
+    """The bytes torch.save writes for `checkpoint`, counted without storing them."""
+    counter = _Counter()
+    torch.save(checkpoint, counter)
+    return counter.size
 
 
 class _FiniteBest(ModelCheckpoint):
@@ -190,10 +257,10 @@ class _AppendingCSVLogger(CSVLogger):
         if self.resumed_step is not None and "step" in header:
             column = header.index("step")
             rows = [header] + [r for r in rows[1:] if r[column] and int(float(r[column])) < self.resumed_step]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows(rows)
-        os.replace(tmp, path)
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows(rows)
+        content = text.getvalue().encode()
+        write_atomically(path, lambda tmp: tmp.write_bytes(content), needed=len(content))
         writer.metrics_keys = header
         return writer
 
@@ -252,9 +319,8 @@ def _write_outputs(task, cfg, module, splits, run_dir: Path, result: dict) -> li
 
 def write_json(path: Path, content: dict) -> None:
     """Atomic: a reader (or a crash) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(tmp, path)
+    data = (json.dumps(content, indent=2) + "\n").encode()
+    write_atomically(path, lambda tmp: tmp.write_bytes(data), needed=len(data))
 
 
 # -- loading ----------------------------------------------------------------------------------------
