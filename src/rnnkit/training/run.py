@@ -2,6 +2,7 @@
 without executing code, and the run's outputs (metrics.json, CSV/TensorBoard logs, PNG plots)."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import errno
@@ -47,18 +48,19 @@ def _is_worker() -> bool:
     return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
 
 
-def prepare_run_dir(task, cfg) -> Path:
-    """The run directory: new (or empty) unless resuming; never one that already holds a run."""
-    if _is_worker() and RUN_DIR_ENV in os.environ:
-        return Path(os.environ[RUN_DIR_ENV])
+LOCK_FILE, PID_FILE = ".rnnkit.lock", ".rnnkit.pid"  # held by the process training in the run directory
+
+
+@contextlib.contextmanager
+def prepare_run_dir(task, cfg):
+    """The run directory, held by this process until the block ends: new (or empty) unless resuming, never
+    one that already holds a run, nor one another process is training in."""
+    if _is_worker() and RUN_DIR_ENV in os.environ:  # the launcher process holds it
+        yield Path(os.environ[RUN_DIR_ENV])
+        return
     run_dir = Path(cfg.out or Path("runs") / f"{task.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if cfg.resume:
-        if not last.is_file():
-            raise ConfigError(f"--resume: no checkpoint to resume from at {last}")
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(f"output directory {run_dir} is not empty (it may hold a previous run); "
-                          "choose another --out, or pass --resume to continue that run")
+    if not (run_dir / LOCK_FILE).exists():  # refused before anything is written into it
+        _check_run_dir(run_dir, cfg.resume)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -66,9 +68,46 @@ def prepare_run_dir(task, cfg) -> Path:
         probe.unlink()
     except OSError as e:
         raise OSError(f"cannot write to the output directory {run_dir}: {e.strerror or e}") from None
-    run_dir = run_dir.resolve()  # Lightning's callbacks resolve their paths; so do we
-    os.environ[RUN_DIR_ENV] = str(run_dir)
-    return run_dir
+    with hold_run_dir(run_dir):
+        _check_run_dir(run_dir, cfg.resume)  # again: another process may have started a run here meanwhile
+        run_dir = run_dir.resolve()  # Lightning's callbacks resolve their paths; so do we
+        os.environ[RUN_DIR_ENV] = str(run_dir)
+        yield run_dir
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume:
+        if not last.is_file():
+            raise ConfigError(f"--resume: no checkpoint to resume from at {last}")
+    elif run_dir.exists() and any(p.name not in (LOCK_FILE, PID_FILE) for p in run_dir.iterdir()):
+        raise ConfigError(f"output directory {run_dir} is not empty (it may hold a previous run); "
+                          "choose another --out, or pass --resume to continue that run")
+
+
+@contextlib.contextmanager
+def hold_run_dir(run_dir: Path):
+    """One process per run directory: an OS file lock (fcntl), which the kernel releases when the process
+    ends, however it ends (a SIGKILL included), so a lock left by a dead process never blocks a new run.
+    The holder's PID, in a file beside the lock, names it to a process refused."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(run_dir / LOCK_FILE, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            holder = f"PID {int((run_dir / PID_FILE).read_text())}"
+        except (OSError, ValueError):
+            holder = "PID unknown"
+        raise ConfigError(f"run directory {run_dir} is in use by another rnnkit process ({holder}); wait for it "
+                          "to end, or choose another --out") from None
+    try:
+        (run_dir / PID_FILE).write_text(f"{os.getpid()}\n")
+        yield
+    finally:
+        (run_dir / PID_FILE).unlink(missing_ok=True)
+        lock.release()
 
 
 RESUME_MAY_CHANGE = ("accelerator", "checkpoint_every", "data_dir", "devices", "max_epochs", "max_time",
@@ -268,7 +307,11 @@ class _AppendingCSVLogger(CSVLogger):
 def train(task, cfg) -> dict:
     """Train `task` with `cfg`; test the best checkpoint once at the end. Returns metrics.json's content."""
     cfg.validate()
-    run_dir = prepare_run_dir(task, cfg)
+    with prepare_run_dir(task, cfg) as run_dir:
+        return _train(task, cfg, run_dir)
+
+
+def _train(task, cfg, run_dir: Path) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     splits = task.splits(cfg)
     model = task.build_model(cfg, splits.extra)
