@@ -80,13 +80,18 @@ template <typename T> INLINE T tanh_(T v) {  // 1 - 2 / (e^{2|v|} + 1), with v's
     return std::copysign(T(1) - T(2) / (Exp<T>::eval(T(2) * std::fabs(v)) + T(1)), v);
 }
 
-template <bool softsign, typename T> INLINE T act(T v) {
-    if constexpr (softsign) return v / (T(1) + std::fabs(v));
+// The activations, by kind: TANH, SOFTSIGN (v / (1 + |v|)) and RELU; the LSTM's `softsign` flag is its kind.
+enum Activation { TANH = 0, SOFTSIGN = 1, RELU = 2 };
+
+template <int kind, typename T> INLINE T act(T v) {
+    if constexpr (kind == SOFTSIGN) return v / (T(1) + std::fabs(v));
+    else if constexpr (kind == RELU) return v < T(0) ? T(0) : v;  // NaN passes through, as torch.relu's
     else return tanh_(v);
 }
 
-template <bool softsign, typename T> INLINE T act_backward(T d, T y) {  // d * act'(v) from y = act(v)
-    if constexpr (softsign) return d * (T(1) - std::fabs(y)) * (T(1) - std::fabs(y));
+template <int kind, typename T> INLINE T act_backward(T d, T y) {  // d * act'(v) from y = act(v)
+    if constexpr (kind == SOFTSIGN) return d * (T(1) - std::fabs(y)) * (T(1) - std::fabs(y));
+    else if constexpr (kind == RELU) return y > T(0) ? d : T(0);  // torch's threshold_backward(d, y, 0)
     else return d * (T(1) - y * y);
 }
 
@@ -117,6 +122,9 @@ template <typename T> INLINE void ln_backward(T* d_xhat, const T* x, int64_t n, 
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) d_xhat[j] = rstd * (d_xhat[j] - s1 - (x[j] - mean) * rstd * s2);
 }
+
+// ---- The LSTM step's gate math, in one pass over the units ----
+namespace lstm {
 
 // The parameters and options of one step; pointers a layer does not have are null.
 template <typename T> struct Step {
@@ -351,190 +359,434 @@ void backward_any(const Step<T>& s, const T* d_h, const T* d_c, const T* gates, 
     });
 }
 
+}  // namespace lstm
+
 // ---- Whole sequences: the time loop with the recurrent matrix products, for one direction of one layer ----
 // The products call the BLAS that PyTorch itself links (its Fortran-interface gemm, whose address fused.py
 // looks up and checks against torch.matmul), so a sequence runs without returning to Python between steps.
+// One loop (run_forward, run_backward) serves every cell: time, lengths, recurrent dropout, the input
+// projection of inference and the carried h are handled there; a cell (LSTM, GRU, RNN below) supplies one
+// step's products and gate math, forward and backward.
 
 template <typename T> using Gemm = void (*)(const char*, const char*, const int*, const int*, const int*,
                                             const T*, const T*, const int*, const T*, const int*, const T*, T*,
                                             const int*);
 
-// Row-major C (m, n) = A (m, k) B (k, n) + beta * C, with A stored as (k, m) if ta and B as (n, k) if tb, through
-// the column-major gemm: C^T = B^T A^T, a row-major matrix being its transpose in column-major order.
+// Row-major C (m, n) = A (m, k) B (k, n) + beta * C through the column-major gemm (C^T = B^T A^T, a row-major
+// matrix being its transpose in column-major order). A is stored as (m, k), or (k, m) if ta, with row stride
+// lda; B as (k, n), or (n, k) if tb, with row stride ldb; C with row stride ldc.
 template <typename T> INLINE void matmul(Gemm<T> gemm, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* A,
-                                         const T* B, T beta, T* C) {
+                                         int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
     if (m == 0 || n == 0) return;
-    const int m_ = int(m), n_ = int(n), k_ = int(k), lda = ta ? m_ : k_, ldb = tb ? k_ : n_;
+    const int m_ = int(m), n_ = int(n), k_ = int(k), lda_ = int(lda), ldb_ = int(ldb), ldc_ = int(ldc);
     const T one = 1;
-    gemm(tb ? "T" : "N", ta ? "T" : "N", &n_, &m_, &k_, &one, B, &ldb, A, &lda, &beta, C, &n_);
+    gemm(tb ? "T" : "N", ta ? "T" : "N", &n_, &m_, &k_, &one, B, &ldb_, A, &lda_, &beta, C, &ldc_);
 }
 
-// The buffers of a sequence (T steps, B rows, sorted longest first when batch_sizes is given: step t runs the
-// first batch_sizes[t] rows; a row that has ended keeps its state). A per-step buffer holds all T steps
-// when its stride is a step's size, or one step, reused, when its stride is 0 (inference keeps nothing).
+template <typename T> INLINE void matmul(Gemm<T> gemm, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* A,
+                                         const T* B, T beta, T* C) {  // contiguous operands
+    matmul(gemm, ta, tb, m, n, k, A, ta ? m : k, B, tb ? k : n, beta, C, n);
+}
+
+// The buffers of a sequence call, in fused.py's order (Sequence.NAMES); a cell's own slots are null for the others.
+enum class Slot {
+    BATCH_SIZES, W_HH, W_HH_T, MASK, XP, H0, H, OUT, HR, X, W_IH_T, B_IH, LN_W_IH, WORK,  // every cell
+    GATES, EXTRA, B_HH,                                                                  // GRU (GATES also LSTM)
+    C, ACT_C, H_NEW, A, STATS, W_HR, PEEP, LN_W_HH, LN_W_C, LN_B_C                       // LSTM
+};
+enum Grad { D_OUT, D_H, D_C, D_XP, D_HOUT, D_VEC, D_W_HH, D_WORK, D_EXTRA };  // the backward's own buffers
+
+// A sequence: T steps, B rows, sorted longest first when batch_sizes is given (step t runs the first
+// batch_sizes[t] rows; a row that has ended keeps its state). A per-step buffer holds all T steps when the
+// sequence is kept for the backward, else one step, reused (inference keeps nothing).
 template <typename T> struct Sequence {
-    int64_t steps, B, H, P;
+    int64_t steps, B, H, P, GH, I, chunk;  // P: the size of h (the LSTM's projection, else H); GH: G*H, xp's width
+    bool keep;
+    void* const* buf;
     const int64_t* batch_sizes;  // (T) or null: every row runs every step
-    const T *w_hh, *w_hr, *mask;  // (G*H, P); (P, H) with a projection, else null; (B, P) recurrent dropout or null
-    const T* w_hh_t;              // (P, G*H): W_hh^T, contiguous, for the forward's products
-    const T* xp;                 // (T, B, G*H): the input projections
-    T* gates;                    // the pre-activations, then the activated gates
-    T* c;                        // (T+1, B, H) when kept, else (2, B, H); c[0] = c_0 on entry
-    const T* h0;                 // (B, P): the initial h
-    T *h, *out;                  // (B, P): h_0 on entry, the final h on exit; (T, B, P): zero past a row's end
-    T *hr, *act_c, *h_new, *a, *stats;  // h masked (mask only), act(c'), o * act(c') (projection only),
-                                        // h W_hh^T and moments (layer norm only)
-    int64_t s_gates, s_hr, s_act, s_h_new, s_a, s_stats;  // per-step strides of those buffers (0: one step)
-    bool keep_c;
-    // Inference may project the input here instead (x non-null): xp is then a buffer of `chunk` steps,
-    // filled with x W_ih^T for `chunk` steps at a time; each step's gates add the bias b (G*H), and with
-    // ln_w_ih (layer norm) the projection of each row is normalised first: LN(x W_ih^T) * ln_w_ih + b.
+    const T *w_hh, *w_hh_t, *mask, *h0;  // (G*H, P); (P, G*H) contiguous, for the forward; (B, P) or null; (B, P)
+    T *xp, *h, *out, *hr;  // (T, B, G*H) the input projections; (B, P): h_0 on entry, the final h on exit;
+                           // (T, B, P): zero past a row's end; h masked (mask only)
+    // Inference may project the input here instead (x non-null): xp is then a buffer of `chunk` steps, filled with
+    // x W_ih^T for `chunk` steps at a time, each step's rows then getting the bias b (G*H) and with ln_w_ih (the
+    // LSTM's layer norm) normalised first: LN(x W_ih^T) * ln_w_ih + b.
     const T *x, *w_ih_t, *b, *ln_w_ih;  // (T, B, I); (I, G*H); (G*H) or null; (G*H) or null
-    int64_t I, chunk;
+    T* work;                            // (B, G*H), for a cell's forward
+
+    Sequence(const int64_t* dims, int keep, void* const* b)
+        : steps(dims[0]), B(dims[1]), H(dims[2]), P(dims[3]), GH(dims[6] * dims[2]), I(dims[4]), chunk(dims[5]),
+          keep(keep != 0), buf(b), batch_sizes((const int64_t*)b[int(Slot::BATCH_SIZES)]), w_hh(at(Slot::W_HH)),
+          w_hh_t(at(Slot::W_HH_T)), mask(at(Slot::MASK)), h0(at(Slot::H0)), xp(at(Slot::XP)), h(at(Slot::H)),
+          out(at(Slot::OUT)), hr(at(Slot::HR)), x(at(Slot::X)), w_ih_t(at(Slot::W_IH_T)), b(at(Slot::B_IH)),
+          ln_w_ih(at(Slot::LN_W_IH)), work(at(Slot::WORK)) {}
+    T* at(Slot slot) const { return (T*)buf[int(slot)]; }
+    int64_t rows(int64_t t) const { return batch_sizes ? batch_sizes[t] : B; }
+    T* step_of(T* buffer, int64_t t, int64_t width) const { return buffer + (keep ? t * B * width : 0); }
 };
 
-// gates (bs rows) from the step's projection: a copy, or with the input projected here (q.x) the bias
-// added and, with layer norm, each row normalised first.
-template <typename T> INLINE void gates_from_projection(const Sequence<T>& q, int64_t bs, int64_t GH, const T* xp,
-                                                        T* gates, T eps) {
-    if (!q.x) {
-        std::memcpy(gates, xp, bs * GH * sizeof(T));
-        return;
+// Step t's input pre-activations (bs, G*H): xp's step, or with the input projected here (q.x) the chunk's step,
+// its rows given the bias and the layer norm in place.
+template <typename T> const T* step_input(const Sequence<T>& q, int64_t t, int64_t bs, Gemm<T> gemm, T eps) {
+    const int64_t B = q.B, GH = q.GH;
+    if (!q.x) return q.xp + t * B * GH;
+    T* in = q.xp + (t % q.chunk) * B * GH;
+    if (t % q.chunk == 0) {  // project the next chunk of steps (rows past their end included)
+        const int64_t n = std::min(q.chunk, q.steps - t);
+        matmul(gemm, false, false, n * B, GH, q.I, q.x + t * B * q.I, q.w_ih_t, T(0), q.xp);
     }
+    if (!q.b && !q.ln_w_ih) return in;
 #pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
     for (int64_t r = 0; r < bs; ++r) {
-        const T* in = xp + r * GH;
-        T* g = gates + r * GH;
+        T* row = in + r * GH;
         if (q.ln_w_ih) {
             T mean, rstd;
-            moments(in, GH, eps, mean, rstd);
+            moments(row, GH, eps, mean, rstd);
 #pragma GCC ivdep
-            for (int64_t j = 0; j < GH; ++j) g[j] = (in[j] - mean) * rstd * q.ln_w_ih[j] + (q.b ? q.b[j] : T(0));
-        } else if (q.b) {
-#pragma GCC ivdep
-            for (int64_t j = 0; j < GH; ++j) g[j] = in[j] + q.b[j];
+            for (int64_t j = 0; j < GH; ++j) row[j] = (row[j] - mean) * rstd * q.ln_w_ih[j] + (q.b ? q.b[j] : T(0));
         } else {
-            std::memcpy(g, in, GH * sizeof(T));
+#pragma GCC ivdep
+            for (int64_t j = 0; j < GH; ++j) row[j] += q.b[j];
         }
     }
+    return in;
 }
 
-template <typename T, bool coupled, bool softsign, bool has_peep, bool ln>
-void sequence_forward(Step<T> s, const Sequence<T>& q, Gemm<T> gemm) {
-    const int64_t G = coupled ? 3 : 4, B = q.B, H = q.H, P = q.P, GH = G * H;
+// x[k] *= mask[k] over bs rows of P: recurrent dropout's mask on the gradient reaching h through W_hh.
+template <typename T> INLINE void apply_mask(const Sequence<T>& q, int64_t bs, T* x) {
+    if (q.mask)
+        for (int64_t k = 0; k < bs * q.P; ++k) x[k] *= q.mask[k];
+}
+
+// The forward loop: for each step, the rows that have ended carry their state and output zero, the active ones
+// run the cell's step on their input pre-activations and h_r (h, masked with recurrent dropout), and h carries.
+template <typename T, class Cell> void run_forward(const Sequence<T>& q, Cell& cell, Gemm<T> gemm) {
+    const int64_t B = q.B, P = q.P;
     for (int64_t t = 0; t < q.steps; ++t) {
-        const int64_t bs = q.batch_sizes ? q.batch_sizes[t] : B;
-        const T* c_prev = q.c + (q.keep_c ? t : t % 2) * B * H;
-        T* c_next = q.c + (q.keep_c ? t + 1 : (t + 1) % 2) * B * H;
+        const int64_t bs = q.rows(t);
         T* out = q.out + t * B * P;
-        if (bs < B) {  // ended rows: their cell state carries, their output is zero
-            std::memcpy(c_next + bs * H, c_prev + bs * H, (B - bs) * H * sizeof(T));
+        if (bs < B) {
             std::memset(out + bs * P, 0, (B - bs) * P * sizeof(T));
+            cell.carry(t, bs);
         }
-        if (bs == 0) continue;
+        if (bs == 0) continue;  // the lengths are sorted: every later step is empty too
         const T* hr = q.h;
         if (q.mask) {
-            T* m = q.hr + t * q.s_hr;
+            T* m = q.step_of(q.hr, t, P);
             for (int64_t k = 0; k < bs * P; ++k) m[k] = q.h[k] * q.mask[k];
             hr = m;
         }
-        T* gates = q.gates + t * q.s_gates;
-        const T* xp = q.xp + (q.x ? t % q.chunk : t) * B * GH;
-        if (q.x && t % q.chunk == 0) {  // project the next chunk of steps (rows past their end included)
-            const int64_t n = std::min(q.chunk, q.steps - t);
-            matmul(gemm, false, false, n * B, GH, q.I, q.x + t * B * q.I, q.w_ih_t, T(0), (T*)q.xp);
-        }
-        if (ln && !q.x)  // the kernel reads xp itself
-            s.xp = xp;
-        else
-            gates_from_projection(q, bs, GH, xp, gates, s.eps);
-        if (ln) {
-            T* a = q.a + t * q.s_a;
-            matmul(gemm, false, false, bs, GH, P, hr, q.w_hh_t, T(0), a);
-            s.a = a;
-        } else {
-            matmul(gemm, false, false, bs, GH, P, hr, q.w_hh_t, T(1), gates);
-        }
-        s.B = bs;
-        T* h_new = q.w_hr ? q.h_new + t * q.s_h_new : out;
-        forward<T, coupled, softsign, has_peep, ln>(s, gates, c_prev, c_next, q.act_c + t * q.s_act, h_new,
-                                                    ln ? q.stats + t * q.s_stats : nullptr);
-        if (q.w_hr) matmul(gemm, false, true, bs, P, H, h_new, q.w_hr, T(0), out);  // h W_hr^T
+        cell.forward(t, bs, step_input(q, t, bs, gemm, T(1e-5)), hr, out, gemm);
         std::memcpy(q.h, out, bs * P * sizeof(T));
     }
 }
 
-// The gradients of a kept sequence (every buffer kept) from d_out (T, B, P) and those of the final state,
-// d_h (B, P) and d_c (B, H) on entry, of the initial state on exit. Writes d_xp (T, B, G*H) (rows past a
-// row's end untouched: zero them beforehand), d_hout (T, B, P) with a projection (the gradient reaching its
-// output, for W_hr's gradient) and adds the vector parameters' gradients to d_vec (see backward). W_hh's
-// gradient, the sum over steps of d_pre^T h_r: without layer norm d_pre is d_xp, and the product over all
-// steps is left to the caller; with layer norm d_pre is d_a, the gradient of a = h_r W_hh^T, kept for
+// The backward loop over a kept sequence: d_h (B, P) holds the gradient of the final h on entry, of h_0 on exit;
+// each step adds d_out's and the cell turns the gradient reaching h_t into d_xp's step (rows past their end
+// untouched: zero them beforehand) and the gradient reaching h_{t-1} (rows that have ended keep theirs, which
+// waits for their last step). The cell's `finish` runs after every step, empty or not.
+template <typename T, class Cell> void run_backward(const Sequence<T>& q, Cell& cell, Gemm<T> gemm, const T* d_out,
+                                                    T* d_h, T* d_xp) {
+    const int64_t B = q.B, P = q.P;
+    for (int64_t t = q.steps - 1; t >= 0; --t) {
+        const int64_t bs = q.rows(t);
+        if (bs > 0) {
+            const T* d_o = d_out + t * B * P;
+            for (int64_t k = 0; k < bs * P; ++k) d_h[k] += d_o[k];
+            const T* h_prev = t ? q.out + (t - 1) * B * P : q.h0;  // the rows active now were active then
+            cell.backward(t, bs, h_prev, q.mask ? q.hr + t * B * P : h_prev, d_h, d_xp + t * B * q.GH, gemm);
+        }
+        cell.finish(t, bs, gemm);
+    }
+}
+
+// ---- LSTM: the gate math of forward()/backward() above, the products around it ----
+// Per step it keeps the activated gates (G*H), c (the T+1 cell states), act_c (H), with a projection h before it
+// (H), with layer norm a = h_r W_hh^T (G*H) and the moments (4). The backward also writes d_hout (T, B, P) with a
+// projection (the gradient reaching its output, for W_hr's gradient) and adds the vector parameters' gradients
+// to d_vec (see backward). W_hh's gradient, the sum over steps of d_pre^T h_r: without layer norm d_pre is d_xp,
+// and the product over all steps is left to the caller; with layer norm d_pre is d_a, the gradient of a, kept for
 // `chunk` steps at a time and added to d_w_hh (G*H, P) one product per chunk (the saved tensors are never
 // written: a second backward through the same graph gives the same gradients).
-// work: (B, H) + (B, H) + (G*H) + with layer norm (chunk, B, G*H).
-template <typename T, bool coupled, bool softsign, bool has_peep, bool ln>
-void sequence_backward(Step<T> s, const Sequence<T>& q, Gemm<T> gemm, const T* d_out, T* d_h, T* d_c, T* d_xp,
-                       T* d_hout, T* d_vec, T* d_w_hh, T* work) {
-    const int64_t G = coupled ? 3 : 4, B = q.B, H = q.H, P = q.P, GH = G * H, K = q.chunk;
-    T *d_hn = work, *d_cp = work + B * H, *row_work = d_cp + B * H, *d_a_chunk = row_work + GH;
-    // layer norm: d_a of steps t .. t+n-1 (rows past their end zero) times their h_r, added to d_w_hh
-    auto add_chunk = [&](int64_t t) {
+// The backward's work: (B, H) + (B, H) + (G*H) + with layer norm (chunk, B, G*H).
+template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struct LSTM {
+    const Sequence<T>& q;
+    lstm::Step<T> s;
+    const T* w_hr;
+    T *gates, *c, *act_c, *h_new, *a, *stats;
+    T *d_c, *d_hout, *d_vec, *d_w_hh, *d_hn, *d_cp, *row_work, *d_a_chunk;  // the backward's
+
+    LSTM(const Sequence<T>& q, void* const* g)
+        : q(q), s{q.B, q.H, q.at(Slot::PEEP), nullptr, q.at(Slot::LN_W_HH), q.at(Slot::LN_W_C), q.at(Slot::LN_B_C),
+                  T(1e-5)},
+          w_hr(q.at(Slot::W_HR)), gates(q.at(Slot::GATES)), c(q.at(Slot::C)), act_c(q.at(Slot::ACT_C)),
+          h_new(q.at(Slot::H_NEW)), a(q.at(Slot::A)), stats(q.at(Slot::STATS)) {
+        if (!g) return;
+        d_c = (T*)g[D_C], d_hout = (T*)g[D_HOUT], d_vec = (T*)g[D_VEC], d_w_hh = (T*)g[D_W_HH];
+        d_hn = (T*)g[D_WORK], d_cp = d_hn + q.B * q.H, row_work = d_cp + q.B * q.H, d_a_chunk = row_work + q.GH;
+    }
+    T* c_at(int64_t t) const { return c + (q.keep ? t : t % 2) * q.B * q.H; }
+
+    void carry(int64_t t, int64_t bs) {  // ended rows: their cell state carries
+        std::memcpy(c_at(t + 1) + bs * q.H, c_at(t) + bs * q.H, (q.B - bs) * q.H * sizeof(T));
+    }
+
+    void forward(int64_t t, int64_t bs, const T* in, const T* hr, T* out, Gemm<T> gemm) {
+        const int64_t GH = q.GH, P = q.P, H = q.H;
+        T* g = q.step_of(gates, t, GH);
+        if (ln) {  // the kernel reads xp itself
+            s.xp = in;
+            s.a = q.step_of(a, t, GH);
+            matmul(gemm, false, false, bs, GH, P, hr, q.w_hh_t, T(0), (T*)s.a);
+        } else {
+            std::memcpy(g, in, bs * GH * sizeof(T));
+            matmul(gemm, false, false, bs, GH, P, hr, q.w_hh_t, T(1), g);
+        }
+        s.B = bs;
+        T* hn = w_hr ? q.step_of(h_new, t, H) : out;
+        lstm::forward<T, coupled, softsign, has_peep, ln>(s, g, c_at(t), c_at(t + 1), q.step_of(act_c, t, H), hn,
+                                                          ln ? q.step_of(stats, t, 4) : nullptr);
+        if (w_hr) matmul(gemm, false, true, bs, P, H, hn, w_hr, T(0), out);  // h W_hr^T
+    }
+
+    void backward(int64_t t, int64_t bs, const T*, const T*, T* d_h, T* dx, Gemm<T> gemm) {
+        const int64_t B = q.B, GH = q.GH, P = q.P, H = q.H;
+        const T* dh = d_h;
+        if (w_hr) {
+            std::memcpy(d_hout + t * B * P, d_h, bs * P * sizeof(T));
+            matmul(gemm, false, false, bs, H, P, d_h, w_hr, T(0), d_hn);  // d_hn (bs, H) = d_h (bs, P) W_hr
+            dh = d_hn;
+        }
+        s.B = bs;
+        s.a = ln ? a + t * B * GH : nullptr;
+        T* d_a = ln ? d_a_chunk + (t % q.chunk) * B * GH : nullptr;
+        lstm::backward<T, coupled, softsign, has_peep, ln>(s, dh, d_c, gates + t * B * GH, c_at(t), c_at(t + 1),
+                                                           act_c + t * B * H, ln ? stats + t * B * 4 : nullptr, dx,
+                                                           d_cp, d_vec, d_a, row_work);
+        std::memcpy(d_c, d_cp, bs * H * sizeof(T));
+        matmul(gemm, false, false, bs, P, GH, ln ? d_a : dx, q.w_hh, T(0), d_h);  // d_h = d_pre (bs, G*H) W_hh
+        apply_mask(q, bs, d_h);
+    }
+
+    void finish(int64_t t, int64_t bs, Gemm<T> gemm) {  // layer norm: d_a of the chunk t .. t+K-1 into d_w_hh
+        if (!ln) return;
+        const int64_t B = q.B, GH = q.GH, P = q.P, K = q.chunk;
+        if (bs < B) std::memset(d_a_chunk + (t % K) * B * GH + bs * GH, 0, (B - bs) * GH * sizeof(T));
+        if (t % K) return;
         const int64_t n = std::min(K, q.steps - t);
         if (q.mask) {
-            matmul(gemm, true, false, GH, P, n * B, d_a_chunk, q.hr + t * q.s_hr, T(1), d_w_hh);
+            matmul(gemm, true, false, GH, P, n * B, d_a_chunk, q.hr + t * B * P, T(1), d_w_hh);
         } else if (t > 0) {
             matmul(gemm, true, false, GH, P, n * B, d_a_chunk, q.out + (t - 1) * B * P, T(1), d_w_hh);
         } else {  // step 0 reads h_0, the others the outputs before them
             matmul(gemm, true, false, GH, P, B, d_a_chunk, q.h0, T(1), d_w_hh);
             matmul(gemm, true, false, GH, P, (n - 1) * B, d_a_chunk + B * GH, q.out, T(1), d_w_hh);
         }
-    };
-    for (int64_t t = q.steps - 1; t >= 0; --t) {
-        const int64_t bs = q.batch_sizes ? q.batch_sizes[t] : B;
-        T* d_a = ln ? d_a_chunk + (t % K) * B * GH : nullptr;
-        if (ln && bs < B) std::memset(d_a + bs * GH, 0, (B - bs) * GH * sizeof(T));  // rows that have ended
-        if (bs == 0) {
-            if (ln && t % K == 0) add_chunk(t);
-            continue;
+    }
+};
+
+// ---- GRU (gates r, z, n; cells.GRUStep) ----
+// reset_after (torch.nn): rec = h_r W_hh^T + b_hh, r, z = sigmoid(xp + rec), n = act(xp_n + r * rec_n);
+// else (Cho et al.): r, z = sigmoid(xp + h_r W_hz^T), n = act(xp_n + (r * h_r) W_hn^T), b_hh hoisted into xp.
+// h' = n + z * (h - n). Per step it keeps the activated gates r, z, n (3H) and `extra` (H): rec_n (reset_after)
+// or r * h_r. The backward writes d_xp; W_hh's gradient is left to the caller: the r, z rows are d_xp's r, z
+// blocks times h_r, the n rows d_extra times h_r (reset_after: d_extra = d_n * r, the gradient at rec_n, written
+// here, (T, B, H)) or d_xp's n block times r * h_r. b_hh's gradient (reset_after) is the sum of the same blocks.
+// Forward work: (B, 3H); backward work: (B, 3H) + (B, H).
+template <typename T, bool reset_after, int kind> struct GRU {
+    const Sequence<T>& q;
+    T *gates, *extra, *d_extra, *d_work;
+    const T* b_hh;
+
+    GRU(const Sequence<T>& q, void* const* g)
+        : q(q), gates(q.at(Slot::GATES)), extra(q.at(Slot::EXTRA)), d_extra(g ? (T*)g[D_EXTRA] : nullptr),
+          d_work(g ? (T*)g[D_WORK] : nullptr), b_hh(q.at(Slot::B_HH)) {}
+
+    void carry(int64_t, int64_t) {}  // h, the only state, carries in the loop
+
+    void forward(int64_t t, int64_t bs, const T* in, const T* hr, T* out, Gemm<T> gemm) {
+        const int64_t H = q.H, GH = 3 * H;
+        T *g = q.step_of(gates, t, GH), *e = q.step_of(extra, t, H), *rec = q.work;
+        const T* h = q.h;
+        if (reset_after) {
+            matmul(gemm, false, false, bs, GH, H, hr, q.w_hh_t, T(0), rec);  // (bs, 3H) = h_r W_hh^T
+#pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
+            for (int64_t b = 0; b < bs; ++b) {
+                const T *x = in + b * GH, *rc = rec + b * GH, *hb = h + b * H;
+                T *gb = g + b * GH, *eb = e + b * H, *ob = out + b * H;
+#pragma GCC ivdep
+                for (int64_t j = 0; j < H; ++j) {
+                    T r = sigmoid(x[j] + rc[j] + (b_hh ? b_hh[j] : T(0)));
+                    T z = sigmoid(x[H + j] + rc[H + j] + (b_hh ? b_hh[H + j] : T(0)));
+                    T hn = rc[2 * H + j] + (b_hh ? b_hh[2 * H + j] : T(0));
+                    T n = act<kind>(x[2 * H + j] + r * hn);
+                    gb[j] = r, gb[H + j] = z, gb[2 * H + j] = n, eb[j] = hn;
+                    ob[j] = n + z * (hb[j] - n);
+                }
+            }
+        } else {
+            matmul(gemm, false, false, bs, 2 * H, H, hr, H, q.w_hh_t, GH, T(0), rec, 2 * H);  // h_r W_h{r,z}^T
+#pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
+            for (int64_t b = 0; b < bs; ++b) {
+                const T *x = in + b * GH, *rc = rec + b * 2 * H, *hb = hr + b * H;
+                T *gb = g + b * GH, *eb = e + b * H;
+#pragma GCC ivdep
+                for (int64_t j = 0; j < H; ++j) {
+                    T r = sigmoid(x[j] + rc[j]);
+                    gb[j] = r, gb[H + j] = sigmoid(x[H + j] + rc[H + j]), eb[j] = r * hb[j];
+                }
+            }
+            matmul(gemm, false, false, bs, H, H, e, H, q.w_hh_t + 2 * H, GH, T(0), rec, H);  // (r * h_r) W_hn^T
+#pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
+            for (int64_t b = 0; b < bs; ++b) {
+                const T *x = in + b * GH, *rc = rec + b * H, *hb = h + b * H;
+                T *gb = g + b * GH, *ob = out + b * H;
+#pragma GCC ivdep
+                for (int64_t j = 0; j < H; ++j) {
+                    T z = gb[H + j], n = act<kind>(x[2 * H + j] + rc[j]);
+                    gb[2 * H + j] = n;
+                    ob[j] = n + z * (hb[j] - n);
+                }
+            }
         }
-        const T* d_o = d_out + t * B * P;
-        for (int64_t k = 0; k < bs * P; ++k) d_h[k] += d_o[k];
-        const T* dh = d_h;
-        if (q.w_hr) {
-            T* dho = d_hout + t * B * P;
-            std::memcpy(dho, d_h, bs * P * sizeof(T));
-            matmul(gemm, false, false, bs, H, P, d_h, q.w_hr, T(0), d_hn);  // d_hn (bs, H) = d_h (bs, P) W_hr
-            dh = d_hn;
+    }
+
+    void backward(int64_t t, int64_t bs, const T* h_prev, const T* hr, T* d_h, T* dx, Gemm<T> gemm) {
+        const int64_t B = q.B, H = q.H, GH = 3 * H;
+        const T *g = gates + t * B * GH, *e = extra + t * B * H;
+        T *d_rec = d_work, *d_hr = d_work + B * GH;
+        if (reset_after) {
+            T* d_nr = d_extra + t * B * H;
+#pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
+            for (int64_t b = 0; b < bs; ++b) {
+                const T *gb = g + b * GH, *eb = e + b * H, *hp = h_prev + b * H;
+                T *dh = d_h + b * H, *dxb = dx + b * GH, *drb = d_rec + b * GH, *dnb = d_nr + b * H;
+#pragma GCC ivdep
+                for (int64_t j = 0; j < H; ++j) {
+                    T r = gb[j], z = gb[H + j], n = gb[2 * H + j], d = dh[j];
+                    T d_n = act_backward<kind>(d * (T(1) - z), n);
+                    T d_z = d * (hp[j] - n) * z * (T(1) - z);
+                    T d_r = d_n * eb[j] * r * (T(1) - r);
+                    dxb[j] = drb[j] = d_r;
+                    dxb[H + j] = drb[H + j] = d_z;
+                    dxb[2 * H + j] = d_n;
+                    drb[2 * H + j] = dnb[j] = d_n * r;
+                    dh[j] = d * z;  // the direct path; the recurrent one is added below
+                }
+            }
+            if (q.mask) {
+                matmul(gemm, false, false, bs, H, GH, d_rec, q.w_hh, T(0), d_hr);  // d_rec (bs, 3H) W_hh
+                for (int64_t k = 0; k < bs * H; ++k) d_h[k] += q.mask[k] * d_hr[k];
+            } else {
+                matmul(gemm, false, false, bs, H, GH, d_rec, q.w_hh, T(1), d_h);
+            }
+            return;
         }
-        s.B = bs;
-        s.a = ln ? q.a + t * q.s_a : nullptr;
-        T* dx = d_xp + t * B * GH;
-        backward<T, coupled, softsign, has_peep, ln>(s, dh, d_c, q.gates + t * q.s_gates, q.c + t * B * H,
-                                                     q.c + (t + 1) * B * H, q.act_c + t * q.s_act,
-                                                     ln ? q.stats + t * q.s_stats : nullptr, dx, d_cp, d_vec, d_a,
-                                                     row_work);
-        std::memcpy(d_c, d_cp, bs * H * sizeof(T));
-        const T* d_pre = ln ? d_a : dx;
-        if (ln && t % K == 0) add_chunk(t);  // the chunk of steps t .. t+K-1 is complete
-        matmul(gemm, false, false, bs, P, GH, d_pre, q.w_hh, T(0), d_h);  // d_h (bs, P) = d_pre (bs, G*H) W_hh
+#pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
+        for (int64_t b = 0; b < bs; ++b) {
+            const T *gb = g + b * GH, *hp = h_prev + b * H;
+            T *dh = d_h + b * H, *dxb = dx + b * GH;
+#pragma GCC ivdep
+            for (int64_t j = 0; j < H; ++j) {
+                T z = gb[H + j], n = gb[2 * H + j], d = dh[j];
+                dxb[2 * H + j] = act_backward<kind>(d * (T(1) - z), n);
+                dxb[H + j] = d * (hp[j] - n) * z * (T(1) - z);
+                dh[j] = d * z;
+            }
+        }
+        // d_rh (bs, H) = d_n W_hn, W_hn the last H rows of W_hh (3H, H)
+        matmul(gemm, false, false, bs, H, H, dx + 2 * H, GH, q.w_hh + 2 * H * H, H, T(0), d_hr, H);
+#pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
+        for (int64_t b = 0; b < bs; ++b) {
+            const T *gb = g + b * GH, *hb = hr + b * H;
+            T *dxb = dx + b * GH, *drh = d_hr + b * H;
+#pragma GCC ivdep
+            for (int64_t j = 0; j < H; ++j) {
+                T r = gb[j];
+                dxb[j] = drh[j] * hb[j] * r * (T(1) - r);
+                drh[j] *= r;
+            }
+        }
+        matmul(gemm, false, false, bs, H, 2 * H, dx, GH, q.w_hh, H, T(1), d_hr, H);  // + d_{r,z} W_h{r,z}
         if (q.mask)
-            for (int64_t k = 0; k < bs * P; ++k) d_h[k] *= q.mask[k];
+            for (int64_t k = 0; k < bs * H; ++k) d_h[k] += q.mask[k] * d_hr[k];
+        else
+            for (int64_t k = 0; k < bs * H; ++k) d_h[k] += d_hr[k];
+    }
+
+    void finish(int64_t, int64_t, Gemm<T>) {}
+};
+
+// ---- Elman RNN (cells.RNNStep): h' = act(xp + h_r W_hh^T); it keeps nothing but the outputs ----
+template <typename T, int kind> struct RNN {
+    const Sequence<T>& q;
+
+    RNN(const Sequence<T>& q, void* const*) : q(q) {}
+
+    void carry(int64_t, int64_t) {}
+
+    void forward(int64_t, int64_t bs, const T* in, const T* hr, T* out, Gemm<T> gemm) {
+        const int64_t H = q.H;
+        std::memcpy(out, in, bs * H * sizeof(T));
+        matmul(gemm, false, false, bs, H, H, hr, q.w_hh_t, T(1), out);
+#pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
+        for (int64_t b = 0; b < bs; ++b) {
+            T* ob = out + b * H;
+#pragma GCC ivdep
+            for (int64_t j = 0; j < H; ++j) ob[j] = act<kind>(ob[j]);
+        }
+    }
+
+    void backward(int64_t t, int64_t bs, const T*, const T*, T* d_h, T* dx, Gemm<T> gemm) {
+        const int64_t H = q.H;
+        const T* y = q.out + t * q.B * H;
+#pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
+        for (int64_t b = 0; b < bs; ++b) {
+#pragma GCC ivdep
+            for (int64_t j = 0; j < H; ++j) dx[b * H + j] = act_backward<kind>(d_h[b * H + j], y[b * H + j]);
+        }
+        matmul(gemm, false, false, bs, H, H, dx, q.w_hh, T(0), d_h);  // d_h = d_pre W_hh
+        apply_mask(q, bs, d_h);
+    }
+
+    void finish(int64_t, int64_t, Gemm<T>) {}
+};
+
+// flags = [cell (0 LSTM, 1 GRU, 2 RNN), activation, keep, coupled (LSTM), reset_after (GRU), peephole (LSTM),
+// layer norm (LSTM)]: each combination compiled as its own loop, without branches.
+template <typename T, typename F> void with_cell(const int* flags, F&& run) {
+    const int activation = flags[1];
+    if (flags[0] == 0) {
+        lstm::dispatch(flags[3], activation, flags[5], flags[6], [&]<bool C, bool S, bool P, bool L>() {
+            run.template operator()<LSTM<T, C, S, P, L>>();
+        });
+    } else if (flags[0] == 1) {
+        auto gru = [&]<bool reset_after>() {
+            if (activation == SOFTSIGN) run.template operator()<GRU<T, reset_after, SOFTSIGN>>();
+            else run.template operator()<GRU<T, reset_after, TANH>>();
+        };
+        if (flags[4]) gru.template operator()<true>();
+        else gru.template operator()<false>();
+    } else {
+        if (activation == SOFTSIGN) run.template operator()<RNN<T, SOFTSIGN>>();
+        else if (activation == RELU) run.template operator()<RNN<T, RELU>>();
+        else run.template operator()<RNN<T, TANH>>();
     }
 }
 
-template <typename T>
-void sequence_any(const Step<T>& s, const Sequence<T>& q, Gemm<T> gemm, int coupled, int softsign) {
-    dispatch(coupled, softsign, s.peep != nullptr, s.w_hh != nullptr, [&]<bool C, bool S, bool P, bool L>() {
-        sequence_forward<T, C, S, P, L>(s, q, gemm);
+template <typename T> void sequence(const int* flags, const int64_t* dims, void* const* bufs, Gemm<T> gemm) {
+    const Sequence<T> q(dims, flags[2], bufs);
+    with_cell<T>(flags, [&]<class Cell>() {
+        Cell cell(q, nullptr);
+        run_forward(q, cell, gemm);
     });
 }
 
 template <typename T>
-void sequence_backward_any(const Step<T>& s, const Sequence<T>& q, Gemm<T> gemm, int coupled, int softsign,
-                           const T* d_out, T* d_h, T* d_c, T* d_xp, T* d_hout, T* d_vec, T* d_w_hh, T* work) {
-    dispatch(coupled, softsign, s.peep != nullptr, s.w_hh != nullptr, [&]<bool C, bool S, bool P, bool L>() {
-        sequence_backward<T, C, S, P, L>(s, q, gemm, d_out, d_h, d_c, d_xp, d_hout, d_vec, d_w_hh, work);
+void sequence_backward(const int* flags, const int64_t* dims, void* const* bufs, Gemm<T> gemm, void* const* grads) {
+    const Sequence<T> q(dims, flags[2], bufs);
+    with_cell<T>(flags, [&]<class Cell>() {
+        Cell cell(q, grads);
+        run_backward(q, cell, gemm, (const T*)grads[D_OUT], (T*)grads[D_H], (T*)grads[D_XP]);
     });
 }
 
@@ -542,57 +794,34 @@ void sequence_backward_any(const Step<T>& s, const Sequence<T>& q, Gemm<T> gemm,
 
 extern "C" {
 
-// One entry per direction of the data: params = [peep, a, w_hh, w_c, b_c] (null where absent), dims = [B, H],
+// One LSTM step's gate math: params = [peep, a, w_hh, w_c, b_c] (null where absent), dims = [B, H],
 // flags = [coupled, softsign].
 #define RNNKIT_ENTRIES(T, suffix)                                                                           \
     void lstm_forward_##suffix(void* const* params, const int64_t* dims, const int* flags, T* gates,         \
                                const T* c, T* c_new, T* act_c, T* h, T* stats) {                             \
-        Step<T> s{dims[0], dims[1], (const T*)params[0], (const T*)params[1], (const T*)params[2],          \
-                  (const T*)params[3], (const T*)params[4], T(1e-5)};                                       \
-        forward_any<T>(s, gates, c, c_new, act_c, h, stats, flags[0], flags[1]);                             \
+        lstm::Step<T> s{dims[0], dims[1], (const T*)params[0], (const T*)params[1], (const T*)params[2],    \
+                        (const T*)params[3], (const T*)params[4], T(1e-5)};                                 \
+        lstm::forward_any<T>(s, gates, c, c_new, act_c, h, stats, flags[0], flags[1]);                       \
     }                                                                                                       \
     void lstm_backward_##suffix(void* const* params, const int64_t* dims, const int* flags, const T* d_h,   \
                                 const T* d_c, const T* gates, const T* c, const T* c_new, const T* act_c,   \
                                 const T* stats, T* d_gates, T* d_c_prev, T* d_vec, T* d_a, T* work) {        \
-        Step<T> s{dims[0], dims[1], (const T*)params[0], (const T*)params[1], (const T*)params[2],          \
-                  (const T*)params[3], (const T*)params[4], T(1e-5)};                                       \
-        backward_any<T>(s, d_h, d_c, gates, c, c_new, act_c, stats, d_gates, d_c_prev, d_vec, d_a, work,     \
-                        flags[0], flags[1]);                                                                \
-    }
-
-// Whole sequences: params as above; dims = [T, B, H, P, I, chunk]; flags = [coupled, softsign, keep_c];
-// bufs = [batch_sizes, w_hh, w_hr, mask, xp, gates, c, h0, h, out, hr, act_c, h_new, a, stats, w_hh_t, x, w_ih_t,
-// b, ln_w_ih] (see Sequence);
-// strides = [gates, hr, act_c, h_new, a, stats]; grads = [d_out, d_h, d_c, d_xp, d_hout, d_vec, d_w_hh, work]; backward's chunk is dims[5].
-#define RNNKIT_SEQUENCE_ENTRIES(T, suffix)                                                                  \
-    static Sequence<T> sequence_of_##suffix(const int64_t* dims, const int* flags, void* const* b,          \
-                                            const int64_t* st) {                                            \
-        return Sequence<T>{dims[0], dims[1], dims[2], dims[3], (const int64_t*)b[0], (const T*)b[1],        \
-                           (const T*)b[2], (const T*)b[3], (const T*)b[15], (const T*)b[4], (T*)b[5], (T*)b[6], \
-                           (const T*)b[7], (T*)b[8], (T*)b[9], (T*)b[10], (T*)b[11], (T*)b[12], (T*)b[13],  \
-                           (T*)b[14], st[0], st[1], st[2], st[3], st[4], st[5], flags[2] != 0,              \
-                           (const T*)b[16], (const T*)b[17], (const T*)b[18], (const T*)b[19], dims[4], dims[5]}; \
+        lstm::Step<T> s{dims[0], dims[1], (const T*)params[0], (const T*)params[1], (const T*)params[2],    \
+                        (const T*)params[3], (const T*)params[4], T(1e-5)};                                 \
+        lstm::backward_any<T>(s, d_h, d_c, gates, c, c_new, act_c, stats, d_gates, d_c_prev, d_vec, d_a,     \
+                              work, flags[0], flags[1]);                                                    \
     }                                                                                                       \
-    void lstm_sequence_##suffix(void* const* params, const int64_t* dims, const int* flags,                 \
-                                void* const* bufs, const int64_t* strides, void* gemm) {                    \
-        Step<T> s{dims[1], dims[2], (const T*)params[0], nullptr, (const T*)params[1], (const T*)params[2], \
-                  (const T*)params[3], T(1e-5)};                                                            \
-        sequence_any<T>(s, sequence_of_##suffix(dims, flags, bufs, strides), (Gemm<T>)gemm, flags[0],       \
-                        flags[1]);                                                                          \
+    /* Whole sequences of any cell: flags as with_cell's; dims = [T, B, H, P, I, chunk, G]; bufs as Slot,     \
+       grads as Grad (the backward's chunk, for the LSTM's layer norm, is dims[5]). */                      \
+    void sequence_##suffix(const int* flags, const int64_t* dims, void* const* bufs, void* gemm) {         \
+        sequence<T>(flags, dims, bufs, (Gemm<T>)gemm);                                                      \
     }                                                                                                       \
-    void lstm_sequence_backward_##suffix(void* const* params, const int64_t* dims, const int* flags,        \
-                                         void* const* bufs, const int64_t* strides, void* gemm,             \
-                                         void* const* g) {                                                  \
-        Step<T> s{dims[1], dims[2], (const T*)params[0], nullptr, (const T*)params[1], (const T*)params[2], \
-                  (const T*)params[3], T(1e-5)};                                                            \
-        sequence_backward_any<T>(s, sequence_of_##suffix(dims, flags, bufs, strides), (Gemm<T>)gemm,        \
-                                 flags[0], flags[1], (const T*)g[0], (T*)g[1], (T*)g[2], (T*)g[3], (T*)g[4], \
-                                 (T*)g[5], (T*)g[6], (T*)g[7]);                                              \
+    void sequence_backward_##suffix(const int* flags, const int64_t* dims, void* const* bufs, void* gemm,   \
+                                    void* const* grads) {                                                   \
+        sequence_backward<T>(flags, dims, bufs, (Gemm<T>)gemm, grads);                                      \
     }
 
 RNNKIT_ENTRIES(float, f32)
-RNNKIT_SEQUENCE_ENTRIES(float, f32)
-RNNKIT_SEQUENCE_ENTRIES(double, f64)
 RNNKIT_ENTRIES(double, f64)
 
 }  // extern "C"

@@ -142,24 +142,42 @@ class Step:
         """xp = x W_ih^T + b_ih + b_hh for every time step at once: (..., I) -> (..., G*H)."""
         return torch.nn.functional.linear(x, p["weight_ih"], self._input_bias(p))
 
+    # A whole sequence in C++ (fused.py: the time loop, the recurrent products through PyTorch's BLAS, the gate
+    # math; the same loop for every cell, each supplying its step through `_fused_sequence`).
     def sequence(self, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor], batch_sizes: list[int] | None,
                  mask: Tensor | None, keep: bool):
         """The whole sequence in one call, where the cell has such a path for these tensors: (out (T, B, P),
         final states, and if `keep` what `sequence_backward` needs as (tensors, options): the engine keeps the
         tensors as autograd's saved tensors), as the engine's step loop would compute.
-        None (the default): the engine runs its loop of `step`."""
-        return None
+        None: the engine runs its loop of `step`."""
+        q = self._fused_sequence(xp, xp, state0, p, batch_sizes, mask, keep)
+        if q is None:
+            return None
+        return q.out, q.final_states(), (q.tensors(), q.options()) if keep else None
 
     def infer(self, x: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor], batch_sizes: list[int] | None,
               mask: Tensor | None, chunk: int):
         """Inference over a whole sequence from the layer's input x (T, B, I), the input projection included
         (`chunk` steps of it at a time), where the cell has such a path: (out, final states); else None."""
-        return None
+        projection = fused.Projection(x, p["weight_ih"], self._input_bias(p), p.get("ln_weight_ih"), chunk)
+        q = self._fused_sequence(x, None, state0, p, batch_sizes, mask, False, projection)
+        return None if q is None else (q.out, q.final_states())
 
     def sequence_backward(self, kept, d_out: Tensor, d_final: list[Tensor]):
         """(d_xp, gradients of the initial states, {parameter name: gradient}) from `sequence`'s kept values
         (`kept`: the tensors and options it returned, as (tensors, options)) and the gradients of the outputs
         and of the final states (None: zero)."""
+        return fused.sequence_backward(fused.Sequence.of(*kept), d_out, d_final)
+
+    def _fused_sequence(self, source, xp, state0, p, batch_sizes, mask, keep, projection=None):
+        """The cell's fused sequence call (a fused.Sequence) on xp, or on `projection` of the input, where it can
+        run on `source`; else None."""
+        if len(source) == 0 or not fused.usable(source, *state0, *p.values()) \
+                or not fused.sequence_available(source.dtype):
+            return None
+        return self._sequence_call(xp, state0, p, batch_sizes, mask, keep, projection)
+
+    def _sequence_call(self, xp, state0, p, batch_sizes, mask, keep, projection):
         raise NotImplementedError
 
 
@@ -198,6 +216,9 @@ class RNNStep(Step):
         d_pre = self.act.backward(d_h, h_new)  # (B, H)
         d_h_prev = _masked(d_pre @ p["weight_hh"], mask)
         return d_pre, (d_h_prev,), {"weight_hh": [(d_pre, hr)]}
+
+    def _sequence_call(self, xp, state0, p, batch_sizes, mask, keep, projection):
+        return fused.rnn_sequence(xp, *state0, p["weight_hh"], mask, batch_sizes, self.nonlinearity, keep, projection)
 
 
 @dataclass(frozen=True)
@@ -363,34 +384,11 @@ class LSTMStep(Step):
         d_h_prev = _masked(d_pre @ p["weight_hh"], mask)
         return d_xp, (d_h_prev, d_c_prev), grads
 
-    # A whole sequence in C++ (fused.lstm_sequence): the time loop, the recurrent products and the gate math.
-    def sequence(self, xp, state0, p, batch_sizes, mask, keep):
-        ran = self._fused_sequence(xp, xp, state0, p, batch_sizes, mask, keep)
-        if ran is None:
-            return None
-        out, h, c, kept = ran
-        return out, (h, c), (kept.tensors(), kept.options()) if keep else None
-
-    def infer(self, x, state0, p, batch_sizes, mask, chunk):
-        projection = (x, p["weight_ih"], self._input_bias(p), p.get("ln_weight_ih"), chunk)
-        ran = self._fused_sequence(x, None, state0, p, batch_sizes, mask, False, projection)
-        return None if ran is None else (ran[0], ran[1:3])
-
-    def _fused_sequence(self, source, xp, state0, p, batch_sizes, mask, keep, projection=None):
-        """fused.lstm_sequence on xp (or `projection` of the input), where it can run on `source`; else None."""
-        if len(source) == 0 or not fused.usable(source, *state0, *p.values()) \
-                or not fused.sequence_available(source.dtype):
-            return None
+    def _sequence_call(self, xp, state0, p, batch_sizes, mask, keep, projection):
         ln = (p["ln_weight_hh"], p["ln_weight_c"], p.get("ln_bias_c")) if self.layer_norm else None
         return fused.lstm_sequence(xp, *state0, p["weight_hh"], p.get("weight_hr"), mask, batch_sizes,
                                    p.get("weight_peephole"), ln, self.coupled, self.activation == "softsign", keep,
                                    projection)
-
-    def sequence_backward(self, kept, d_out, d_final):
-        q = fused.Sequence.of(*kept)
-        d_final = [torch.zeros_like(s) if d is None else d for s, d in zip((q.h, q.c[-1]), d_final)]
-        d_xp, d_h, d_c, grads = fused.lstm_sequence_backward(q, d_out, *d_final)
-        return d_xp, (d_h, d_c), grads
 
     # The same equations with the gate math in one C++ pass (fused.py): f = None in the cache marks it,
     # the activated gates (B, G*H) in g's place and the layer-norm moments (B, 4) in mean's.
@@ -503,3 +501,8 @@ class GRUStep(Step):
             d_hr = d_rh * r + d_rz @ w[: 2 * H]
         d_xp = torch.cat([d_r, d_z, d_n], 1, out=out)  # (B, 3H)
         return d_xp, (d_h_prev + _masked(d_hr, mask),), grads
+
+    def _sequence_call(self, xp, state0, p, batch_sizes, mask, keep, projection):
+        b_hh = p.get("bias_hh") if self.reset_after else None  # hoisted into xp otherwise
+        return fused.gru_sequence(xp, *state0, p["weight_hh"], b_hh, mask, batch_sizes, self.reset_after,
+                                  self.activation, keep, projection)

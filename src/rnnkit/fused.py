@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -98,8 +99,8 @@ def _load(lib: ctypes.CDLL) -> ctypes.CDLL:
     for suffix in _DTYPES.values():
         getattr(lib, f"lstm_forward_{suffix}").argtypes = [p] * 9
         getattr(lib, f"lstm_backward_{suffix}").argtypes = [p] * 15
-        getattr(lib, f"lstm_sequence_{suffix}").argtypes = [p] * 6
-        getattr(lib, f"lstm_sequence_backward_{suffix}").argtypes = [p] * 7
+        getattr(lib, f"sequence_{suffix}").argtypes = [p] * 4
+        getattr(lib, f"sequence_backward_{suffix}").argtypes = [p] * 5
     return lib
 
 
@@ -262,86 +263,152 @@ def sequence_available(dtype: torch.dtype = torch.float32) -> bool:
 
 BACKWARD_CHUNK_BYTES = 2 << 20  # layer norm: d_a of this many bytes' worth of steps per W_hh product
 
+# The buffers of a sequence call, in the order of `Slot` in _fused.cpp: those every cell has, the GRU's, the LSTM's
+SLOTS = ("batch_sizes", "w_hh", "w_hh_t", "mask", "xp", "h0", "h", "out", "hr", "x", "w_ih_t", "b", "ln_w_ih", "work",
+         "gates", "extra", "b_hh",
+         "c", "act_c", "h_new", "a", "stats", "w_hr", "peep", "ln_w_hh", "ln_w_c", "ln_b_c")
+_CELLS = ("lstm", "gru", "rnn")
+_ACTIVATIONS = ("tanh", "softsign", "relu")
+_Slots, _SequenceDims, _SequenceFlags, _Grads = (ctypes.c_void_p * len(SLOTS), ctypes.c_int64 * 7, ctypes.c_int * 7,
+                                                 ctypes.c_void_p * 9)
 
-_Buffers, _Strides, _Dims, _Flags3, _Grads = (ctypes.c_void_p * 20, ctypes.c_int64 * 6, ctypes.c_int64 * 6,
-                                               ctypes.c_int * 3, ctypes.c_void_p * 8)
+
+class Projection(NamedTuple):
+    """Inference's input projection, done in the sequence call `chunk` steps at a time: x (T, B, I), w_ih (G*H, I),
+    bias (G*H) or None, ln_w_ih (G*H) or None (the LSTM's layer norm of x W_ih^T)."""
+
+    x: Tensor
+    w_ih: Tensor
+    bias: Tensor | None
+    ln_w_ih: Tensor | None
+    chunk: int
 
 
 class Sequence:
-    """The tensors of an lstm_sequence call (see `Sequence` in _fused.cpp), and its options; with `keep`,
-    what lstm_sequence_backward needs. `tensors()` and `of()` pass them through autograd's saved tensors."""
+    """The tensors of a sequence call (SLOTS) and its options; with `keep`, what the backward needs.
+    `tensors()` and `of()` pass them through autograd's saved tensors."""
 
-    NAMES = ("batch_sizes", "w_hh", "w_hr", "mask", "xp", "gates", "c", "h0", "h", "out", "hr", "act_c", "h_new",
-             "a", "stats", "w_hh_t", "x", "w_ih_t", "b", "ln_w_ih",  # these 20 in the C++ order
-             "peep", "ln_w_hh", "ln_w_c", "ln_b_c")
-
-    def __init__(self, coupled: bool, softsign: bool, keep: bool, chunk: int = 0, **tensors):
-        self.coupled, self.softsign, self.keep, self.chunk = coupled, softsign, keep, chunk
-        self.__dict__.update(tensors)
+    def __init__(self, cell: str, activation: str, keep: bool, coupled: bool = False, reset_after: bool = False,
+                 chunk: int = 0, **tensors):
+        self.cell, self.activation, self.keep = cell, activation, keep
+        self.coupled, self.reset_after, self.chunk = coupled, reset_after, chunk
+        for name in SLOTS:
+            setattr(self, name, tensors.get(name))
 
     def tensors(self) -> list[Tensor | None]:
-        return [getattr(self, name) for name in self.NAMES]
+        return [getattr(self, name) for name in SLOTS]
 
     def options(self) -> dict:
-        return {"coupled": self.coupled, "softsign": self.softsign, "keep": self.keep, "chunk": self.chunk}
+        return {"cell": self.cell, "activation": self.activation, "keep": self.keep, "coupled": self.coupled,
+                "reset_after": self.reset_after, "chunk": self.chunk}
 
     @classmethod
     def of(cls, tensors, options: dict) -> "Sequence":
-        return cls(**options, **dict(zip(cls.NAMES, tensors)))
+        return cls(**options, **dict(zip(SLOTS, tensors)))
+
+    def final_states(self) -> tuple[Tensor, ...]:
+        """(h, c) or (h,) at each row's last step (c: every step's kept, or the last two alternating)."""
+        if self.cell != "lstm":
+            return (self.h,)
+        return self.h, self.c[-1] if self.keep else self.c[len(self.out) % 2]
+
+
+def _contiguous(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.contiguous()
+
+
+def _sequence(cell: str, activation: str, xp: Tensor | None, h0: Tensor, w_hh: Tensor, mask: Tensor | None,
+              batch_sizes: list[int] | None, keep: bool, projection: Projection | None, H: int, buffers,
+              **options) -> Sequence:
+    """What every cell's sequence call shares: the time-major input (xp (T, B, G*H), or `projection`'s x), h0 (B, P),
+    w_hh (G*H, P), recurrent dropout's mask (B, P) or None, batch_sizes as in rnnkit.engine (rows sorted longest
+    first) or None. `buffers(T, B, per_step, summed)` makes the cell's own: per_step(*shape) is a step's buffer, for all
+    T steps with `keep`; summed(*shape) the same, zero-filled where rows past their end would be read by the
+    weight-gradient products. Runs the C++ loop and returns the Sequence (out (T, B, P), zero past a row's end;
+    h, the final h)."""
+    x, w_ih, bias, ln_w_ih, chunk = projection if projection is not None else (None, None, None, None, 0)
+    source = xp if x is None else x
+    T, B = source.shape[:2]
+    GH, P = w_hh.shape
+    new = source.new_empty
+    per_step = (lambda *shape: new(T, *shape)) if keep else (lambda *shape: new(*shape))
+    summed = (lambda *shape: source.new_zeros(T, *shape)) if keep and batch_sizes is not None else per_step
+    q = Sequence(cell, activation, keep, chunk=chunk, **options,
+                 batch_sizes=None if batch_sizes is None else torch.tensor(batch_sizes, dtype=torch.int64),
+                 w_hh=w_hh.contiguous(), w_hh_t=w_hh.T.contiguous(), mask=_contiguous(mask),
+                 xp=new(min(chunk, T), B, GH) if x is not None else xp.contiguous(),
+                 h0=h0.contiguous(), h=h0.clone(memory_format=torch.contiguous_format), out=new(T, B, P),
+                 hr=None if mask is None else summed(B, P), work=new(B, GH),
+                 x=_contiguous(x), w_ih_t=None if w_ih is None else w_ih.T.contiguous(), b=_contiguous(bias),
+                 ln_w_ih=_contiguous(ln_w_ih), **buffers(T, B, per_step, summed))
+    fn = getattr(library(), f"sequence_{_DTYPES[source.dtype]}")
+    fn(_flags(q), _dims(q, H, x, chunk), _slots(q), gemm_address(source.dtype))
+    q.xp = q.w_hh_t = q.x = q.w_ih_t = q.work = None  # the backward needs none of them: kept, they would hold memory
+    return q
+
+
+def _flags(q: Sequence):
+    return _SequenceFlags(_CELLS.index(q.cell), _ACTIVATIONS.index(q.activation), q.keep, q.coupled, q.reset_after,
+                          q.peep is not None, q.ln_w_hh is not None)
+
+
+def _dims(q: Sequence, H: int, x: Tensor | None, chunk: int):
+    T, B, P = q.out.shape
+    return _SequenceDims(T, B, H, P, 0 if x is None else x.shape[2], chunk, q.w_hh.shape[0] // H)
+
+
+def _slots(q: Sequence):
+    return _Slots(*(_ptr(getattr(q, name)) for name in SLOTS))
+
+
+def _sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor, chunk: int = 0, **grads) -> tuple[Tensor, Tensor]:
+    """The C++ backward loop over a kept sequence: d_xp (T, B, G*H) and d_h0 (B, P) from d_out (T, B, P) and d_h,
+    the gradient of the final h; `grads` the cell's own buffers (names of `Grad` in _fused.cpp, lower case)."""
+    T, B, P = q.out.shape
+    H = q.c.shape[2] if q.cell == "lstm" else P
+    d_out = d_out.contiguous()
+    d_h = d_h.clone(memory_format=torch.contiguous_format)
+    d_xp = d_out.new_empty(T, B, q.w_hh.shape[0]) if q.batch_sizes is None else d_out.new_zeros(T, B, q.w_hh.shape[0])
+    names = ("d_out", "d_h", "d_c", "d_xp", "d_hout", "d_vec", "d_w_hh", "work", "d_extra")
+    grads.update(d_out=d_out, d_h=d_h, d_xp=d_xp)
+    fn = getattr(library(), f"sequence_backward_{_DTYPES[d_out.dtype]}")
+    fn(_flags(q), _dims(q, H, None, chunk), _slots(q), gemm_address(d_out.dtype),
+       _Grads(*(_ptr(grads.get(name)) for name in names)))
+    return d_xp, d_h
+
+
+def _times_h_r(q: Sequence, d_pre: Tensor) -> Tensor:
+    """The sum over steps of d_pre[t]^T h_r[t], h_r the h entering W_hh (masked with recurrent dropout):
+    the gradient of the W_hh rows whose pre-activation gradient is d_pre (T, B, n)."""
+    if q.hr is not None:
+        return d_pre.flatten(0, 1).T @ q.hr.flatten(0, 1)
+    total = d_pre[0].T @ q.h0  # step 0 reads h_0, the others the outputs before them
+    if len(d_pre) > 1:
+        total.addmm_(d_pre[1:].flatten(0, 1).T, q.out[:-1].flatten(0, 1))
+    return total
 
 
 def lstm_sequence(xp: Tensor | None, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | None, mask: Tensor | None,
                   batch_sizes: list[int] | None, peep: Tensor | None, ln: tuple | None, coupled: bool,
-                  softsign: bool, keep: bool, projection: tuple | None = None
-                  ) -> tuple[Tensor, Tensor, Tensor, Sequence | None]:
-    """One direction of an LSTM layer over a whole sequence: xp (T, B, G*H) the input projections, h0 (B, P),
-    c0 (B, H), w_hh (G*H, P), w_hr (P, H) or None, mask (B, P) (recurrent dropout) or None, batch_sizes as in
-    rnnkit.engine (rows sorted longest first) or None; ln (w_ln_hh, w_ln_c, b_ln_c or None) or None.
-    Returns out (T, B, P) (zero past a row's end), the final h and c, and with `keep` what the backward needs.
-    Inference (no `keep`) may leave the projection to the call: xp None and projection = (x (T, B, I), w_ih
-    (G*H, I), bias (G*H) or None, ln_w_ih (G*H) or None (layer norm), chunk: steps projected at a time).
-    Needs `gemm_address(dtype)`."""
-    x, w_ih, bias, ln_w_ih, chunk = projection if projection is not None else (None,) * 4 + (0,)
-    source = xp if x is None else x
-    T, B = source.shape[:2]
-    GH, P, H = w_hh.shape[0], h0.shape[1], c0.shape[1]
-    new = source.new_empty
-    per_step = (lambda *shape: new(T, *shape)) if keep else (lambda *shape: new(*shape))
-    # rows past their end in the inputs of the weight-gradient products must be zero, not left unwritten
-    summed = (lambda *shape: source.new_zeros(T, *shape)) if keep and batch_sizes is not None else per_step
-    c = new(T + 1 if keep else 2, B, H)
-    c[0] = c0
-    ln = (None,) * 3 if ln is None else tuple(None if t is None else t.contiguous() for t in ln)
+                  softsign: bool, keep: bool, projection: Projection | None = None) -> Sequence:
+    """One direction of an LSTM layer over a whole sequence: xp (T, B, G*H) the input projections (or None and
+    `projection`, for inference), h0 (B, P), c0 (B, H), w_hh (G*H, P), w_hr (P, H) or None, ln (w_ln_hh, w_ln_c,
+    b_ln_c or None) or None; the rest as `_sequence`'s. The Sequence's out, h and c[-1] are the outputs and the
+    final states. Needs `gemm_address(dtype)`."""
+    H = c0.shape[1]
+    ln = (None,) * 3 if ln is None else tuple(_contiguous(t) for t in ln)
     layer_norm = ln[0] is not None
-    contiguous = lambda t: None if t is None else t.contiguous()  # noqa: E731
-    q = Sequence(coupled, softsign, keep, chunk,
-                 batch_sizes=None if batch_sizes is None else torch.tensor(batch_sizes, dtype=torch.int64),
-                 w_hh=w_hh.contiguous(), w_hh_t=w_hh.T.contiguous(), w_hr=contiguous(w_hr), mask=contiguous(mask),
-                 xp=new(min(chunk, T), B, GH) if x is not None else xp.contiguous(),
-                 gates=per_step(B, GH),
-                 c=c, h0=h0.contiguous(), h=h0.clone(memory_format=torch.contiguous_format), out=new(T, B, P),
-                 hr=None if mask is None else summed(B, P), act_c=per_step(B, H),
-                 h_new=None if w_hr is None else summed(B, H),
-                 a=per_step(B, GH) if layer_norm else None, stats=per_step(B, 4) if layer_norm else None,
-                 x=contiguous(x), w_ih_t=None if w_ih is None else w_ih.T.contiguous(), b=contiguous(bias),
-                 ln_w_ih=contiguous(ln_w_ih),
-                 peep=contiguous(peep), ln_w_hh=ln[0], ln_w_c=ln[1], ln_b_c=ln[2])
-    fn = getattr(library(), f"lstm_sequence_{_DTYPES[source.dtype]}")
-    fn(*_sequence_arguments(q), gemm_address(source.dtype))
-    q.xp = q.w_hh_t = q.x = q.w_ih_t = None  # the backward needs none of them: kept, they would hold memory
-    return q.out, q.h, c[T if keep else T % 2], q if keep else None
 
+    def buffers(T, B, per_step, summed):
+        c = c0.new_empty(T + 1 if keep else 2, B, H)  # the cell states: every step's, or the last two
+        c[0] = c0
+        GH = w_hh.shape[0]
+        return dict(gates=per_step(B, GH), c=c, act_c=per_step(B, H), h_new=None if w_hr is None else summed(B, H),
+                    a=per_step(B, GH) if layer_norm else None, stats=per_step(B, 4) if layer_norm else None,
+                    w_hr=_contiguous(w_hr), peep=_contiguous(peep), ln_w_hh=ln[0], ln_w_c=ln[1], ln_b_c=ln[2])
 
-def _sequence_arguments(q: Sequence, chunk: int | None = None):
-    params = _Pointers(_ptr(q.peep), _ptr(q.ln_w_hh), _ptr(q.ln_w_c), _ptr(q.ln_b_c), None)
-    T, B = q.out.shape[:2]
-    dims = _Dims(T, B, q.c.shape[2], q.h.shape[1], 0 if q.x is None else q.x.shape[2],
-                 q.chunk if chunk is None else chunk)
-    flags = _Flags3(q.coupled, q.softsign, q.keep)
-    buffers = _Buffers(*(_ptr(getattr(q, name)) for name in q.NAMES[:20]))  # those of `Sequence` in C++
-    strides = _Strides(*(0 if t is None or not q.keep else t.shape[1:].numel()
-                         for t in (q.gates, q.hr, q.act_c, q.h_new, q.a, q.stats)))
-    return params, dims, flags, buffers, strides
+    return _sequence("lstm", "softsign" if softsign else "tanh", xp, h0, w_hh, mask, batch_sizes, keep, projection,
+                     H, buffers, coupled=coupled)
 
 
 def lstm_sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor, d_c: Tensor) -> tuple:
@@ -350,9 +417,7 @@ def lstm_sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor, d_c: Tensor)
     the layer-norm gains/bias the layer has (names as in cells.LSTMStep)."""
     T, B, GH = q.gates.shape
     H = q.c.shape[2]
-    d_out = d_out.contiguous()
-    d_h, d_c = d_h.clone(memory_format=torch.contiguous_format), d_c.clone(memory_format=torch.contiguous_format)
-    d_xp = d_out.new_empty(T, B, GH) if q.batch_sizes is None else d_out.new_zeros(T, B, GH)
+    d_c = d_c.clone(memory_format=torch.contiguous_format)
     d_hout = None if q.w_hr is None else d_out.new_zeros(T, B, q.h.shape[1])
     sizes = _vector_sizes(q.peep, q.ln_w_hh, H, q.ln_b_c)
     d_vec = d_out.new_zeros(sum(sizes.values()))
@@ -360,18 +425,69 @@ def lstm_sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor, d_c: Tensor)
     chunk = max(1, BACKWARD_CHUNK_BYTES // (B * GH * d_out.element_size()))  # steps of d_a per W_hh product
     d_w_hh = d_out.new_zeros(q.w_hh.shape) if layer_norm else None
     work = d_out.new_empty(2 * B * H + GH + (chunk * B * GH if layer_norm else 0))
-    grads_in = _Grads(*(_ptr(t) for t in (d_out, d_h, d_c, d_xp, d_hout, d_vec, d_w_hh, work)))
-    fn = getattr(library(), f"lstm_sequence_backward_{_DTYPES[d_out.dtype]}")
-    fn(*_sequence_arguments(q, chunk), gemm_address(d_out.dtype), grads_in)
+    d_xp, d_h = _sequence_backward(q, d_out, d_h, chunk, d_c=d_c, d_hout=d_hout, d_vec=d_vec, d_w_hh=d_w_hh,
+                                   work=work)
     grads = _split(d_vec, sizes)
-    if not layer_norm:  # W_hh's gradient: d_xp^T h_r over all steps, h_r the masked h_{t-1}
-        if q.hr is not None:
-            d_w_hh = d_xp.flatten(0, 1).T @ q.hr.flatten(0, 1)
-        else:
-            d_w_hh = d_xp[0].T @ q.h0
-            if T > 1:
-                d_w_hh += d_xp[1:].flatten(0, 1).T @ q.out[:-1].flatten(0, 1)
-    grads["weight_hh"] = d_w_hh
+    grads["weight_hh"] = d_w_hh if layer_norm else _times_h_r(q, d_xp)
     if q.w_hr is not None:
         grads["weight_hr"] = d_hout.flatten(0, 1).T @ q.h_new.flatten(0, 1)
-    return d_xp, d_h, d_c, grads
+    return d_xp, (d_h, d_c), grads
+
+
+def gru_sequence(xp: Tensor | None, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, mask: Tensor | None,
+                 batch_sizes: list[int] | None, reset_after: bool, activation: str, keep: bool,
+                 projection: Projection | None = None) -> Sequence:
+    """One direction of a GRU layer over a whole sequence (cells.GRUStep's math): xp (T, B, 3H), h0 (B, H),
+    w_hh (3H, H), b_hh (3H) where it is not hoisted into xp (reset_after), else None; activation 'tanh' or
+    'softsign'; the rest as `_sequence`'s. Needs `gemm_address(dtype)`."""
+    H = h0.shape[1]
+
+    def buffers(T, B, per_step, summed):
+        # r * h_r (reset_before) meets the weight-gradient product; rec_n (reset_after) does not
+        return dict(gates=per_step(B, 3 * H), extra=per_step(B, H) if reset_after else summed(B, H),
+                    b_hh=_contiguous(b_hh))
+
+    return _sequence("gru", activation, xp, h0, w_hh, mask, batch_sizes, keep, projection, H, buffers,
+                     reset_after=reset_after)
+
+
+def gru_sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor) -> tuple:
+    """The gradients of gru_sequence(keep=True) from d_out (T, B, H) and that of the final h: d_xp (T, B, 3H),
+    (d_h0,) and {name: gradient} of weight_hh and (reset_after, with a bias) bias_hh."""
+    T, B, H = q.out.shape
+    d_extra = None
+    if q.reset_after:  # the gradient at rec_n = h_r W_hn^T + b_hn, which d_xp's n block is not
+        d_extra = d_out.new_empty(T, B, H) if q.batch_sizes is None else d_out.new_zeros(T, B, H)
+    work = d_out.new_empty(B * 4 * H)
+    d_xp, d_h = _sequence_backward(q, d_out, d_h, d_extra=d_extra, work=work)
+    d_rz = d_xp[..., : 2 * H]  # (T, B, 2H): r and z are the same function of x W_ih^T and of h_r W_hh^T
+    if q.reset_after:
+        grads = {"weight_hh": torch.cat([_times_h_r(q, d_rz), _times_h_r(q, d_extra)])}
+        if q.b_hh is not None:
+            grads["bias_hh"] = torch.cat([d_rz.sum((0, 1)), d_extra.sum((0, 1))])
+    else:  # W_hn multiplies r * h_r
+        d_n = d_xp[..., 2 * H:].flatten(0, 1)
+        grads = {"weight_hh": torch.cat([_times_h_r(q, d_rz), d_n.T @ q.extra.flatten(0, 1)])}
+    return d_xp, (d_h,), grads
+
+
+def rnn_sequence(xp: Tensor | None, h0: Tensor, w_hh: Tensor, mask: Tensor | None, batch_sizes: list[int] | None,
+                 nonlinearity: str, keep: bool, projection: Projection | None = None) -> Sequence:
+    """One direction of an Elman RNN layer over a whole sequence: xp (T, B, H), h0 (B, H), w_hh (H, H),
+    nonlinearity 'tanh', 'relu' or 'softsign'; the rest as `_sequence`'s. Needs `gemm_address(dtype)`."""
+    return _sequence("rnn", nonlinearity, xp, h0, w_hh, mask, batch_sizes, keep, projection, h0.shape[1],
+                     lambda T, B, per_step, summed: {})
+
+
+def rnn_sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor) -> tuple:
+    """The gradients of rnn_sequence(keep=True): d_xp (T, B, H), (d_h0,) and {"weight_hh": gradient}."""
+    d_xp, d_h = _sequence_backward(q, d_out, d_h)
+    return d_xp, (d_h,), {"weight_hh": _times_h_r(q, d_xp)}
+
+
+def sequence_backward(q: Sequence, d_out: Tensor, d_final: list[Tensor | None]) -> tuple:
+    """The gradients of any cell's sequence call (keep=True), from d_out and those of the final states (None:
+    zero): d_xp, the initial states' gradients and {parameter name: gradient}."""
+    d_final = [torch.zeros_like(s) if d is None else d for s, d in zip(q.final_states(), d_final)]
+    backward = {"lstm": lstm_sequence_backward, "gru": gru_sequence_backward, "rnn": rnn_sequence_backward}[q.cell]
+    return backward(q, d_out, *d_final)
