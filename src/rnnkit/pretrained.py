@@ -18,6 +18,8 @@ from . import __version__
 
 FORMAT = 1
 WEIGHTS, CONFIG, EXTRA = "model.safetensors", "config.json", "extra.json"
+_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+           "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}  # safetensors' names -> torch's
 
 
 def save_pretrained(loaded, directory) -> Path:
@@ -54,7 +56,8 @@ def from_pretrained(directory):
     from safetensors.torch import load_file
 
     from .tasks import TASKS
-    from .tasks.base import rebuild
+    from .tasks.base import WeightsMismatch, check_weights, rebuild
+    from .training.config import from_dict
 
     directory = Path(directory)
     for name in (WEIGHTS, CONFIG, EXTRA):
@@ -67,12 +70,35 @@ def from_pretrained(directory):
     if config.get("task") not in TASKS:
         raise ValueError(f"{directory} holds a model of task {config.get('task')!r}, unknown to this rnnkit "
                          f"(tasks: {', '.join(TASKS)})")
+    record = {"config": config["config"], "extra": extra, "version": config.get("rnnkit"), "task": config["task"]}
+    task = TASKS[config["task"]]
     try:
+        header = _header(directory / WEIGHTS)
+        # the model the config describes is checked against the file's header before a byte is allocated:
+        # a config.json (or extra.json) that makes the model larger than its weights is refused
+        cfg = from_dict(task.config_class, record["config"])
+        check_weights(task, cfg, extra, header, directory / WEIGHTS)
         weights = load_file(directory / WEIGHTS)
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{directory / WEIGHTS} is not a readable safetensors file ({e})") from None
-    record = {"config": config["config"], "extra": extra, "version": config.get("rnnkit"), "task": config["task"]}
-    return rebuild(TASKS[config["task"]], record, weights, directory)
+    except WeightsMismatch:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{directory}: its {task.name!r} model cannot be rebuilt from {CONFIG} and {EXTRA} "
+                         f"(written by rnnkit {config.get('rnnkit')}): {type(e).__name__}: {e}") from None
+    return rebuild(task, record, weights, directory)
+
+
+def _header(path: Path) -> dict:
+    """{name: (shape, dtype)} of the tensors in a safetensors file, from its header alone (no tensor is read)."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        slices = {name: f.get_slice(name) for name in f.keys()}
+        dtypes = {name: s.get_dtype() for name, s in slices.items()}
+        return {name: (tuple(s.get_shape()), getattr(torch, _DTYPES[dtypes[name]]) if dtypes[name] in _DTYPES
+                       else dtypes[name]) for name, s in slices.items()}
 
 
 def _config(cfg) -> dict:

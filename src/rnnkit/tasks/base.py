@@ -120,13 +120,56 @@ class Loaded:
 
 
 def rebuild(task: Task, record: dict, weights: dict, source) -> Loaded:
-    """The task's model rebuilt from a saved record ({"config", "extra", "version"}) and its weights."""
+    """The task's model rebuilt from a saved record ({"config", "extra", "version"}) and its weights, once
+    `check_weights` has found that the weights are those of the config's model (nothing allocated before)."""
     extra = record.get("extra", {})
     try:
         cfg = from_dict(task.config_class, record.get("config", {}))
+        check_weights(task, cfg, extra, {k: (tuple(v.shape), v.dtype) for k, v in weights.items()}, source)
         model = task.build_model(cfg, extra)
         model.load_state_dict(weights)
+    except WeightsMismatch:
+        raise
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"{source}: its {task.name!r} model cannot be rebuilt from the saved config and weights "
                          f"(written by rnnkit {record.get('version')}): {type(e).__name__}: {e}") from None
     return Loaded(task, cfg, model.eval(), extra, record)
+
+
+class WeightsMismatch(ValueError):
+    """Saved weights that are not those of the model the saved config describes."""
+
+
+def expected_weights(task: Task, cfg, extra: dict) -> dict:
+    """{name: (shape, dtype)} of the state dict of the model `cfg` and `extra` describe, built on the meta
+    device: shapes only, no memory, however large the config says the model is."""
+    with torch.device("meta"):
+        model = task.build_model(cfg, extra)
+    return {name: (tuple(t.shape), t.dtype) for name, t in model.state_dict().items()}
+
+
+def check_weights(task: Task, cfg, extra: dict, saved: dict, source) -> None:
+    """WeightsMismatch naming the first tensor that the config's model lacks, that the saved weights lack, or
+    whose shape or dtype differ; `saved` is {name: (shape, dtype)}, e.g. from a safetensors header."""
+    try:
+        expected = expected_weights(task, cfg, extra)
+    except RuntimeError as e:  # sizes whose element count overflows 64 bits: not even a meta tensor has them
+        raise WeightsMismatch(f"{source}: the saved config ({_sizes(cfg)}) describes tensors too large to exist, "
+                              f"not the weights saved with it ({e})") from None
+    for verb, names, what in (("hold", set(saved) - set(expected), "does not have"),
+                              ("lack", set(expected) - set(saved), "has")):
+        if names:
+            shown = ", ".join(sorted(names)[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            raise WeightsMismatch(f"{source}: the weights {verb} {shown}, which the model of the saved config "
+                                  f"({_sizes(cfg)}) {what}")
+    for name, (shape, dtype) in expected.items():
+        got_shape, got_dtype = saved[name]
+        if tuple(got_shape) != shape or got_dtype != dtype:
+            raise WeightsMismatch(f"{source}: {name} is {dtype} {list(shape)} by the saved config "
+                                  f"({_sizes(cfg)}) but {got_dtype} {list(got_shape)} in the weights")
+
+
+def _sizes(cfg) -> str:
+    """The config's size options, for messages."""
+    values = dataclasses.asdict(cfg)
+    return ", ".join(f"{k} {values[k]}" for k in ("hidden", "layers", "embedding", "proj_size") if values.get(k))
