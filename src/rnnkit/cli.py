@@ -284,6 +284,8 @@ def cmd_export(args) -> int:
 
 def _export_onnx(loaded, out: str) -> list[str]:
     """One file per graph (one graph: `out` itself; several: OUT_STEM.NAME.onnx), all or none written."""
+    from ._files import make_ordinary
+
     try:
         graphs = loaded.task.onnx_graphs(loaded)
     except NotImplementedError as e:
@@ -300,6 +302,7 @@ def _export_onnx(loaded, out: str) -> list[str]:
     try:
         for name, graph in graphs.items():
             graph.export(staged[name])
+            make_ordinary(staged[name])  # the exporter's own writes decide its mode otherwise
         for name, path in paths.items():
             os.replace(staged[name], path)
     finally:

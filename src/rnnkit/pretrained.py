@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from . import __version__
+from ._files import make_ordinary
 
 FORMAT = 1
 WEIGHTS, CONFIG, EXTRA = "model.safetensors", "config.json", "extra.json"
@@ -42,6 +43,8 @@ def save_pretrained(loaded, directory) -> Path:
         save_file(weights, staging / WEIGHTS, metadata={"format": str(FORMAT), "task": loaded.task.name})
         (staging / CONFIG).write_text(json.dumps(config, indent=1) + "\n")
         (staging / EXTRA).write_text(extra + "\n")
+        for path in (staging, staging / WEIGHTS):  # mkdtemp's 0700 and safetensors' 0600 would outlive the rename
+            make_ordinary(path)
         if directory.exists():
             directory.rmdir()  # empty, checked above
         os.replace(staging, directory)
