@@ -12,6 +12,7 @@ import logging
 import os
 import pickle
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -147,8 +148,9 @@ def build_trainer(cfg, run_dir: Path | None, task, *, for_training: bool = True,
         strategy = "ddp"
         if cfg.accelerator != "gpu":  # processes share the CPU cores instead of each using all of them
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.devices))
+    bar = cfg.progress and _on_a_terminal()  # redrawn with carriage returns: it would flood a log file
     common = dict(accelerator=cfg.accelerator, devices=cfg.devices if for_training else 1, strategy=strategy,
-                  enable_progress_bar=cfg.progress, enable_model_summary=False,
+                  enable_progress_bar=bar, enable_model_summary=False,
                   limit_val_batches=_limit(cfg.limit_eval_batches), limit_test_batches=_limit(cfg.limit_eval_batches),
                   deterministic="warn" if cfg.accelerator == "cpu" else False,
                   use_distributed_sampler=not batched)  # batched data shards itself (TaskData)
@@ -165,12 +167,46 @@ def build_trainer(cfg, run_dir: Path | None, task, *, for_training: bool = True,
         callbacks.append(EarlyStopping(monitor=task.monitor, mode=task.mode, patience=cfg.patience))
     if cfg.lr_schedule != "none":
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    if cfg.progress and not bar:
+        callbacks.append(_ProgressLines())
     loggers = [_AppendingCSVLogger(run_dir, name="", version="", resumed_step=resumed_step),
                TensorBoardLogger(run_dir, name="tensorboard", version="")]
     return L.Trainer(max_epochs=cfg.max_epochs, max_time={"minutes": cfg.max_time} if cfg.max_time else None,
                      limit_train_batches=_limit(cfg.limit_train_batches), callbacks=callbacks, logger=loggers,
                      plugins=[AtomicCheckpointIO()], log_every_n_steps=50,
                      **common)  # per-step values: TaskModule writes them itself
+
+
+def _on_a_terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without isatty, or closed
+        return False
+
+
+class _ProgressLines(Callback):
+    """Progress for a log file rather than a terminal: a plain line at the end of each epoch, with the
+    validation metrics, and one every `every` seconds within a long epoch."""
+
+    def __init__(self, every: float = 30.0):
+        self.every, self.start, self.last = every, time.monotonic(), time.monotonic()
+
+    def _say(self, trainer, where: str, metrics: dict) -> None:
+        values = "  ".join(f"{k} {float(v):.4g}" for k, v in metrics.items() if torch.is_tensor(v) and v.numel() == 1)
+        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {where}  {values}  "
+              f"({time.monotonic() - self.start:.0f} s)", flush=True)
+        self.last = time.monotonic()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.is_global_zero and time.monotonic() - self.last >= self.every:
+            total = trainer.num_training_batches
+            of = f"/{total}" if isinstance(total, int) else ""
+            self._say(trainer, f"batch {batch_idx + 1}{of}", {k: v for k, v in trainer.callback_metrics.items()
+                                                               if k.startswith("train")})
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if trainer.is_global_zero:
+            self._say(trainer, f"step {trainer.global_step}", dict(trainer.callback_metrics))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
