@@ -45,8 +45,9 @@ DRIVER = textwrap.dedent("""
     print(json.dumps(results))
 """)
 
-NEEDS_TRAIN = [["train", "mnist", "--out", "{tmp}/run"], ["eval", "{tmp}/x.ckpt"], ["predict", "{tmp}/x.ckpt", "a.png"],
-               ["sample", "{tmp}/x.ckpt"], ["export", "{tmp}/x.ckpt", "--out", "{tmp}/model"], ["classify", "{tmp}/x.ckpt", "ok"]]
+NEEDS_TRAIN = [["train", "mnist", "--out", "{tmp}/run"], ["eval", "{tmp}/x.ckpt"],
+               ["predict", "{tmp}/x.ckpt", "a.png"], ["sample", "{tmp}/x.ckpt"],
+               ["export", "{tmp}/x.ckpt", "--out", "{tmp}/model"], ["classify", "{tmp}/x.ckpt", "ok"]]
 WORK_WITHOUT = [["--help"], ["info"], ["demo", "--batch", "2", "--steps", "3", "--hidden", "4", "--repeats", "1"],
                 ["train", "mnist", "--help"]]
 
