@@ -119,7 +119,9 @@ class _LogCumSumExp(torch.autograd.Function):
     own derivative there is 0/0: every second-order gradient through it is NaN as soon as one output
     gets no gradient (a loss on some steps only, or padding past a sequence's end). Here the log is
     taken of g with its zeros replaced by ones before masking, which gives the same first derivative
-    and a finite second one."""
+    and a finite second one. One approximation remains: the derivative with respect to an incoming
+    gradient entry that is exactly 0 is taken as 0 (it is exp(v_k - y_t)); that is exact where the zero
+    is structural (padding, steps the loss does not see), whose own derivative is 0 as well."""
 
     @staticmethod
     def forward(ctx, v):
