@@ -278,7 +278,7 @@ def test_dropout_with_one_layer_warns():
 # -- bad input: errors name the argument and the value received ---------------------------
 
 BAD_CONSTRUCTORS = [
-    (lambda: MinGRU(I, H, dropout=1.0), ValueError, r"dropout.*\[0, 1\).*1.0"),
+    (lambda: MinGRU(I, H, dropout=1.5), ValueError, r"dropout.*\[0, 1\].*1.5"),
     (lambda: MinLSTM(I, H, dropout=-0.1), ValueError, r"dropout.*-0.1"),
     (lambda: MinGRU(I, H, mode="fast"), ValueError, r"mode.*'parallel'.*'fast'"),
     (lambda: MinLSTM(I, 0), ValueError, r"hidden_size.*0"),

@@ -19,20 +19,33 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import dispatch, engine
+from . import dispatch, engine, precision
 from .cells import GRUStep, LSTMStep, RNNStep, Step
+from .errors import ArgumentTypeError, ShapeError, StateTypeError
 
 
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+def _check_int(value, name: str, minimum: int, below=ValueError) -> int:
+    """An integer >= minimum: TypeError (as torch.nn) for another type, `below` for a smaller value."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ArgumentTypeError(f"{name} must be an integer >= {minimum}; got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise below(f"{name} must be an integer >= {minimum}; got {value!r}")
     return int(value)
 
 
-def _check_prob(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be a number in [0, 1); got {value!r}")
+def _check_prob(value, name: str, one: bool = False) -> float:
+    """A probability in [0, 1) ([0, 1] with `one`, as torch.nn's dropout: p = 1 drops everything)."""
+    interval = "[0, 1]" if one else "[0, 1)"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 <= value < 1 or one and value == 1):
+        raise ValueError(f"{name} must be a number in {interval}; got {value!r}")
     return float(value)
+
+
+def _check_bool(value, name: str) -> bool:
+    """A flag that must be a bool, as torch.nn requires of bias and batch_first (TypeError)."""
+    if not isinstance(value, bool):
+        raise ArgumentTypeError(f"{name} must be True or False; got {value!r} ({type(value).__name__})")
+    return value
 
 
 def _check_choice(value, name: str, choices: tuple[str, ...]) -> str:
@@ -63,25 +76,19 @@ def check_lengths(lengths, T: int, B: int) -> Tensor:
     return lengths.long()
 
 
-def check_sequence_input(input: Tensor, input_size: int, dtype: torch.dtype) -> None:
-    """A sequence tensor: (T, B, I) or (B, T, I) batched, (T, I) unbatched, in the parameters' dtype."""
+def check_sequence_input(input: Tensor, input_size: int) -> None:
+    """A sequence tensor: (T, B, I) or (B, T, I) batched, (T, I) unbatched."""
     if input.dim() not in (2, 3):
-        raise ValueError(f"input must be 3-D (batched) or 2-D (unbatched); got shape {tuple(input.shape)}")
+        raise ShapeError(f"input must be 3-D (batched) or 2-D (unbatched); got shape {tuple(input.shape)}")
     if input.shape[-1] != input_size:
-        raise ValueError(f"input has {input.shape[-1]} features (shape {tuple(input.shape)}); "
+        raise ShapeError(f"input has {input.shape[-1]} features (shape {tuple(input.shape)}); "
                          f"expected input_size={input_size}")
-    check_input_dtype(input, dtype)
-
-
-def check_input_dtype(input: Tensor, dtype: torch.dtype) -> None:
-    if input.dtype != dtype:
-        raise ValueError(f"input has dtype {input.dtype}; the layer's parameters are {dtype}")
 
 
 def _init_parameters(module: nn.Module, step: Step, named: dict[str, str], forget_bias: float | None):
     """torch.nn's init, U(-1/sqrt(H), 1/sqrt(H)), for weights, biases and peepholes; layer-norm
     gains 1 and biases 0; then the forget-gate bias, if one is asked for."""
-    bound = 1 / math.sqrt(step.hidden_size)
+    bound = 1 / math.sqrt(step.hidden_size) if step.hidden_size else 0.0  # cells may have H = 0
     with torch.no_grad():
         for generic, name in named.items():
             param = getattr(module, name)
@@ -108,9 +115,9 @@ class _Recurrent(nn.Module):
         self.hidden_size = step.hidden_size
         self.num_layers = _check_int(num_layers, "num_layers", 1)
         self.bias = step.bias
-        self.batch_first = bool(batch_first)
-        self.dropout = _check_prob(dropout, "dropout")
-        self.bidirectional = bool(bidirectional)
+        self.batch_first = _check_bool(batch_first, "batch_first")
+        self.dropout = _check_prob(dropout, "dropout", one=True)
+        self.bidirectional = bool(bidirectional)  # torch.nn takes any value here, as its truth value
         self.recurrent_dropout = _check_prob(recurrent_dropout, "recurrent_dropout")
         self.impl = _check_choice(impl, "impl", dispatch.IMPLS)
         if impl == "native" and dispatch.native_kernel(step) is None:
@@ -149,6 +156,16 @@ class _Recurrent(nn.Module):
     @property
     def _flat_weights_names(self) -> list[str]:
         return [name for named in self._names for name in named.values()]
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        """The weights as the forward pass sees them: the Parameters, or what a reparametrization
+        (torch.nn.utils.weight_norm, parametrize) computes in their place."""
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    def _weights(self, index: int, dtype: torch.dtype) -> dict[str, Tensor]:
+        """Layer-direction `index`'s parameters by generic name, in the dtype the call computes in."""
+        return {generic: precision.cast(getattr(self, name), dtype) for generic, name in self._names[index].items()}
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
@@ -192,8 +209,16 @@ class _Recurrent(nn.Module):
             x, batched = self._check_input(input)
             if lengths is not None:
                 lengths = check_lengths(lengths, x.shape[0], x.shape[1])
+        dtype = precision.compute_dtype(self.mode.split("_")[0], x, self.weight_ih_l0.dtype)
+        if torch.is_autocast_enabled(x.device.type):  # cast once to the call's dtype, then run without autocast
+            with torch.autocast(x.device.type, enabled=False):
+                return self._forward(input, packed, x, batched, hx, lengths, perm, unperm, dtype, True)
+        return self._forward(input, packed, x, batched, hx, lengths, perm, unperm, dtype, False)
+
+    def _forward(self, input, packed, x, batched, hx, lengths, perm, unperm, dtype, autocast):
+        x = precision.cast(x, dtype)
         T, B = x.shape[:2]
-        states = self._check_state(hx, B, batched, x)
+        states = self._check_state(hx, B, batched, x, autocast)
         if lengths is not None and perm is None:
             perm = torch.sort(lengths, descending=True, stable=True)[1]
             unperm = torch.argsort(perm)
@@ -204,11 +229,12 @@ class _Recurrent(nn.Module):
         impl = dispatch.choose(self.impl, self.cell, x.device, B, self.recurrent_dropout, self.training, lengths,
                                recording=torch.is_grad_enabled(), steps=T)
         if impl == "native":
-            out, finals = dispatch.run_native(self.cell, [w for ws in self.all_weights for w in ws], x, states,
-                                              lengths, self.num_layers, self.dropout, self.training, self.bidirectional)
+            weights = [w for index in range(len(self._names)) for w in self._weights(index, dtype).values()]
+            out, finals = dispatch.run_native(self.cell, weights, x, states, lengths, self.num_layers, self.dropout,
+                                              self.training, self.bidirectional)
         else:
             bptt = "explicit" if impl == "engine" else "autograd"
-            out, finals = self._run_stack(x, states, lengths, bptt)  # (T, B, D*P), (D*L, B, .)
+            out, finals = self._run_stack(x, states, lengths, bptt, dtype)  # (T, B, D*P), (D*L, B, .)
         if unperm is not None:
             finals = tuple(s.index_select(1, unperm.to(s.device)) for s in finals)
         if packed:
@@ -222,8 +248,8 @@ class _Recurrent(nn.Module):
             out = out.transpose(0, 1)
         return out, self._pack_state(finals)
 
-    def _run_stack(self, x, states, lengths, bptt):
-        """x (T, B, I), batch sorted longest first when lengths are given."""
+    def _run_stack(self, x, states, lengths, bptt, dtype):
+        """x (T, B, I) in `dtype`, batch sorted longest first when lengths are given."""
         step, D = self.cell, self.num_directions
         T, B = x.shape[:2]
         batch_sizes = None if lengths is None else engine.batch_sizes_from_lengths(lengths.tolist(), T)
@@ -232,8 +258,7 @@ class _Recurrent(nn.Module):
             outs = []
             for direction in range(D):
                 index = layer * D + direction
-                named = self._names[index]
-                p = {generic: getattr(self, name) for generic, name in named.items()}
+                p = self._weights(index, dtype)
                 state0 = tuple(s[index] for s in states)
                 inp = reverse_or_keep(x, lengths, direction)
                 mask = None
@@ -270,18 +295,23 @@ class _Recurrent(nn.Module):
         if torch.jit.is_tracing() and torch.onnx.is_in_onnx_export():  # ONNX: a one-step sequence, see export.py
             output, final = self.forward(x_t.unsqueeze(1 if self.batch_first else 0), hx)
             return output.squeeze(1 if self.batch_first else 0), final
-        params = self._parameters  # direct lookups: this runs once per generated token
-        check_input_dtype(x_t, params["weight_ih_l0"].dtype)
-        states = self._check_state(hx, x_t.shape[0], True, x_t)
+        dtype = precision.compute_dtype(self.mode.split("_")[0], x_t, self.weight_ih_l0.dtype)
+        if torch.is_autocast_enabled(x_t.device.type):  # cast once to the call's dtype, run without autocast
+            with torch.autocast(x_t.device.type, enabled=False):
+                return self._step(precision.cast(x_t, dtype), hx, dtype, True)
+        return self._step(x_t, hx, dtype, False)
+
+    def _step(self, x_t: Tensor, hx, dtype: torch.dtype, autocast: bool):
+        states = self._check_state(hx, x_t.shape[0], True, x_t, autocast)
         fused = _FUSED_CELLS.get(dispatch.native_kernel(self.cell)) if self.proj_size == 0 else None
         finals = [[] for _ in states]  # per state: its (B, H) at each layer
         x = x_t
-        for layer, named in enumerate(self._names):
+        for layer in range(len(self._names)):
             state = tuple(s[layer] for s in states)
+            p = self._weights(layer, dtype)
             if fused is not None:  # (weights and biases in torch's order, as the fused functions take them)
-                state = fused(x, state, *[params[name] for name in named.values()])
+                state = fused(x, state, *p.values())
             else:
-                p = {generic: params[name] for generic, name in named.items()}
                 state, _ = self.cell.step(self.cell.project_input(x.unsqueeze(0), p)[0], state, p, None)
             for collected, s in zip(finals, state):
                 collected.append(s)
@@ -294,7 +324,7 @@ class _Recurrent(nn.Module):
     def _check_input(self, input) -> tuple[Tensor, bool]:
         if not isinstance(input, Tensor):
             raise TypeError(f"input must be a Tensor or PackedSequence; got {type(input).__name__}")
-        check_sequence_input(input, self.input_size, self.weight_ih_l0.dtype)
+        check_sequence_input(input, self.input_size)
         batched = input.dim() == 3
         if not batched:
             return input.unsqueeze(1), False  # (T, 1, I)
@@ -304,7 +334,9 @@ class _Recurrent(nn.Module):
         LD = self.num_layers * self.num_directions
         return [(LD, B, size) if batched else (LD, size) for size in self.cell.state_sizes()]
 
-    def _check_state(self, hx, B: int, batched: bool, x: Tensor) -> tuple[Tensor, ...]:
+    def _check_state(self, hx, B: int, batched: bool, x: Tensor, autocast: bool = False) -> tuple[Tensor, ...]:
+        """The initial states in forward()'s layout, checked against x's batch and dtype (under autocast
+        any floating dtype but float64, cast to x's)."""
         if hx is None:
             return tuple(x.new_zeros(self.num_layers * self.num_directions, B, size)
                          for size in self.cell.state_sizes())
@@ -312,15 +344,19 @@ class _Recurrent(nn.Module):
         states = self._unpack_state(hx)
         for name, s, shape in zip(("h_0", "c_0"), states, shapes):
             if not isinstance(s, Tensor):
-                raise TypeError(f"{name} must be a Tensor; got {type(s).__name__}")
+                raise StateTypeError(f"{name} must be a Tensor; got {type(s).__name__}")
             if tuple(s.shape) != shape:
-                raise ValueError(f"{name} must have shape {shape} (num_layers * num_directions, "
+                raise ShapeError(f"{name} must have shape {shape} (num_layers * num_directions, "
                                  f"{'batch, ' if batched else ''}size); got {tuple(s.shape)}")
-            if s.dtype != x.dtype:
-                raise ValueError(f"{name} has dtype {s.dtype}; expected the input's dtype {x.dtype}")
+            if s.dtype != x.dtype and not (autocast and s.is_floating_point() and s.dtype != torch.float64):
+                raise ShapeError(f"{name} has dtype {s.dtype}; expected the input's dtype {x.dtype}")
+        states = tuple(precision.cast(s, x.dtype) for s in states)  # autocast: in the call's dtype
         return states if batched else tuple(s.unsqueeze(1) for s in states)
 
     def _unpack_state(self, hx) -> tuple:
+        if isinstance(hx, (tuple, list)):
+            raise StateTypeError(f"{type(self).__name__} hx must be a Tensor h_0; got a {type(hx).__name__} "
+                                 f"of {len(hx)}")
         return (hx,)
 
     def _pack_state(self, finals: tuple[Tensor, ...]):
@@ -376,13 +412,15 @@ class RNN(_Recurrent):
     bidirectional=False, device, dtype.
     Keyword-only: recurrent_dropout=0.0 (variational, on h entering W_hh, one mask per sequence),
     impl='auto' (see dispatch.py: 'native' torch kernel, 'engine' hand-written BPTT, 'autograd').
+    proj_size, as in torch.nn, is refused with ValueError (LSTM only).
     forward(input, hx=None, *, lengths=None) -> (output, h_n).
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
-                 recurrent_dropout=0.0, impl="auto"):
-        step = RNNStep(_check_int(hidden_size, "hidden_size", 1), nonlinearity, bool(bias))
+                 recurrent_dropout=0.0, impl="auto", proj_size=None):
+        _refuse_projection(proj_size)
+        step = RNNStep(_check_int(hidden_size, "hidden_size", 1), nonlinearity, _check_bool(bias, "bias"))
         super().__init__(step, input_size, num_layers, batch_first, dropout, bidirectional,
                          recurrent_dropout, impl, None, device, dtype)
         self.nonlinearity = nonlinearity
@@ -414,14 +452,16 @@ class LSTM(_Recurrent):
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
                  forget_bias=None, peephole=False, coupled=False, activation="tanh", layer_norm=False,
                  recurrent_dropout=0.0, impl="auto"):
-        step = _lstm_step(hidden_size, proj_size, bias, activation, peephole, coupled, layer_norm, forget_bias)
+        step = _lstm_step(hidden_size, proj_size, _check_bool(bias, "bias"), activation, peephole, coupled,
+                          layer_norm, forget_bias)
         super().__init__(step, input_size, num_layers, batch_first, dropout, bidirectional,
                          recurrent_dropout, impl, forget_bias, device, dtype)
         self.mode = "LSTM"
 
     def _unpack_state(self, hx):
         if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-            raise TypeError(f"LSTM hx must be a tuple (h_0, c_0); got {type(hx).__name__}")
+            got = f"a {type(hx).__name__} of {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__
+            raise StateTypeError(f"LSTM hx must be a tuple (h_0, c_0); got {got}")
         return tuple(hx)
 
     def _pack_state(self, finals):
@@ -434,30 +474,41 @@ class GRU(_Recurrent):
     Args (as torch.nn.GRU): input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
     dropout=0.0 (between layers only), bidirectional=False, device, dtype.
     Keyword-only: reset_after=True (torch.nn/cuDNN; False: the original n = act(W_in x + b_in +
-    W_hn (r*h) + b_hn)), activation='tanh' or 'softsign', recurrent_dropout=0.0, impl='auto'.
+    W_hn (r*h) + b_hn)), activation='tanh' or 'softsign', recurrent_dropout=0.0, impl='auto';
+    proj_size, as in torch.nn, is refused with ValueError (LSTM only).
     forward(input, hx=None, *, lengths=None) -> (output, h_n).
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, device=None, dtype=None, *,
-                 reset_after=True, activation="tanh", recurrent_dropout=0.0, impl="auto"):
-        step = GRUStep(_check_int(hidden_size, "hidden_size", 1), bool(bias), bool(reset_after), activation)
+                 reset_after=True, activation="tanh", recurrent_dropout=0.0, impl="auto", proj_size=None):
+        _refuse_projection(proj_size)
+        step = GRUStep(_check_int(hidden_size, "hidden_size", 1), _check_bool(bias, "bias"),
+                       _check_bool(reset_after, "reset_after"), activation)
         super().__init__(step, input_size, num_layers, batch_first, dropout, bidirectional,
                          recurrent_dropout, impl, None, device, dtype)
         self.mode = "GRU"
 
 
-def _lstm_step(hidden_size, proj_size, bias, activation, peephole, coupled, layer_norm, forget_bias) -> LSTMStep:
-    hidden_size = _check_int(hidden_size, "hidden_size", 1)
+def _refuse_projection(proj_size) -> None:
+    if proj_size is not None:  # torch.nn refuses the argument itself, whatever its value
+        raise ValueError(f"proj_size argument is only supported for LSTM, not RNN or GRU; got proj_size={proj_size!r}")
+
+
+def _lstm_step(hidden_size, proj_size, bias, activation, peephole, coupled, layer_norm, forget_bias,
+               minimum_hidden=1) -> LSTMStep:
+    hidden_size = _check_int(hidden_size, "hidden_size", minimum_hidden,
+                             below=ShapeError if minimum_hidden == 0 else ValueError)
     proj_size = _check_int(proj_size, "proj_size", 0)
-    if proj_size >= hidden_size:
+    if proj_size and proj_size >= hidden_size:
         raise ValueError(f"proj_size must be smaller than hidden_size ({hidden_size}); got {proj_size}")
     if forget_bias is not None:
         if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real):
             raise ValueError(f"forget_bias must be a number or None; got {forget_bias!r}")
         if not bias:
             raise ValueError(f"forget_bias={forget_bias!r} needs bias=True (there is no bias to set)")
-    return LSTMStep(hidden_size, proj_size, bool(bias), activation, bool(peephole), bool(coupled), bool(layer_norm))
+    return LSTMStep(hidden_size, proj_size, bool(bias), activation, _check_bool(peephole, "peephole"),
+                    _check_bool(coupled, "coupled"), _check_bool(layer_norm, "layer_norm"))
 
 
 # -- cells: one step, for code that writes its own loop -------------------------------------------
@@ -468,16 +519,17 @@ class _CellModule(nn.Module):
     def __init__(self, step: Step, input_size, forget_bias, device, dtype):
         super().__init__()
         self.cell = step
-        self.input_size = _check_int(input_size, "input_size", 1)
+        self.input_size = _check_int(input_size, "input_size", 0, below=ShapeError)  # as torch.nn: sizes may be 0
         self.hidden_size = step.hidden_size
         self.bias = step.bias
         self.forget_bias = forget_bias
+        self._param_names = tuple(step.param_shapes(self.input_size))
         for name, shape in step.param_shapes(self.input_size).items():
             self.register_parameter(name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        _init_parameters(self, self.cell, {name: name for name, _ in self.named_parameters()}, self.forget_bias)
+        _init_parameters(self, self.cell, {name: name for name in self._param_names}, self.forget_bias)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}" + _step_repr(self.cell)
@@ -488,10 +540,17 @@ class _CellModule(nn.Module):
         if not isinstance(input, Tensor):
             raise TypeError(f"input must be a Tensor; got {type(input).__name__}")
         if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
-            raise ValueError(f"input must be (batch, {self.input_size}) or ({self.input_size},); "
+            raise ShapeError(f"input must be (batch, {self.input_size}) or ({self.input_size},); "
                              f"got shape {tuple(input.shape)}")
+        dtype = precision.compute_dtype(type(self).__name__, input, self.weight_ih.dtype)
+        if torch.is_autocast_enabled(input.device.type):  # cast once to the call's dtype, run without autocast
+            with torch.autocast(input.device.type, enabled=False):
+                return self._forward(input, hx, dtype)
+        return self._forward(input, hx, dtype)
+
+    def _forward(self, input, hx, dtype):
         batched = input.dim() == 2
-        x = input if batched else input.unsqueeze(0)  # (B, I)
+        x = precision.cast(input if batched else input.unsqueeze(0), dtype)  # (B, I)
         B = x.shape[0]
         sizes = self.cell.state_sizes()
         if hx is None:
@@ -499,14 +558,16 @@ class _CellModule(nn.Module):
         else:
             states = hx if isinstance(hx, (tuple, list)) else (hx,)
             if len(states) != len(sizes):
-                raise TypeError(f"hx must be {'a tuple (h, c)' if len(sizes) == 2 else 'a Tensor'}; got {type(hx).__name__}")
+                raise StateTypeError(f"hx must be {'a tuple (h, c)' if len(sizes) == 2 else 'a Tensor'}; "
+                                     f"got {type(hx).__name__}")
             expected = [(B, size) if batched else (size,) for size in sizes]
             for name, s, shape in zip(("h", "c"), states, expected):
-                if not isinstance(s, Tensor) or tuple(s.shape) != shape:
-                    got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
-                    raise ValueError(f"{name} must have shape {shape}; got {got}")
-            states = tuple(s if batched else s.unsqueeze(0) for s in states)
-        p = dict(self.named_parameters())
+                if not isinstance(s, Tensor):
+                    raise StateTypeError(f"{name} must be a Tensor; got {type(s).__name__}")
+                if tuple(s.shape) != shape:
+                    raise ShapeError(f"{name} must have shape {shape}; got {tuple(s.shape)}")
+            states = tuple(precision.cast(s if batched else s.unsqueeze(0), dtype) for s in states)
+        p = {name: precision.cast(getattr(self, name), dtype) for name in self._param_names}
         new, _ = self.cell.step(self.cell.project_input(x, p), tuple(states), p)
         new = new if batched else tuple(s.squeeze(0) for s in new)
         return new if len(new) == 2 else new[0]
@@ -516,7 +577,7 @@ class RNNCell(_CellModule):
     """One Elman step, drop-in for torch.nn.RNNCell: `h' = act(W_ih x + b_ih + W_hh h + b_hh)`."""
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None, dtype=None):
-        step = RNNStep(_check_int(hidden_size, "hidden_size", 1), nonlinearity, bool(bias))
+        step = RNNStep(_check_int(hidden_size, "hidden_size", 0, below=ShapeError), nonlinearity, bool(bias))
         super().__init__(step, input_size, None, device, dtype)
         self.nonlinearity = nonlinearity
 
@@ -527,7 +588,8 @@ class LSTMCell(_CellModule):
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, proj_size=0,
                  forget_bias=None, peephole=False, coupled=False, activation="tanh", layer_norm=False):
-        step = _lstm_step(hidden_size, proj_size, bias, activation, peephole, coupled, layer_norm, forget_bias)
+        step = _lstm_step(hidden_size, proj_size, bool(bias), activation, peephole, coupled, layer_norm, forget_bias,
+                          minimum_hidden=0)
         super().__init__(step, input_size, forget_bias, device, dtype)
 
 
@@ -536,5 +598,6 @@ class GRUCell(_CellModule):
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  reset_after=True, activation="tanh"):
-        step = GRUStep(_check_int(hidden_size, "hidden_size", 1), bool(bias), bool(reset_after), activation)
+        step = GRUStep(_check_int(hidden_size, "hidden_size", 0, below=ShapeError), bool(bias),
+                       _check_bool(reset_after, "reset_after"), activation)
         super().__init__(step, input_size, None, device, dtype)

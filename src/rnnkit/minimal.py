@@ -40,8 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import (_check_choice, _check_int, _check_prob, _warn_if_dropout_is_inert, check_input_dtype,
-                     check_lengths, check_sequence_input)
+from . import precision
+from .errors import ShapeError, StateTypeError
+from .layers import (_check_bool, _check_choice, _check_int, _check_prob, _warn_if_dropout_is_inert, check_lengths,
+                     check_sequence_input)
 
 MODES = ("auto", "parallel", "sequential")
 
@@ -119,7 +121,9 @@ class _LogCumSumExp(torch.autograd.Function):
     own derivative there is 0/0: every second-order gradient through it is NaN as soon as one output
     gets no gradient (a loss on some steps only, or padding past a sequence's end). Here the log is
     taken of g with its zeros replaced by ones before masking, which gives the same first derivative
-    and a finite second one."""
+    and a finite second one. One approximation remains: the derivative with respect to an incoming
+    gradient entry that is exactly 0 is taken as 0 (it is exp(v_k - y_t)); that is exact where the zero
+    is structural (padding, steps the loss does not see), whose own derivative is 0 as well."""
 
     @staticmethod
     def forward(ctx, v):
@@ -161,9 +165,9 @@ class _MinimalRNN(nn.Module):
         self.input_size = _check_int(input_size, "input_size", 1)
         self.hidden_size = cell.hidden_size
         self.num_layers = _check_int(num_layers, "num_layers", 1)
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
-        self.dropout = _check_prob(dropout, "dropout")
+        self.bias = _check_bool(bias, "bias")
+        self.batch_first = _check_bool(batch_first, "batch_first")
+        self.dropout = _check_prob(dropout, "dropout", one=True)
         self.mode = _check_choice(mode, "mode", MODES)
         _warn_if_dropout_is_inert(self.dropout, self.num_layers)
         G, H = cell.gates, self.hidden_size
@@ -190,8 +194,9 @@ class _MinimalRNN(nn.Module):
                 s += f", {key}={getattr(self, key)!r}"
         return s
 
-    def _weights(self, layer: int) -> tuple[Tensor, Tensor | None]:
-        return getattr(self, f"weight_ih_l{layer}"), getattr(self, f"bias_ih_l{layer}", None)
+    def _weights(self, layer: int, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+        weight, bias = getattr(self, f"weight_ih_l{layer}"), getattr(self, f"bias_ih_l{layer}", None)
+        return precision.cast(weight, dtype), precision.cast(bias, dtype)
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, input, hx=None, *, lengths=None):
@@ -210,8 +215,7 @@ class _MinimalRNN(nn.Module):
         T, B = x.shape[:2]
         if lengths is not None:
             lengths = check_lengths(lengths, T, B)
-        h0 = self._check_state(hx, B, batched, x)
-        out, h_n = self._run(x, h0, lengths, self._use_scan(T, x.device))
+        out, h_n = self._cast_and_run(x, hx, batched, lengths, self._use_scan(T, x.device))
         if not batched:
             return out.squeeze(1), h_n.squeeze(1)
         return (out.transpose(0, 1) if self.batch_first else out), h_n
@@ -222,12 +226,22 @@ class _MinimalRNN(nn.Module):
         if not isinstance(input, Tensor):
             raise TypeError(f"input must be a Tensor; got {type(input).__name__}")
         if input.dim() != 2 or input.shape[1] != self.input_size:
-            raise ValueError(f"input must have shape (batch, input_size={self.input_size}) for one step; "
+            raise ShapeError(f"input must have shape (batch, input_size={self.input_size}) for one step; "
                              f"got {tuple(input.shape)}")
-        check_input_dtype(input, self.weight_ih_l0.dtype)
-        x = input.unsqueeze(0)  # (1, B, I)
-        out, h = self._run(x, self._check_state(hx, x.shape[1], True, x), None, use_scan=False)
+        out, h = self._cast_and_run(input.unsqueeze(0), hx, True, None, use_scan=False)  # (1, B, I) in
         return out[0], h
+
+    def _cast_and_run(self, x, hx, batched, lengths, use_scan):
+        """The run in the dtype the call computes in (see precision.py): under autocast, parameters, input
+        and state are cast once and the run goes on without autocast."""
+        dtype = precision.compute_dtype(type(self).__name__, x, self.weight_ih_l0.dtype)
+        autocast = torch.is_autocast_enabled(x.device.type)
+        x = precision.cast(x, dtype)
+        h0 = self._check_state(hx, x.shape[1], batched, x, autocast)
+        if not autocast:
+            return self._run(x, h0, lengths, use_scan, dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            return self._run(x, h0, lengths, use_scan, dtype)
 
     def _use_scan(self, T: int, device: torch.device) -> bool:
         if self.mode == "parallel":
@@ -238,7 +252,7 @@ class _MinimalRNN(nn.Module):
             return T > 1 and device.type != "cpu"
         raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}; got {self.mode!r}")
 
-    def _run(self, x, h0, lengths, use_scan):
+    def _run(self, x, h0, lengths, use_scan, dtype):
         """x (T, B, I) time-major; h0 (L, B, H) or None. Returns output (T, B, H), h_n (L, B, H)."""
         T, B = x.shape[:2]
         valid = None
@@ -248,7 +262,7 @@ class _MinimalRNN(nn.Module):
         run = self._scan if use_scan else self._loop
         finals = []
         for layer in range(self.num_layers):
-            xp = F.linear(x, *self._weights(layer))  # (T, B, G*H), one product for all steps
+            xp = F.linear(x, *self._weights(layer, dtype))  # (T, B, G*H), one product for all steps
             x, h_n = run(xp, None if h0 is None else h0[layer], valid, lengths)
             finals.append(h_n)
             if self.training and self.dropout > 0 and layer < self.num_layers - 1:
@@ -289,22 +303,23 @@ class _MinimalRNN(nn.Module):
         if not isinstance(input, Tensor):
             hint = " (pass the padded tensor with lengths= instead)" if type(input).__name__ == "PackedSequence" else ""
             raise TypeError(f"input must be a Tensor; got {type(input).__name__}{hint}")
-        check_sequence_input(input, self.input_size, self.weight_ih_l0.dtype)
+        check_sequence_input(input, self.input_size)
         if input.dim() == 2:
             return input.unsqueeze(1), False  # (T, 1, I)
         return (input.transpose(0, 1) if self.batch_first else input), True
 
-    def _check_state(self, hx, B: int, batched: bool, x: Tensor) -> Tensor | None:
+    def _check_state(self, hx, B: int, batched: bool, x: Tensor, autocast: bool = False) -> Tensor | None:
         if hx is None:
             return None
         if not isinstance(hx, Tensor):
-            raise TypeError(f"h_0 must be a Tensor; got {type(hx).__name__}")
+            raise StateTypeError(f"h_0 must be a Tensor; got {type(hx).__name__}")
         shape = (self.num_layers, B, self.hidden_size) if batched else (self.num_layers, self.hidden_size)
         if tuple(hx.shape) != shape:
-            raise ValueError(f"h_0 must have shape {shape} (num_layers, {'batch, ' if batched else ''}"
+            raise ShapeError(f"h_0 must have shape {shape} (num_layers, {'batch, ' if batched else ''}"
                              f"hidden_size); got {tuple(hx.shape)}")
-        if hx.dtype != x.dtype:
-            raise ValueError(f"h_0 has dtype {hx.dtype}; expected the input's dtype {x.dtype}")
+        if hx.dtype != x.dtype and not (autocast and hx.is_floating_point() and hx.dtype != torch.float64):
+            raise ShapeError(f"h_0 has dtype {hx.dtype}; expected the input's dtype {x.dtype}")
+        hx = precision.cast(hx, x.dtype)
         return hx if batched else hx.unsqueeze(1)
 
 
