@@ -1,6 +1,7 @@
-"""The fused C++ LSTM gate loops (rnnkit/fused.py) against cells.LSTMStep's PyTorch ops, which they replace
-on the CPU: every variant they take, forward and backward through the engine, in float64 and float32,
-with saturating inputs and NaN; when they are used and when not; and the fallback without a compiler."""
+"""The fused C++ loops (rnnkit/fused.py) against the cells' PyTorch ops, which they replace on the CPU: every
+LSTM, GRU and RNN variant, the whole-sequence loop (and the LSTM's per-step gate kernels), forward, inference
+and every gradient through the engine, in float64 and float32, with saturating inputs and NaN; when they are used
+and when not; and the fallback without a compiler or without a gemm that passes its check."""
 import os
 import subprocess
 import sys
@@ -22,65 +23,92 @@ FUSED_PATHS = [pytest.param("sequence", marks=needs_gemm), "step"]
 VARIANTS = [dict(peephole=p, coupled=c, activation=a, proj_size=s, layer_norm=n)
             for p, c, a, s, n in product([False, True], [False, True], ["tanh", "softsign"], [0, 3], [False, True])]
 VARIANTS += [dict(layer_norm=True, bias=False), dict(layer_norm=True, recurrent_dropout=0.3)]
+GRU_VARIANTS = [dict(reset_after=r, activation=a, bias=b)
+                for r, a, b in product([True, False], ["tanh", "softsign"], [True, False])]
+GRU_VARIANTS += [dict(reset_after=r, recurrent_dropout=0.3) for r in (True, False)]
+RNN_VARIANTS = [dict(nonlinearity=n, bias=b) for n, b in product(["tanh", "relu", "softsign"], [True, False])]
+RNN_VARIANTS += [dict(nonlinearity=n, recurrent_dropout=0.3) for n in ("tanh", "relu")]
+CELL_VARIANTS = [("GRU", v) for v in GRU_VARIANTS] + [("RNN", v) for v in RNN_VARIANTS]
+LAYERS = {"LSTM": rnnkit.LSTM, "GRU": rnnkit.GRU, "RNN": rnnkit.RNN}
 
 
-PATHS = ("sequence", "step", "ops")  # the whole sequence in C++; the per-step C++ gate math; PyTorch's ops
-ENTRIES = {"sequence": ("lstm_sequence", "lstm_sequence_backward"), "step": ("lstm_forward", "lstm_backward")}
+def variant_id(v) -> str:
+    return "-".join(f"{k}={w}" for k, w in v.items()) or "standard"
 
 
-def _run(layer, x, lengths, path: str, monkeypatch):
-    """Outputs, final states and gradients of `layer` run by `path`; asserts that the path's own C++
-    entries ran (forward and backward) and the other path's did not."""
-    calls = {name: 0 for names in ENTRIES.values() for name in names}
+# the C++ entries, all counted; a path must run exactly its own (GRU and RNN have no per-step kernel: their step
+# is one or two products and one pass of PyTorch ops)
+COUNTED = ("lstm_sequence", "lstm_sequence_backward", "lstm_forward", "lstm_backward", "gru_sequence",
+           "gru_sequence_backward", "rnn_sequence", "rnn_sequence_backward")
 
-    def counted(name, fn):
-        def wrapper(*args, **kwargs):
+
+def _entries(layer, path: str, backward: bool = True) -> set:
+    cell = type(layer).__name__.lower()
+    names = {"sequence": [f"{cell}_sequence", f"{cell}_sequence_backward"],
+             "step": ["lstm_forward", "lstm_backward"] if cell == "lstm" else []}.get(path, [])
+    return set(names if backward else names[:1])
+
+
+def _counting(m, path: str) -> dict:
+    """Wraps every C++ entry in fused to count its calls; for "step", hides the gemm (so the engine's loop runs
+    the per-step kernels), for "ops", the kernels altogether."""
+    calls = dict.fromkeys(COUNTED, 0)
+    for name in calls:
+        def wrapper(*args, fn=getattr(fused, name), name=name, **kwargs):
             calls[name] += 1
             return fn(*args, **kwargs)
-        return wrapper
+        m.setattr(fused, name, wrapper)
+    if path == "step":
+        m.setattr(fused, "gemm_address", lambda dtype: None)
+    if path == "ops":
+        m.setattr(fused, "usable", lambda *tensors: False)
+    return calls
 
+
+def _initial_state(layer, B: int, dtype) -> tuple:
+    """Random initial states of the layer's shape, each its own leaf."""
+    L = layer.num_layers * layer.num_directions
+    sizes = [layer.proj_size or layer.hidden_size] + ([layer.hidden_size] if isinstance(layer, rnnkit.LSTM) else [])
+    return tuple(torch.randn(L, B, n, dtype=dtype) for n in sizes)
+
+
+def _run(layer, x, lengths, path: str, monkeypatch, hx=None):
+    """Outputs, final states and the gradients of x, the initial states and every parameter of `layer` run by
+    `path`; asserts that the path's own C++ entries ran (forward and backward) and no other."""
     with monkeypatch.context() as m:
-        for name in calls:
-            m.setattr(fused, name, counted(name, getattr(fused, name)))
-        if path == "step":  # without a BLAS to call from C++, the engine's loop runs the per-step kernels
-            m.setattr(fused, "gemm_address", lambda dtype: None)
-        if path == "ops":
-            m.setattr(fused, "usable", lambda *tensors: False)
+        calls = _counting(m, path)
         x = x.detach().requires_grad_()
-        out, (h, c) = layer(x, lengths=lengths)
-        loss = (out * torch.linspace(-1, 1, out.shape[-1], dtype=x.dtype)).square().sum() + h.sum() + 2 * c.sum()
-        grads = torch.autograd.grad(loss, [x, *layer.parameters()])
+        hx = None if hx is None else tuple(s.detach().requires_grad_() for s in hx)
+        out, finals = layer(x, None if hx is None else hx if len(hx) == 2 else hx[0], lengths=lengths)
+        finals = finals if isinstance(finals, tuple) else (finals,)
+        loss = (out * torch.linspace(-1, 1, out.shape[-1], dtype=x.dtype)).square().sum()
+        loss = loss + sum((k + 1) * s.sum() for k, s in enumerate(finals))
+        grads = torch.autograd.grad(loss, [x, *(hx or ()), *layer.parameters()])
     ran = {name for name, n in calls.items() if n}
-    assert ran == set(ENTRIES.get(path, ())), (path, calls)
-    return out, h, c, *grads
+    assert ran == _entries(layer, path), (path, calls)
+    return out, *finals, *grads
 
 
-def _both(variant, dtype, path, monkeypatch):
-    """(`path`, PyTorch ops) for a two-layer bidirectional LSTM with variable lengths."""
+def _both(variant, dtype, path, monkeypatch, cell="LSTM"):
+    """(`path`, PyTorch ops) for a two-layer bidirectional layer with variable lengths (one of them zero) and
+    random initial states."""
     torch.manual_seed(0)
-    layer = rnnkit.LSTM(5, 8, 2, batch_first=True, bidirectional=True, impl="engine", dtype=dtype, **variant)
+    layer = LAYERS[cell](5, 8, 2, batch_first=True, bidirectional=True, impl="engine", dtype=dtype, **variant)
     layer.train("recurrent_dropout" in variant)
-    x = torch.randn(4, 9, 5, dtype=dtype)
-    lengths = torch.tensor([9, 4, 7, 1])
+    x = torch.randn(5, 9, 5, dtype=dtype)
+    lengths = torch.tensor([9, 4, 0, 7, 1])
+    hx = _initial_state(layer, 5, dtype)
     torch.manual_seed(1)  # the same recurrent-dropout masks in both runs
-    got = _run(layer, x, lengths, path, monkeypatch)
+    got = _run(layer, x, lengths, path, monkeypatch, hx)
     torch.manual_seed(1)
-    return got, _run(layer, x, lengths, "ops", monkeypatch)
+    return got, _run(layer, x, lengths, "ops", monkeypatch, hx)
 
 
-@needs_fused
-@pytest.mark.parametrize("path", FUSED_PATHS)
-@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(f"{k}={w}" for k, w in v.items()))
-def test_fused_equals_the_pytorch_ops(variant, path, monkeypatch):
-    """float64: outputs, final states and every gradient agree to 1e-10. float32: the fused loops are at
-    least as close to the float64 result as the PyTorch ops are (layer norm of a zero initial state
-    divides by sqrt(eps), which magnifies float32 rounding in both). With layer norm, the sequence path's
-    W_hh gradient is summed a few steps at a time (3 in float64, 6 in float32, of 9)."""
-    monkeypatch.setattr(fused, "BACKWARD_CHUNK_BYTES", 3 * 4 * 4 * 8 * 8)
-    got, want = _both(variant, torch.float64, path, monkeypatch)
-    for a, b in zip(got, want):
+def _assert_fused_equals_the_ops(variant, path, monkeypatch, cell="LSTM"):
+    got, want = _both(variant, torch.float64, path, monkeypatch, cell)
+    for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-    got32, want32 = _both(variant, torch.float32, path, monkeypatch)
+    got32, want32 = _both(variant, torch.float32, path, monkeypatch, cell)
     for a, b, exact in zip(got32, want32, want):
         error, reference_error = (a.double() - exact).abs().max(), (b.double() - exact).abs().max()
         assert error <= 2 * reference_error + 1e-5, (error, reference_error)
@@ -88,14 +116,45 @@ def test_fused_equals_the_pytorch_ops(variant, path, monkeypatch):
 
 @needs_fused
 @pytest.mark.parametrize("path", FUSED_PATHS)
-@pytest.mark.parametrize("variant", [dict(peephole=True), dict(layer_norm=True, peephole=True, proj_size=3),
-                                     dict(coupled=True, layer_norm=True, recurrent_dropout=0.3)],
-                         ids=lambda v: "-".join(f"{k}={w}" for k, w in v.items()))
-def test_rows_split_among_threads_give_the_same_gradients(variant, path, monkeypatch):
+@pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
+def test_fused_equals_the_pytorch_ops(variant, path, monkeypatch):
+    """float64: outputs, final states and every gradient (input, initial states, parameters) agree to 1e-10.
+    float32: the fused loops are at least as close to the float64 result as the PyTorch ops are (layer norm of
+    a zero-length row's state divides by sqrt(eps), which magnifies float32 rounding in both). With layer norm,
+    the sequence path's W_hh gradient is summed a few steps at a time (3 in float64, 6 in float32, of 9)."""
+    monkeypatch.setattr(fused, "BACKWARD_CHUNK_BYTES", 3 * 5 * 4 * 8 * 8)
+    _assert_fused_equals_the_ops(variant, path, monkeypatch)
+
+
+@needs_gemm
+@pytest.mark.parametrize("cell, variant", [pytest.param(c, v, id=f"{c}-{variant_id(v)}") for c, v in CELL_VARIANTS])
+def test_gru_and_rnn_sequences_equal_the_pytorch_ops(cell, variant, monkeypatch):
+    """The same for every GRU and RNN variant: one C++ call per sequence, forward and backward, against the
+    engine's loop of PyTorch ops."""
+    _assert_fused_equals_the_ops(variant, "sequence", monkeypatch, cell)
+
+
+def case(cell: str, variant: dict, path: str):
+    """One (cell, variant, path) test case; the sequence path needs the gemm."""
+    return pytest.param(cell, variant, path, marks=[needs_gemm] if path == "sequence" else [],
+                        id=f"{cell}-{variant_id(variant)}-{path}")
+
+
+SPLIT_CASES = [case("LSTM", v, path) for v in (dict(peephole=True), dict(layer_norm=True, peephole=True, proj_size=3),
+                                               dict(coupled=True, layer_norm=True, recurrent_dropout=0.3))
+               for path in ("sequence", "step")]
+SPLIT_CASES += [case(cell, v, "sequence") for cell, v in [("GRU", {}), ("GRU", dict(reset_after=False,
+                                                                                   recurrent_dropout=0.3)),
+                                                          ("RNN", dict(nonlinearity="relu", recurrent_dropout=0.3))]]
+
+
+@needs_fused
+@pytest.mark.parametrize("cell, variant, path", SPLIT_CASES)
+def test_rows_split_among_threads_give_the_same_gradients(cell, variant, path, monkeypatch):
     """A batch of 37 rows (above the kernels' PARALLEL_ROWS, not a multiple of the thread count): the rows
     split among threads agree with the PyTorch ops, and two runs agree bit for bit."""
     torch.manual_seed(0)
-    layer = rnnkit.LSTM(5, 8, batch_first=True, bidirectional=True, impl="engine", dtype=torch.float64, **variant)
+    layer = LAYERS[cell](5, 8, batch_first=True, bidirectional=True, impl="engine", dtype=torch.float64, **variant)
     layer.train("recurrent_dropout" in variant)
     x = torch.randn(37, 6, 5, dtype=torch.float64)
     lengths = torch.randint(1, 7, (37,))
@@ -108,51 +167,57 @@ def test_rows_split_among_threads_give_the_same_gradients(variant, path, monkeyp
         torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-10)
 
 
-def _infer(layer, x, lengths, path: str, monkeypatch):
+def _infer(layer, x, lengths, path: str, monkeypatch, hx=None):
     """Inference (eval, no grad) by `path`; asserts which C++ entry ran ("sequence": one call per direction
     and layer, the input projection included)."""
-    calls = {name: 0 for name in ("lstm_sequence", "lstm_forward")}
     with monkeypatch.context() as m:
-        for name in calls:
-            m.setattr(fused, name, lambda *a, fn=getattr(fused, name), name=name, **k: calls.__setitem__(
-                name, calls[name] + 1) or fn(*a, **k))
-        if path == "step":
-            m.setattr(fused, "gemm_address", lambda dtype: None)
-        if path == "ops":
-            m.setattr(fused, "usable", lambda *tensors: False)
+        calls = _counting(m, path)
         with torch.no_grad():
-            out, (h, c) = layer.eval()(x, lengths=lengths)
+            out, finals = layer.eval()(x, hx, lengths=lengths)
+    ran = {name: n for name, n in calls.items() if n}
     if path == "step":
-        assert calls["lstm_sequence"] == 0 and calls["lstm_forward"] > 0
+        assert set(ran) == _entries(layer, path, backward=False)
     else:
-        assert calls == {"lstm_sequence": 4 if path == "sequence" else 0, "lstm_forward": 0}
-    return out, h, c
+        assert ran == ({name: 4 for name in _entries(layer, path, backward=False)})
+    return out, *(finals if isinstance(finals, tuple) else (finals,))
+
+
+INFERENCE_CASES = [case("LSTM", v, path) for v in VARIANTS[:-1] for path in ("sequence", "step")]
+INFERENCE_CASES += [case(cell, v, "sequence") for cell, v in CELL_VARIANTS if "recurrent_dropout" not in v]
 
 
 @needs_fused
-@pytest.mark.parametrize("path", FUSED_PATHS)
-@pytest.mark.parametrize("variant", VARIANTS[:-1], ids=lambda v: "-".join(f"{k}={w}" for k, w in v.items()))
-def test_fused_inference_equals_the_pytorch_ops(variant, path, monkeypatch):
-    """Inference of a two-layer bidirectional LSTM with variable lengths, the input projected a few steps at a
-    time (a chunk size that does not divide the length): the same outputs and final states as the PyTorch
-    ops, 1e-12 in float64."""
-    monkeypatch.setattr(rnnkit.layers, "INFERENCE_CHUNK_BYTES", 3 * 4 * 8 * 4 * 8)  # 3 steps of (4, 4*8) float64
+@pytest.mark.parametrize("cell, variant, path", INFERENCE_CASES)
+def test_fused_inference_equals_the_pytorch_ops(cell, variant, path, monkeypatch):
+    """Inference of a two-layer bidirectional layer with variable lengths (one zero) and initial states, the
+    input projected a few steps at a time (a chunk size that does not divide the length): the same outputs and
+    final states as the PyTorch ops, 1e-12 in float64."""
     torch.manual_seed(0)
-    layer = rnnkit.LSTM(5, 8, 2, batch_first=True, bidirectional=True, impl="engine", dtype=torch.float64, **variant)
-    x = torch.randn(4, 10, 5, dtype=torch.float64)
-    lengths = torch.tensor([10, 4, 7, 1])
-    got, want = _infer(layer, x, lengths, path, monkeypatch), _infer(layer, x, lengths, "ops", monkeypatch)
-    for a, b in zip(got, want):
+    layer = LAYERS[cell](5, 8, 2, batch_first=True, bidirectional=True, impl="engine", dtype=torch.float64,
+                         **variant)
+    G = layer.cell.gates  # 3 steps of (5, G*8) float64 per chunk
+    monkeypatch.setattr(rnnkit.layers, "INFERENCE_CHUNK_BYTES", 3 * 5 * G * 8 * 8)
+    x = torch.randn(5, 10, 5, dtype=torch.float64)
+    lengths = torch.tensor([10, 4, 0, 7, 1])
+    hx = _initial_state(layer, 5, torch.float64)
+    hx = hx if len(hx) == 2 else hx[0]
+    got, want = _infer(layer, x, lengths, path, monkeypatch, hx), _infer(layer, x, lengths, "ops", monkeypatch, hx)
+    for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+SATURATING = [case("LSTM", dict(peephole=True), path) for path in ("sequence", "step")]
+SATURATING += [case(cell, v, "sequence") for cell, v in [("GRU", {}), ("GRU", dict(reset_after=False)),
+                                                         ("RNN", {}), ("RNN", dict(nonlinearity="relu"))]]
+
+
 @needs_fused
-@pytest.mark.parametrize("path", FUSED_PATHS)
+@pytest.mark.parametrize("cell, variant, path", SATURATING)
 @pytest.mark.parametrize("scale", [30.0, 1000.0])
-def test_fused_saturates_like_torch(scale, path, monkeypatch):
+def test_fused_saturates_like_torch(scale, cell, variant, path, monkeypatch):
     """Pre-activations far past the sigmoid's and tanh's saturation, where the written-out exp is clamped."""
     torch.manual_seed(1)
-    layer = rnnkit.LSTM(3, 6, peephole=True, impl="engine", dtype=torch.float64)
+    layer = LAYERS[cell](3, 6, impl="engine", dtype=torch.float64, **variant)
     x = scale * torch.randn(10, 2, 3, dtype=torch.float64)
     got, want = _run(layer, x, None, path, monkeypatch), _run(layer, x, None, "ops", monkeypatch)
     for a, b in zip(got, want):
@@ -161,11 +226,11 @@ def test_fused_saturates_like_torch(scale, path, monkeypatch):
 
 
 @needs_fused
-@pytest.mark.parametrize("path", FUSED_PATHS)
-def test_fused_propagates_nan(path, monkeypatch):
+@pytest.mark.parametrize("cell, variant, path", SATURATING)
+def test_fused_propagates_nan(cell, variant, path, monkeypatch):
     if path == "step":
         monkeypatch.setattr(fused, "gemm_address", lambda dtype: None)
-    layer = rnnkit.LSTM(3, 4, peephole=True, impl="engine")
+    layer = LAYERS[cell](3, 4, impl="engine", **variant)
     x = torch.randn(5, 2, 3)
     x[2, 0, 1] = float("nan")
     with torch.no_grad():
@@ -176,11 +241,12 @@ def test_fused_propagates_nan(path, monkeypatch):
 @needs_fused
 def test_fused_is_not_used_where_it_cannot_be(monkeypatch):
     calls = []
-    for name in ("lstm_forward", "lstm_sequence"):
+    for name in ("lstm_forward", "lstm_sequence", "gru_sequence", "rnn_sequence"):
         monkeypatch.setattr(fused, name, lambda *a, fn=getattr(fused, name), **k: calls.append(1) or fn(*a, **k))
     x = torch.randn(4, 2, 3)
-    rnnkit.LSTM(3, 4, peephole=True, impl="autograd")(x)  # autograd records the PyTorch ops
-    rnnkit.LSTM(3, 4, peephole=True, impl="engine", dtype=torch.bfloat16)(x.bfloat16())
+    for layer in LAYERS.values():
+        layer(3, 4, impl="autograd")(x)  # autograd records the PyTorch ops
+        layer(3, 4, impl="engine", dtype=torch.bfloat16)(x.bfloat16())
     assert calls == []
     rnnkit.LSTM(3, 4, peephole=True, impl="engine")(x)
     assert len(calls) == (1 if fused.gemm_address(torch.float32) else 4)  # one sequence, or four steps
@@ -199,10 +265,16 @@ torch.manual_seed(0)
 a = rnnkit.LSTM(3, 4, peephole=True, coupled=True, impl="engine", dtype=torch.float64)
 b = rnnkit.LSTM(3, 4, peephole=True, coupled=True, impl="autograd", dtype=torch.float64)
 b.load_state_dict(a.state_dict())
+c = rnnkit.GRU(3, 4, reset_after=False, impl="engine", dtype=torch.float64)
+d = rnnkit.GRU(3, 4, reset_after=False, impl="autograd", dtype=torch.float64)
+d.load_state_dict(c.state_dict())
 x = torch.randn(6, 2, 3, dtype=torch.float64)
-ga = torch.autograd.grad(a(x)[0].sum(), list(a.parameters()))
-gb = torch.autograd.grad(b(x)[0].sum(), list(b.parameters()))
-print(all(torch.allclose(u, v, rtol=1e-12, atol=1e-12) for u, v in zip(ga, gb)))
+same = []
+for engine, reference in ((a, b), (c, d)):
+    ga = torch.autograd.grad(engine(x)[0].sum(), list(engine.parameters()))
+    gb = torch.autograd.grad(reference(x)[0].sum(), list(reference.parameters()))
+    same += [torch.allclose(u, v, rtol=1e-12, atol=1e-12) for u, v in zip(ga, gb)]
+print(all(same))
 """
 
 
@@ -316,18 +388,26 @@ def test_a_gemm_that_fails_its_check_is_not_used(monkeypatch):
     monkeypatch.setattr(fused, "_check_gemm", lambda address, dtype: False)
     assert fused.gemm_address(torch.float32) is None and fused.gemm_address(torch.float64) is None
     calls = []
-    for name in ("lstm_forward", "lstm_sequence"):
+    for name in COUNTED:
         monkeypatch.setattr(fused, name, lambda *a, fn=getattr(fused, name), name=name, **k: calls.append(name)
                             or fn(*a, **k))
-    layer = rnnkit.LSTM(3, 4, peephole=True, impl="engine", dtype=torch.float64)
     x = torch.randn(6, 2, 3, dtype=torch.float64)
-    with torch.no_grad():
-        got = layer(x)[0]
-    assert calls == ["lstm_forward"] * 6
-    with monkeypatch.context() as m:
-        m.setattr(fused, "usable", lambda *tensors: False)
+    # the LSTM's loop calls its per-step kernels (inference, then a train step); GRU and RNN run PyTorch's ops
+    lstm_steps = ["lstm_backward"] * 6 + ["lstm_forward"] * 12  # sorted
+    for layer, expected in [(rnnkit.LSTM(3, 4, peephole=True, impl="engine", dtype=torch.float64), lstm_steps),
+                            (rnnkit.GRU(3, 4, impl="engine", dtype=torch.float64), []),
+                            (rnnkit.RNN(3, 4, impl="engine", dtype=torch.float64), [])]:
+        calls.clear()
         with torch.no_grad():
-            torch.testing.assert_close(got, layer(x)[0], rtol=1e-12, atol=1e-12)
+            got = layer(x)[0]
+        got_grads = torch.autograd.grad(layer(x)[0].sum(), list(layer.parameters()))
+        assert sorted(calls) == expected
+        with monkeypatch.context() as m:
+            m.setattr(fused, "usable", lambda *tensors: False)
+            with torch.no_grad():
+                torch.testing.assert_close(got, layer(x)[0], rtol=1e-12, atol=1e-12)
+            for a, b in zip(got_grads, torch.autograd.grad(layer(x)[0].sum(), list(layer.parameters()))):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 @needs_gemm
