@@ -107,7 +107,9 @@ def test_pos_refuses_a_tag_the_model_lacks_and_a_malformed_file(pos, tmp_path):
     code, err = fails(ckpt, "--test-file", tmp_path / "bad.conllu")
     assert code == 1 and "bad.conllu: line 1 has 4 tab-separated columns" in err
     code, err = fails(ckpt, "--test-file", tmp_path / "none.conllu")
-    assert code == 1 and "none.conllu" in err
+    assert code == 1 and "CoNLL-U file " in err and "none.conllu does not exist" in err
+    code, err = fails(ckpt, "--test-file", tmp_path)
+    assert code == 1 and f"CoNLL-U file {tmp_path} is a directory, not a file" in err
 
 
 # -- sentiment ------------------------------------------------------------------------------------------------

@@ -134,6 +134,8 @@ def read_utf8(path: Path, what: str) -> str:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise DataError(f"{what} {path} is a directory, not a file") from None
     if path.suffix == ".gz":
         try:
             raw = gzip.decompress(raw)
