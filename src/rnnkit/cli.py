@@ -189,8 +189,14 @@ def cmd_train(args) -> int:
     from .training import config, run
 
     task = get_task(args.task)
-    given = config.given_options(task.config_class, args)
+    given = config.given_options(task.config_class, args)  # flags given override the --config file
+    if args.config_file is not None:
+        given = {**config.read_config_file(args.config_file, task.config_class), **given}
     cfg = run.resume_config(task, given.get("out", ""), given) if given.get("resume") else task.config_class(**given)
+    if args.print_config:
+        cfg.validate()
+        print(config.to_yaml(cfg, f"rnnkit train {task.name}: `--config FILE` reads this back"), end="")
+        return 0
     result = run.train(task, cfg)
     if "artifacts" in result:  # the process that wrote the run's outputs (rank 0 under DDP)
         out = cfg.out or os.environ[run.RUN_DIR_ENV]
@@ -406,9 +412,15 @@ def _add_training_commands(sub) -> None:
     train = sub.add_parser("train", help="train a task's model (rnnkit train TASK --help lists its options)")
     tasks = train.add_subparsers(dest="task", metavar="TASK", required=True)
     for task in TASKS.values():
-        p = tasks.add_parser(task.name, help=task.help, description=task.help,
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        add_arguments(p, task.config_class)
+        p = tasks.add_parser(task.name, help=task.help, description=task.help, usage="%(prog)s [options]",
+                             epilog=f"rnnkit train {task.name} --print-config writes a --config file of every option.")
+        add_arguments(p, task.config_class, task_title=f"{task.name} options")
+        files = p.add_argument_group("config file")
+        files.add_argument("--config", dest="config_file", metavar="FILE",
+                           help="read options from this YAML file, keys as in --print-config (max_epochs: 5); "
+                                "flags given on the command line override it")
+        files.add_argument("--print-config", action="store_true",
+                           help="print the config these options make, as YAML that --config reads, and exit")
         p.set_defaults(fn=cmd_train)
     ev = sub.add_parser("eval", help="metrics of a checkpoint on its task's test set (or held-out text)")
     ev.add_argument("checkpoint", metavar="CKPT")
