@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import precision
 from .cells import Step, Summed
 
 BPTT_MODES = ("explicit", "autograd")
@@ -97,33 +98,54 @@ def _forward_loop(step: Step, xp, state0, p, batch_sizes, mask, keep_saved: bool
     return out, final, saved
 
 
-class _ExplicitBPTT(torch.autograd.Function):
-    """Forward: the time loop without autograd. Backward: BPTT by hand."""
+class _Kept:
+    """What _ExplicitBPTT's forward hands to its setup_context (an object, not a dict: torch.func
+    rebuilds dicts among a Function's inputs, so a dict would not come back)."""
 
-    # Saved tensors, in order: the inputs (the recomputation's source, mask, initial states,
-    # parameters: alive anyway, so saving them costs no memory), then what the backward keeps.
+    whole: bool
+    tensors: list
+    options: dict
+    ran: list
+    cache_size: int
+
+
+class _ExplicitBPTT(torch.autograd.Function):
+    """Forward: the time loop without autograd. Backward: BPTT by hand.
+
+    forward() runs without a ctx (so torch.func's transforms, grad and functional_call, can run it):
+    what the backward keeps goes into `kept`, a _Kept passed as an input, and setup_context() saves it.
+    Saved tensors, in order: the inputs (the recomputation's source, mask, initial states, parameters:
+    alive anyway, so saving them costs no memory), then what the backward keeps."""
 
     @staticmethod
-    def forward(ctx, step, batch_sizes, names, xp, source, mask, *tensors):
+    def forward(step, batch_sizes, names, kept, xp, source, mask, *tensors):
         n_states = step.num_states
         state0, params = tensors[:n_states], dict(zip(names, tensors[n_states:]))
+        whole = step.sequence(xp, state0, params, batch_sizes, mask, keep=True)
+        if whole is not None:  # the step ran the sequence itself and keeps what its backward needs
+            out, final, (tensors_kept, options) = whole
+            kept.whole, kept.tensors, kept.options = True, tensors_kept, options
+            return (out, *final)
+        out, final, saved = _forward_loop(step, xp, state0, params, batch_sizes, mask, keep_saved=True)
+        ran = [t for t, cache in enumerate(saved) if cache is not None]
+        kept.whole, kept.ran, kept.cache_size = False, ran, len(saved[ran[0]]) if ran else 0
+        kept.tensors = [x for cache in saved if cache for x in cache]
+        return (out, *final)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        step, batch_sizes, names, kept, xp, source, mask, *tensors = inputs
         ctx.step, ctx.batch_sizes, ctx.names, ctx.xp_shape = step, batch_sizes, names, xp.shape
         # A double backward recomputes the step loop under autograd from `source`, the input the
         # projection was made from (or from xp itself when the caller has no such input).
         ctx.from_source = source is not None
-        inputs = (source if ctx.from_source else xp, mask, *state0, *params.values())
-        whole = step.sequence(xp, state0, params, batch_sizes, mask, keep=True)
-        ctx.whole = whole is not None
-        if ctx.whole:  # the step ran the sequence itself and keeps what its backward needs
-            out, final, (kept, ctx.kept_options) = whole
-            ctx.save_for_backward(*inputs, *kept)
-            return (out, *final)
-        out, final, saved = _forward_loop(step, xp, state0, params, batch_sizes, mask, keep_saved=True)
-        # autograd owns the per-step tensors: freed after backward, checked against in-place edits
-        ctx.ran = [t for t, cache in enumerate(saved) if cache is not None]
-        ctx.cache_size = len(saved[ctx.ran[0]]) if ctx.ran else 0
-        ctx.save_for_backward(*inputs, *(x for cache in saved if cache for x in cache))
-        return (out, *final)
+        ctx.whole = kept.whole
+        if ctx.whole:
+            ctx.kept_options = kept.options
+        else:
+            ctx.ran, ctx.cache_size = kept.ran, kept.cache_size
+        # autograd owns the kept tensors: freed after backward, checked against in-place edits
+        ctx.save_for_backward(source if ctx.from_source else xp, mask, *tensors, *kept.tensors)
 
     @staticmethod
     def backward(ctx, d_out, *d_final):
@@ -131,9 +153,9 @@ class _ExplicitBPTT(torch.autograd.Function):
         n_inputs = 2 + step.num_states + len(names)
         saved = ctx.saved_tensors
         inputs, rest = saved[:n_inputs], saved[n_inputs:]
+        nothing = (None, None, None, None)  # step, batch_sizes, names, kept
         if torch.is_grad_enabled():  # create_graph=True: a graph of the backward is asked for
-            return (None, None, None, *_recorded_backward(ctx, inputs, d_out, d_final))
-        nothing = (None, None, None)  # step, batch_sizes, names
+            return (*nothing, *_recorded_backward(ctx, inputs, d_out, d_final))
         if ctx.whole:
             d_state, kept = list(d_final), (rest, ctx.kept_options)
             d_xp, d_state, grads = step.sequence_backward(kept, d_out, d_state)
@@ -180,7 +202,7 @@ def _recorded_backward(ctx, inputs, d_out, d_final):
     step, names, n = ctx.step, ctx.names, ctx.step.num_states
     source, mask, *tensors = inputs
     state0, params = tensors[:n], dict(zip(names, tensors[n:]))
-    wanted = ctx.needs_input_grad[3:]  # xp, source, mask, *state0, *params
+    wanted = ctx.needs_input_grad[4:]  # xp, source, mask, *state0, *params
     xp = step.project_input(source, params) if ctx.from_source else source
     loop_xp, *loop_tensors = (t.view_as(t) if t.requires_grad else t for t in (xp, *tensors))
     loop_state0, loop_params = tuple(loop_tensors[:n]), dict(zip(names, loop_tensors[n:]))
@@ -270,7 +292,7 @@ def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor]
     if bptt not in BPTT_MODES:
         raise ValueError(f"bptt must be one of {', '.join(map(repr, BPTT_MODES))}; got {bptt!r}")
     device_type = xp.device.type
-    if torch.is_autocast_enabled(device_type):
+    if precision.autocast_enabled(device_type):
         # the loop mixes many ops: run all of it in autocast's dtype, casting once, differentiably
         dtype = torch.get_autocast_dtype(device_type)
         cast = lambda t: t.to(dtype) if t is not None and t.is_floating_point() else t  # noqa: E731
@@ -281,5 +303,5 @@ def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor]
         out, final, _ = _forward_loop(step, xp, state0, p, batch_sizes, mask, keep_saved=False)
         return out, final
     names = tuple(p)
-    out, *final = _ExplicitBPTT.apply(step, batch_sizes, names, xp, source, mask, *state0, *p.values())
+    out, *final = _ExplicitBPTT.apply(step, batch_sizes, names, _Kept(), xp, source, mask, *state0, *p.values())
     return out, tuple(final)

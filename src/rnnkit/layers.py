@@ -210,7 +210,7 @@ class _Recurrent(nn.Module):
             if lengths is not None:
                 lengths = check_lengths(lengths, x.shape[0], x.shape[1])
         dtype = precision.compute_dtype(self.mode.split("_")[0], x, self.weight_ih_l0.dtype)
-        if torch.is_autocast_enabled(x.device.type):  # cast once to the call's dtype, then run without autocast
+        if precision.autocast_enabled(x.device.type):  # cast once to the call's dtype, then run without autocast
             with torch.autocast(x.device.type, enabled=False):
                 return self._forward(input, packed, x, batched, hx, lengths, perm, unperm, dtype, True)
         return self._forward(input, packed, x, batched, hx, lengths, perm, unperm, dtype, False)
@@ -296,7 +296,7 @@ class _Recurrent(nn.Module):
             output, final = self.forward(x_t.unsqueeze(1 if self.batch_first else 0), hx)
             return output.squeeze(1 if self.batch_first else 0), final
         dtype = precision.compute_dtype(self.mode.split("_")[0], x_t, self.weight_ih_l0.dtype)
-        if torch.is_autocast_enabled(x_t.device.type):  # cast once to the call's dtype, run without autocast
+        if precision.autocast_enabled(x_t.device.type):  # cast once to the call's dtype, run without autocast
             with torch.autocast(x_t.device.type, enabled=False):
                 return self._step(precision.cast(x_t, dtype), hx, dtype, True)
         return self._step(x_t, hx, dtype, False)
@@ -543,7 +543,7 @@ class _CellModule(nn.Module):
             raise ShapeError(f"input must be (batch, {self.input_size}) or ({self.input_size},); "
                              f"got shape {tuple(input.shape)}")
         dtype = precision.compute_dtype(type(self).__name__, input, self.weight_ih.dtype)
-        if torch.is_autocast_enabled(input.device.type):  # cast once to the call's dtype, run without autocast
+        if precision.autocast_enabled(input.device.type):  # cast once to the call's dtype, run without autocast
             with torch.autocast(input.device.type, enabled=False):
                 return self._forward(input, hx, dtype)
         return self._forward(input, hx, dtype)

@@ -126,10 +126,12 @@ class _LogCumSumExp(torch.autograd.Function):
     is structural (padding, steps the loss does not see), whose own derivative is 0 as well."""
 
     @staticmethod
-    def forward(ctx, v):
-        y = torch.logcumsumexp(v, 0)
-        ctx.save_for_backward(v, y)
-        return y
+    def forward(v):
+        return torch.logcumsumexp(v, 0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # in this form torch.func's transforms can run the Function
+        ctx.save_for_backward(inputs[0], output)
 
     @staticmethod
     def backward(ctx, g):
@@ -235,7 +237,7 @@ class _MinimalRNN(nn.Module):
         """The run in the dtype the call computes in (see precision.py): under autocast, parameters, input
         and state are cast once and the run goes on without autocast."""
         dtype = precision.compute_dtype(type(self).__name__, x, self.weight_ih_l0.dtype)
-        autocast = torch.is_autocast_enabled(x.device.type)
+        autocast = precision.autocast_enabled(x.device.type)
         x = precision.cast(x, dtype)
         h0 = self._check_state(hx, x.shape[1], batched, x, autocast)
         if not autocast:

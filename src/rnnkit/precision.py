@@ -22,13 +22,18 @@ from .errors import ShapeError
 FOLLOW_INPUT = {"cpu": {"GRU", "LSTMCell", "GRUCell"}}  # else autocast's dtype; see the docstring
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """torch.is_autocast_enabled for devices autocast knows; False for the others (meta tensors)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def compute_dtype(kind: str, x: Tensor, param_dtype: torch.dtype) -> torch.dtype:
     """The dtype a module of `kind` ("LSTM", "GRUCell", "MinGRU", ...) computes in for input x.
 
     Without autocast (or for float64, which autocast leaves alone) the input must have the
     parameters' dtype, as torch.nn requires (ValueError naming both)."""
     device_type = x.device.type
-    autocast = torch.is_autocast_enabled(device_type) and x.is_floating_point() \
+    autocast = autocast_enabled(device_type) and x.is_floating_point() \
         and torch.float64 not in (x.dtype, param_dtype)
     if not autocast:
         if x.dtype != param_dtype:
