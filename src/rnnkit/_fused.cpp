@@ -134,11 +134,13 @@ template <typename T> struct Step {
     const T* a;
     const T *w_hh, *w_c, *b_c;
     T eps;
-    const T* xp = nullptr;  // layer norm: xp (B, G*H) read from here, the gates written only (else gates hold xp)
+    const T* xp = nullptr;  // xp (B, G*H) read from here and added (else the gates hold it already)
+    const T* bx = nullptr;  // without layer norm, a bias (G*H) added with xp
 };
 
-// gates (B, G*H): the gate pre-activations on entry (xp + h W_hh^T; with layer norm xp alone, LN(a) is
-// added here), the activated gates on exit; G = 3 (f, g, o) when coupled, else 4 (i, f, g, o).
+// gates (B, G*H): the gate pre-activations on entry (xp + h W_hh^T, or h W_hh^T with s.xp given, xp and s.bx then
+// added here; with layer norm nothing, xp and LN(a) are added here), the activated gates on exit; G = 3 (f, g, o)
+// when coupled, else 4 (i, f, g, o).
 // Writes c_new, act_c (the activation of c_new, or of LN(c_new)), h = o * act_c (B, H), and with layer
 // norm the moments of each row of a and of c_new (B,).
 template <typename T, bool coupled, bool softsign, bool has_peep, bool ln>
@@ -159,6 +161,14 @@ void forward(const Step<T>& s, T* gates, const T* c, T* c_new, T* act_c, T* h, T
             const T* xb = s.xp ? s.xp + b * G * H : row;
 #pragma GCC ivdep
             for (int64_t j = 0; j < G * H; ++j) row[j] = xb[j] + (ab[j] - mean) * rstd * s.w_hh[j];
+        } else if (s.xp && s.bx) {
+            const T* xb = s.xp + b * G * H;
+#pragma GCC ivdep
+            for (int64_t j = 0; j < G * H; ++j) row[j] += xb[j] + s.bx[j];
+        } else if (s.xp) {
+            const T* xb = s.xp + b * G * H;
+#pragma GCC ivdep
+            for (int64_t j = 0; j < G * H; ++j) row[j] += xb[j];
         }
         const T* cb = c + b * H;
         T *f_ = row + off, *g_ = f_ + H, *o_ = g_ + H;
@@ -412,20 +422,21 @@ template <typename T> struct Sequence {
     // LSTM's layer norm) normalised first: LN(x W_ih^T) * ln_w_ih + b.
     const T *x, *w_ih_t, *b, *ln_w_ih;  // (T, B, I); (I, G*H); (G*H) or null; (G*H) or null
     T* work;                            // (B, G*H), for a cell's forward
+    const T* bx;                        // the bias the cell adds to the step's input pre-activations, or null
 
     Sequence(const int64_t* dims, int keep, void* const* b)
         : steps(dims[0]), B(dims[1]), H(dims[2]), P(dims[3]), GH(dims[6] * dims[2]), I(dims[4]), chunk(dims[5]),
           keep(keep != 0), buf(b), batch_sizes((const int64_t*)b[int(Slot::BATCH_SIZES)]), w_hh(at(Slot::W_HH)),
           w_hh_t(at(Slot::W_HH_T)), mask(at(Slot::MASK)), h0(at(Slot::H0)), xp(at(Slot::XP)), h(at(Slot::H)),
           out(at(Slot::OUT)), hr(at(Slot::HR)), x(at(Slot::X)), w_ih_t(at(Slot::W_IH_T)), b(at(Slot::B_IH)),
-          ln_w_ih(at(Slot::LN_W_IH)), work(at(Slot::WORK)) {}
+          ln_w_ih(at(Slot::LN_W_IH)), work(at(Slot::WORK)), bx(x && !ln_w_ih ? this->b : nullptr) {}
     T* at(Slot slot) const { return (T*)buf[int(slot)]; }
     int64_t rows(int64_t t) const { return batch_sizes ? batch_sizes[t] : B; }
     T* step_of(T* buffer, int64_t t, int64_t width) const { return buffer + (keep ? t * B * width : 0); }
 };
 
 // Step t's input pre-activations (bs, G*H): xp's step, or with the input projected here (q.x) the chunk's step,
-// its rows given the bias and the layer norm in place.
+// with the LSTM's layer norm its rows normalised (and the bias added) in place; else the cell adds q.bx to them.
 template <typename T> const T* step_input(const Sequence<T>& q, int64_t t, int64_t bs, Gemm<T> gemm, T eps) {
     const int64_t B = q.B, GH = q.GH;
     if (!q.x) return q.xp + t * B * GH;
@@ -434,19 +445,14 @@ template <typename T> const T* step_input(const Sequence<T>& q, int64_t t, int64
         const int64_t n = std::min(q.chunk, q.steps - t);
         matmul(gemm, false, false, n * B, GH, q.I, q.x + t * B * q.I, q.w_ih_t, T(0), q.xp);
     }
-    if (!q.b && !q.ln_w_ih) return in;
+    if (!q.ln_w_ih) return in;  // the cell adds the bias (q.bx) in its own pass
 #pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
     for (int64_t r = 0; r < bs; ++r) {
         T* row = in + r * GH;
-        if (q.ln_w_ih) {
-            T mean, rstd;
-            moments(row, GH, eps, mean, rstd);
+        T mean, rstd;
+        moments(row, GH, eps, mean, rstd);
 #pragma GCC ivdep
-            for (int64_t j = 0; j < GH; ++j) row[j] = (row[j] - mean) * rstd * q.ln_w_ih[j] + (q.b ? q.b[j] : T(0));
-        } else {
-#pragma GCC ivdep
-            for (int64_t j = 0; j < GH; ++j) row[j] += q.b[j];
-        }
+        for (int64_t j = 0; j < GH; ++j) row[j] = (row[j] - mean) * rstd * q.ln_w_ih[j] + (q.b ? q.b[j] : T(0));
     }
     return in;
 }
@@ -458,26 +464,33 @@ template <typename T> INLINE void apply_mask(const Sequence<T>& q, int64_t bs, T
 }
 
 // The forward loop: for each step, the rows that have ended carry their state and output zero, the active ones
-// run the cell's step on their input pre-activations and h_r (h, masked with recurrent dropout), and h carries.
+// run the cell's step on their input pre-activations, h_{t-1} (the previous output, or h_0) and h_r (h_{t-1},
+// masked with recurrent dropout). A row's final h is copied out once, when it ends.
 template <typename T, class Cell> void run_forward(const Sequence<T>& q, Cell& cell, Gemm<T> gemm) {
     const int64_t B = q.B, P = q.P;
+    int64_t active = B;  // the rows that ran the previous step
     for (int64_t t = 0; t < q.steps; ++t) {
         const int64_t bs = q.rows(t);
+        const T* h = t ? q.out + (t - 1) * B * P : q.h0;
         T* out = q.out + t * B * P;
+        if (bs < active) {  // rows bs .. active ended at the previous step
+            std::memcpy(q.h + bs * P, h + bs * P, (active - bs) * P * sizeof(T));
+            active = bs;
+        }
         if (bs < B) {
             std::memset(out + bs * P, 0, (B - bs) * P * sizeof(T));
             cell.carry(t, bs);
         }
         if (bs == 0) continue;  // the lengths are sorted: every later step is empty too
-        const T* hr = q.h;
+        const T* hr = h;
         if (q.mask) {
             T* m = q.step_of(q.hr, t, P);
-            for (int64_t k = 0; k < bs * P; ++k) m[k] = q.h[k] * q.mask[k];
+            for (int64_t k = 0; k < bs * P; ++k) m[k] = h[k] * q.mask[k];
             hr = m;
         }
-        cell.forward(t, bs, step_input(q, t, bs, gemm, T(1e-5)), hr, out, gemm);
-        std::memcpy(q.h, out, bs * P * sizeof(T));
+        cell.forward(t, bs, step_input(q, t, bs, gemm, T(1e-5)), hr, h, out, gemm);
     }
+    if (q.steps > 0) std::memcpy(q.h, q.out + (q.steps - 1) * B * P, active * P * sizeof(T));
 }
 
 // The backward loop over a kept sequence: d_h (B, P) holds the gradient of the final h on entry, of h_0 on exit;
@@ -530,16 +543,16 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
         std::memcpy(c_at(t + 1) + bs * q.H, c_at(t) + bs * q.H, (q.B - bs) * q.H * sizeof(T));
     }
 
-    void forward(int64_t t, int64_t bs, const T* in, const T* hr, T* out, Gemm<T> gemm) {
+    void forward(int64_t t, int64_t bs, const T* in, const T* hr, const T*, T* out, Gemm<T> gemm) {
         const int64_t GH = q.GH, P = q.P, H = q.H;
         T* g = q.step_of(gates, t, GH);
-        if (ln) {  // the kernel reads xp itself
-            s.xp = in;
+        s.xp = in;  // the kernel adds it, and the bias
+        s.bx = q.bx;
+        if (ln) {
             s.a = q.step_of(a, t, GH);
             matmul(gemm, false, false, bs, GH, P, hr, q.w_hh_t, T(0), (T*)s.a);
         } else {
-            std::memcpy(g, in, bs * GH * sizeof(T));
-            matmul(gemm, false, false, bs, GH, P, hr, q.w_hh_t, T(1), g);
+            matmul(gemm, false, false, bs, GH, P, hr, q.w_hh_t, T(0), g);
         }
         s.B = bs;
         T* hn = w_hr ? q.step_of(h_new, t, H) : out;
@@ -603,10 +616,10 @@ template <typename T, bool reset_after, int kind> struct GRU {
 
     void carry(int64_t, int64_t) {}  // h, the only state, carries in the loop
 
-    void forward(int64_t t, int64_t bs, const T* in, const T* hr, T* out, Gemm<T> gemm) {
+    void forward(int64_t t, int64_t bs, const T* in, const T* hr, const T* h, T* out, Gemm<T> gemm) {
         const int64_t H = q.H, GH = 3 * H;
         T *g = q.step_of(gates, t, GH), *e = q.step_of(extra, t, H), *rec = q.work;
-        const T* h = q.h;
+        const T* bx = q.bx;
         if (reset_after) {
             matmul(gemm, false, false, bs, GH, H, hr, q.w_hh_t, T(0), rec);  // (bs, 3H) = h_r W_hh^T
 #pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
@@ -615,10 +628,10 @@ template <typename T, bool reset_after, int kind> struct GRU {
                 T *gb = g + b * GH, *eb = e + b * H, *ob = out + b * H;
 #pragma GCC ivdep
                 for (int64_t j = 0; j < H; ++j) {
-                    T r = sigmoid(x[j] + rc[j] + (b_hh ? b_hh[j] : T(0)));
-                    T z = sigmoid(x[H + j] + rc[H + j] + (b_hh ? b_hh[H + j] : T(0)));
+                    T r = sigmoid(x[j] + rc[j] + (b_hh ? b_hh[j] : T(0)) + (bx ? bx[j] : T(0)));
+                    T z = sigmoid(x[H + j] + rc[H + j] + (b_hh ? b_hh[H + j] : T(0)) + (bx ? bx[H + j] : T(0)));
                     T hn = rc[2 * H + j] + (b_hh ? b_hh[2 * H + j] : T(0));
-                    T n = act<kind>(x[2 * H + j] + r * hn);
+                    T n = act<kind>(x[2 * H + j] + (bx ? bx[2 * H + j] : T(0)) + r * hn);
                     gb[j] = r, gb[H + j] = z, gb[2 * H + j] = n, eb[j] = hn;
                     ob[j] = n + z * (hb[j] - n);
                 }
@@ -631,8 +644,8 @@ template <typename T, bool reset_after, int kind> struct GRU {
                 T *gb = g + b * GH, *eb = e + b * H;
 #pragma GCC ivdep
                 for (int64_t j = 0; j < H; ++j) {
-                    T r = sigmoid(x[j] + rc[j]);
-                    gb[j] = r, gb[H + j] = sigmoid(x[H + j] + rc[H + j]), eb[j] = r * hb[j];
+                    T r = sigmoid(x[j] + rc[j] + (bx ? bx[j] : T(0)));
+                    gb[j] = r, gb[H + j] = sigmoid(x[H + j] + rc[H + j] + (bx ? bx[H + j] : T(0))), eb[j] = r * hb[j];
                 }
             }
             matmul(gemm, false, false, bs, H, H, e, H, q.w_hh_t + 2 * H, GH, T(0), rec, H);  // (r * h_r) W_hn^T
@@ -642,7 +655,7 @@ template <typename T, bool reset_after, int kind> struct GRU {
                 T *gb = g + b * GH, *ob = out + b * H;
 #pragma GCC ivdep
                 for (int64_t j = 0; j < H; ++j) {
-                    T z = gb[H + j], n = act<kind>(x[2 * H + j] + rc[j]);
+                    T z = gb[H + j], n = act<kind>(x[2 * H + j] + rc[j] + (bx ? bx[2 * H + j] : T(0)));
                     gb[2 * H + j] = n;
                     ob[j] = n + z * (hb[j] - n);
                 }
@@ -724,15 +737,15 @@ template <typename T, int kind> struct RNN {
 
     void carry(int64_t, int64_t) {}
 
-    void forward(int64_t, int64_t bs, const T* in, const T* hr, T* out, Gemm<T> gemm) {
+    void forward(int64_t, int64_t bs, const T* in, const T* hr, const T*, T* out, Gemm<T> gemm) {
         const int64_t H = q.H;
-        std::memcpy(out, in, bs * H * sizeof(T));
-        matmul(gemm, false, false, bs, H, H, hr, q.w_hh_t, T(1), out);
+        matmul(gemm, false, false, bs, H, H, hr, q.w_hh_t, T(0), out);
 #pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
         for (int64_t b = 0; b < bs; ++b) {
             T* ob = out + b * H;
+            const T* x = in + b * H;
 #pragma GCC ivdep
-            for (int64_t j = 0; j < H; ++j) ob[j] = act<kind>(ob[j]);
+            for (int64_t j = 0; j < H; ++j) ob[j] = act<kind>(x[j] + ob[j] + (q.bx ? q.bx[j] : T(0)));
         }
     }
 
