@@ -400,7 +400,7 @@ template <typename T> INLINE void matmul(Gemm<T> gemm, bool ta, bool tb, int64_t
 
 // The buffers of a sequence call, in fused.py's order (Sequence.NAMES); a cell's own slots are null for the others.
 enum class Slot {
-    BATCH_SIZES, W_HH, W_HH_T, MASK, XP, H0, H, OUT, HR, X, W_IH_T, B_IH, LN_W_IH, WORK,  // every cell
+    BATCH_SIZES, W_HH, W_HH_T, MASK, XP, H0, H, OUT, HR, X, W_IH, B_IH, LN_W_IH, WORK,  // every cell
     GATES, EXTRA, B_HH,                                                                  // GRU (GATES also LSTM)
     C, ACT_C, H_NEW, A, STATS, W_HR, PEEP, LN_W_HH, LN_W_C, LN_B_C                       // LSTM
 };
@@ -414,13 +414,13 @@ template <typename T> struct Sequence {
     bool keep;
     void* const* buf;
     const int64_t* batch_sizes;  // (T) or null: every row runs every step
-    const T *w_hh, *w_hh_t, *mask, *h0;  // (G*H, P); (P, G*H) contiguous, for the forward; (B, P) or null; (B, P)
+    const T *w_hh, *w_hh_t, *mask, *h0;  // (G*H, P); (P, G*H) contiguous or null (see recurrent); (B, P) or null; (B, P)
     T *xp, *h, *out, *hr;  // (T, B, G*H) the input projections; (B, P): h_0 on entry, the final h on exit;
                            // (T, B, P): zero past a row's end; h masked (mask only)
     // Inference may project the input here instead (x non-null): xp is then a buffer of `chunk` steps, filled with
     // x W_ih^T for `chunk` steps at a time, each step's rows then getting the bias b (G*H) and with ln_w_ih (the
     // LSTM's layer norm) normalised first: LN(x W_ih^T) * ln_w_ih + b.
-    const T *x, *w_ih_t, *b, *ln_w_ih;  // (T, B, I); (I, G*H); (G*H) or null; (G*H) or null
+    const T *x, *w_ih, *b, *ln_w_ih;  // (T, B, I); (G*H, I); (G*H) or null; (G*H) or null
     T* work;                            // (B, G*H), for a cell's forward
     const T* bx;                        // the bias the cell adds to the step's input pre-activations, or null
 
@@ -428,33 +428,43 @@ template <typename T> struct Sequence {
         : steps(dims[0]), B(dims[1]), H(dims[2]), P(dims[3]), GH(dims[6] * dims[2]), I(dims[4]), chunk(dims[5]),
           keep(keep != 0), buf(b), batch_sizes((const int64_t*)b[int(Slot::BATCH_SIZES)]), w_hh(at(Slot::W_HH)),
           w_hh_t(at(Slot::W_HH_T)), mask(at(Slot::MASK)), h0(at(Slot::H0)), xp(at(Slot::XP)), h(at(Slot::H)),
-          out(at(Slot::OUT)), hr(at(Slot::HR)), x(at(Slot::X)), w_ih_t(at(Slot::W_IH_T)), b(at(Slot::B_IH)),
+          out(at(Slot::OUT)), hr(at(Slot::HR)), x(at(Slot::X)), w_ih(at(Slot::W_IH)), b(at(Slot::B_IH)),
           ln_w_ih(at(Slot::LN_W_IH)), work(at(Slot::WORK)), bx(x && !ln_w_ih ? this->b : nullptr) {}
     T* at(Slot slot) const { return (T*)buf[int(slot)]; }
     int64_t rows(int64_t t) const { return batch_sizes ? batch_sizes[t] : B; }
     T* step_of(T* buffer, int64_t t, int64_t width) const { return buffer + (keep ? t * B * width : 0); }
+
+    // C (bs, n) (row stride ldc) = beta * C + h_r (bs, P) times the columns col .. col+n of W_hh^T: from the
+    // contiguous W_hh^T where fused.py made one (batches of 8 or more, where the product runs faster from it),
+    // else from W_hh itself (a batch of one: as fast, and the copy of a large W_hh would cost more).
+    void recurrent(Gemm<T> gemm, int64_t bs, int64_t col, int64_t n, const T* hr, T beta, T* C, int64_t ldc) const {
+        if (w_hh_t) matmul(gemm, false, false, bs, n, P, hr, P, w_hh_t + col, GH, beta, C, ldc);
+        else matmul(gemm, false, true, bs, n, P, hr, P, w_hh + col * P, P, beta, C, ldc);
+    }
 };
 
 // Step t's input pre-activations (bs, G*H): xp's step, or with the input projected here (q.x) the chunk's step,
-// with the LSTM's layer norm its rows normalised (and the bias added) in place; else the cell adds q.bx to them.
-template <typename T> const T* step_input(const Sequence<T>& q, int64_t t, int64_t bs, Gemm<T> gemm, T eps) {
+// projected with the chunk's first step and then, with the LSTM's layer norm, its rows normalised (and the bias
+// added) in place, all of the chunk's at once; else the cell adds q.bx to them.
+template <typename T> const T* step_input(const Sequence<T>& q, int64_t t, Gemm<T> gemm, T eps) {
     const int64_t B = q.B, GH = q.GH;
     if (!q.x) return q.xp + t * B * GH;
-    T* in = q.xp + (t % q.chunk) * B * GH;
     if (t % q.chunk == 0) {  // project the next chunk of steps (rows past their end included)
-        const int64_t n = std::min(q.chunk, q.steps - t);
-        matmul(gemm, false, false, n * B, GH, q.I, q.x + t * B * q.I, q.w_ih_t, T(0), q.xp);
-    }
-    if (!q.ln_w_ih) return in;  // the cell adds the bias (q.bx) in its own pass
-#pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
-    for (int64_t r = 0; r < bs; ++r) {
-        T* row = in + r * GH;
-        T mean, rstd;
-        moments(row, GH, eps, mean, rstd);
+        const int64_t rows = std::min(q.chunk, q.steps - t) * B;
+        matmul(gemm, false, true, rows, GH, q.I, q.x + t * B * q.I, q.w_ih, T(0), q.xp);
+        if (q.ln_w_ih) {
+#pragma omp parallel for if (rows >= PARALLEL_ROWS) schedule(static)
+            for (int64_t r = 0; r < rows; ++r) {
+                T* row = q.xp + r * GH;
+                T mean, rstd;
+                moments(row, GH, eps, mean, rstd);
 #pragma GCC ivdep
-        for (int64_t j = 0; j < GH; ++j) row[j] = (row[j] - mean) * rstd * q.ln_w_ih[j] + (q.b ? q.b[j] : T(0));
+                for (int64_t j = 0; j < GH; ++j)
+                    row[j] = (row[j] - mean) * rstd * q.ln_w_ih[j] + (q.b ? q.b[j] : T(0));
+            }
+        }
     }
-    return in;
+    return q.xp + (t % q.chunk) * B * GH;
 }
 
 // x[k] *= mask[k] over bs rows of P: recurrent dropout's mask on the gradient reaching h through W_hh.
@@ -488,7 +498,7 @@ template <typename T, class Cell> void run_forward(const Sequence<T>& q, Cell& c
             for (int64_t k = 0; k < bs * P; ++k) m[k] = h[k] * q.mask[k];
             hr = m;
         }
-        cell.forward(t, bs, step_input(q, t, bs, gemm, T(1e-5)), hr, h, out, gemm);
+        cell.forward(t, bs, step_input(q, t, gemm, T(1e-5)), hr, h, out, gemm);
     }
     if (q.steps > 0) std::memcpy(q.h, q.out + (q.steps - 1) * B * P, active * P * sizeof(T));
 }
@@ -550,9 +560,9 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
         s.bx = q.bx;
         if (ln) {
             s.a = q.step_of(a, t, GH);
-            matmul(gemm, false, false, bs, GH, P, hr, q.w_hh_t, T(0), (T*)s.a);
+            q.recurrent(gemm, bs, 0, GH, hr, T(0), (T*)s.a, GH);
         } else {
-            matmul(gemm, false, false, bs, GH, P, hr, q.w_hh_t, T(0), g);
+            q.recurrent(gemm, bs, 0, GH, hr, T(0), g, GH);
         }
         s.B = bs;
         T* hn = w_hr ? q.step_of(h_new, t, H) : out;
@@ -621,7 +631,7 @@ template <typename T, bool reset_after, int kind> struct GRU {
         T *g = q.step_of(gates, t, GH), *e = q.step_of(extra, t, H), *rec = q.work;
         const T* bx = q.bx;
         if (reset_after) {
-            matmul(gemm, false, false, bs, GH, H, hr, q.w_hh_t, T(0), rec);  // (bs, 3H) = h_r W_hh^T
+            q.recurrent(gemm, bs, 0, GH, hr, T(0), rec, GH);  // (bs, 3H) = h_r W_hh^T
 #pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
             for (int64_t b = 0; b < bs; ++b) {
                 const T *x = in + b * GH, *rc = rec + b * GH, *hb = h + b * H;
@@ -637,7 +647,7 @@ template <typename T, bool reset_after, int kind> struct GRU {
                 }
             }
         } else {
-            matmul(gemm, false, false, bs, 2 * H, H, hr, H, q.w_hh_t, GH, T(0), rec, 2 * H);  // h_r W_h{r,z}^T
+            q.recurrent(gemm, bs, 0, 2 * H, hr, T(0), rec, 2 * H);  // h_r W_h{r,z}^T
 #pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
             for (int64_t b = 0; b < bs; ++b) {
                 const T *x = in + b * GH, *rc = rec + b * 2 * H, *hb = hr + b * H;
@@ -648,7 +658,7 @@ template <typename T, bool reset_after, int kind> struct GRU {
                     gb[j] = r, gb[H + j] = sigmoid(x[H + j] + rc[H + j] + (bx ? bx[H + j] : T(0))), eb[j] = r * hb[j];
                 }
             }
-            matmul(gemm, false, false, bs, H, H, e, H, q.w_hh_t + 2 * H, GH, T(0), rec, H);  // (r * h_r) W_hn^T
+            q.recurrent(gemm, bs, 2 * H, H, e, T(0), rec, H);  // (r * h_r) W_hn^T
 #pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
             for (int64_t b = 0; b < bs; ++b) {
                 const T *x = in + b * GH, *rc = rec + b * H, *hb = h + b * H;
@@ -739,7 +749,7 @@ template <typename T, int kind> struct RNN {
 
     void forward(int64_t, int64_t bs, const T* in, const T* hr, const T*, T* out, Gemm<T> gemm) {
         const int64_t H = q.H;
-        matmul(gemm, false, false, bs, H, H, hr, q.w_hh_t, T(0), out);
+        q.recurrent(gemm, bs, 0, H, hr, T(0), out, H);
 #pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
         for (int64_t b = 0; b < bs; ++b) {
             T* ob = out + b * H;

@@ -262,9 +262,12 @@ def sequence_available(dtype: torch.dtype = torch.float32) -> bool:
 
 
 BACKWARD_CHUNK_BYTES = 2 << 20  # layer norm: d_a of this many bytes' worth of steps per W_hh product
+# from this batch on the forward's products read a contiguous copy of W_hh^T (faster there; below, as fast from
+# W_hh itself, which a large W_hh's copy at every call would cost more than: 0.9 ms at 2048 x 512)
+TRANSPOSED_MIN_BATCH = 8
 
 # The buffers of a sequence call, in the order of `Slot` in _fused.cpp: those every cell has, the GRU's, the LSTM's
-SLOTS = ("batch_sizes", "w_hh", "w_hh_t", "mask", "xp", "h0", "h", "out", "hr", "x", "w_ih_t", "b", "ln_w_ih", "work",
+SLOTS = ("batch_sizes", "w_hh", "w_hh_t", "mask", "xp", "h0", "h", "out", "hr", "x", "w_ih", "b", "ln_w_ih", "work",
          "gates", "extra", "b_hh",
          "c", "act_c", "h_new", "a", "stats", "w_hr", "peep", "ln_w_hh", "ln_w_c", "ln_b_c")
 _CELLS = ("lstm", "gru", "rnn")
@@ -335,15 +338,16 @@ def _sequence(cell: str, activation: str, xp: Tensor | None, h0: Tensor, w_hh: T
     summed = (lambda *shape: source.new_zeros(T, *shape)) if keep and batch_sizes is not None else per_step
     q = Sequence(cell, activation, keep, chunk=chunk, **options,
                  batch_sizes=None if batch_sizes is None else torch.tensor(batch_sizes, dtype=torch.int64),
-                 w_hh=w_hh.contiguous(), w_hh_t=w_hh.T.contiguous(), mask=_contiguous(mask),
+                 w_hh=w_hh.contiguous(), w_hh_t=w_hh.T.contiguous() if B >= TRANSPOSED_MIN_BATCH else None,
+                 mask=_contiguous(mask),
                  xp=new(min(chunk, T), B, GH) if x is not None else xp.contiguous(),
                  h0=h0.contiguous(), h=h0.clone(memory_format=torch.contiguous_format), out=new(T, B, P),
                  hr=None if mask is None else summed(B, P), work=new(B, GH),
-                 x=_contiguous(x), w_ih_t=None if w_ih is None else w_ih.T.contiguous(), b=_contiguous(bias),
+                 x=_contiguous(x), w_ih=_contiguous(w_ih), b=_contiguous(bias),
                  ln_w_ih=_contiguous(ln_w_ih), **buffers(T, B, per_step, summed))
     fn = getattr(library(), f"sequence_{_DTYPES[source.dtype]}")
     fn(_flags(q), _dims(q, H, x, chunk), _slots(q), gemm_address(source.dtype))
-    q.xp = q.w_hh_t = q.x = q.w_ih_t = q.work = None  # the backward needs none of them: kept, they would hold memory
+    q.xp = q.w_hh_t = q.x = q.w_ih = q.work = None  # the backward needs none of them: kept, they would hold memory
     return q
 
 
