@@ -4,10 +4,15 @@
             torch.rnn_tanh / torch.rnn_relu: only for the configurations torch.nn itself has.
   engine    rnnkit's time loop with hand-written BPTT (engine.run, bptt="explicit").
   autograd  the same loop recorded by autograd: the reference, and twice differentiable.
+  triton    the engine with each sequence (one direction of one layer) in one Triton kernel launch forward and one
+            backward (rnnkit.kernels.triton): CUDA tensors, or CPU tensors under Triton's interpreter
+            (TRITON_INTERPRET=1, how the tests run them). Needs the optional `triton` package (the `gpu` extra).
 
 `impl="auto"` picks native where it can run and is the faster of the two for that device, batch
-size and kind of call (`engine_is_faster`, from measurements), and the engine otherwise. Both
-give the same numbers (tests/test_layers.py runs the torch.nn parity suite through each).
+size and kind of call (`engine_is_faster`, from measurements). Otherwise, on CUDA it picks triton where Triton is
+importable (the engine's per-step loop is 10-20 small kernel launches per time step there), and else the engine.
+All give the same numbers (tests/test_layers.py runs the torch.nn parity suite through each; tests/test_triton*.py
+the Triton kernels against the engine's loop of PyTorch ops).
 """
 from __future__ import annotations
 
@@ -17,8 +22,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from . import fused
 from .cells import GRUStep, LSTMStep, RNNStep, Step
+from .kernels import triton as triton_kernels
 
-IMPLS = ("auto", "native", "engine", "autograd")
+IMPLS = ("auto", "native", "engine", "autograd", "triton")
 
 
 def engine_is_faster(device_type: str, step: Step, batch: int, recording: bool, steps: int | None = None,
@@ -74,18 +80,38 @@ def why_not_native(step: Step, recurrent_dropout: float, training: bool, lengths
 
 def choose(impl: str, step: Step, device: torch.device, batch: int, recurrent_dropout: float,
            training: bool, lengths: Tensor | None, recording: bool = True, steps: int | None = None) -> str:
-    """Resolve `impl` to "native", "engine" or "autograd" for one forward call (`recording`:
-    whether autograd records it, i.e. a backward pass will follow; `steps`: its time steps, if known)."""
+    """Resolve `impl` to "native", "engine", "autograd" or "triton" for one forward call (`recording`:
+    whether autograd records it, i.e. a backward pass will follow; `steps`: its time steps, if known).
+    impl="triton" without Triton raises ImportError naming the package and the install command."""
     if impl in ("engine", "autograd"):
         return impl
+    if impl == "triton":
+        triton_kernels.require()
+        return "triton"
     reason = why_not_native(step, recurrent_dropout, training, lengths, steps)
     if impl == "native":
         if reason:
             raise ValueError(f"impl='native' cannot run this layer: {reason}")
         return "native"
-    if reason or engine_is_faster(device.type, step, batch, recording, steps, packed=lengths is not None):
-        return "engine"
-    return "native"
+    if not reason and not engine_is_faster(device.type, step, batch, recording, steps, packed=lengths is not None):
+        return "native"
+    return "triton" if device.type == "cuda" and triton_kernels.available() else "engine"
+
+
+def explain(step: Step, device_type: str) -> tuple[str, str]:
+    """(the path impl="auto" takes for a train step of this cell on this device, batch 32, whole sequences, no
+    recurrent dropout; why), for `rnnkit info`."""
+    path = choose("auto", step, torch.device(device_type), 32, 0.0, True, None, recording=True, steps=16)
+    reason = why_not_native(step, 0.0, True, None, 16)
+    if path == "native":
+        return path, "torch.nn has this configuration" + (" (cuDNN)" if device_type == "cuda" else " (oneDNN)")
+    if reason is None:
+        return path, "torch.nn has it, but the engine measured faster here (dispatch.engine_is_faster)"
+    if path == "triton":
+        return path, f"{reason}; Triton is importable"
+    if device_type == "cuda":
+        return path, f"{reason}; {triton_kernels.unavailable_reason()}: the engine's per-step PyTorch ops"
+    return path, reason
 
 
 def run_native(step: Step, weights: list[Tensor], x: Tensor, states: tuple[Tensor, ...],

@@ -120,6 +120,8 @@ class _Recurrent(nn.Module):
         self.bidirectional = bool(bidirectional)  # torch.nn takes any value here, as its truth value
         self.recurrent_dropout = _check_prob(recurrent_dropout, "recurrent_dropout")
         self.impl = _check_choice(impl, "impl", dispatch.IMPLS)
+        if impl == "triton":
+            dispatch.triton_kernels.require()  # ImportError naming the package and its install command
         if impl == "native" and dispatch.native_kernel(step) is None:
             raise ValueError(f"impl='native' needs a configuration torch.nn has; {step} is not one")
         _warn_if_dropout_is_inert(self.dropout, self.num_layers)
@@ -233,8 +235,9 @@ class _Recurrent(nn.Module):
             out, finals = dispatch.run_native(self.cell, weights, x, states, lengths, self.num_layers, self.dropout,
                                               self.training, self.bidirectional)
         else:
-            bptt = "explicit" if impl == "engine" else "autograd"
-            out, finals = self._run_stack(x, states, lengths, bptt, dtype)  # (T, B, D*P), (D*L, B, .)
+            bptt = "autograd" if impl == "autograd" else "explicit"
+            step = dispatch.triton_kernels.TritonStep(self.cell) if impl == "triton" else self.cell
+            out, finals = self._run_stack(x, states, lengths, bptt, dtype, step)  # (T, B, D*P), (D*L, B, .)
         if unperm is not None:
             finals = tuple(s.index_select(1, unperm.to(s.device)) for s in finals)
         if packed:
@@ -248,9 +251,9 @@ class _Recurrent(nn.Module):
             out = out.transpose(0, 1)
         return out, self._pack_state(finals)
 
-    def _run_stack(self, x, states, lengths, bptt, dtype):
+    def _run_stack(self, x, states, lengths, bptt, dtype, step=None):
         """x (T, B, I) in `dtype`, batch sorted longest first when lengths are given."""
-        step, D = self.cell, self.num_directions
+        step, D = self.cell if step is None else step, self.num_directions  # step: the cell, or TritonStep(cell)
         T, B = x.shape[:2]
         batch_sizes = None if lengths is None else engine.batch_sizes_from_lengths(lengths.tolist(), T)
         finals = [[] for _ in range(step.num_states)]

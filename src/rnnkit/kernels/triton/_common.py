@@ -13,6 +13,7 @@ import triton.language as tl
 from torch import Tensor
 
 EPS = 1e-5  # cells.LN_EPS
+INTERPRETED = triton.knobs.runtime.interpret  # read once: @triton.jit decides interpreted or compiled at definition
 
 # activation codes, as the kernels' ACT argument
 TANH, SOFTSIGN, RELU = 0, 1, 2
@@ -54,10 +55,11 @@ def activation_backward(d, y, ACT: tl.constexpr):
 @triton.jit
 def product(x_ptr, x_stride, K, rows, row_ok, w_ptr, w_stride_k, w_stride_n, cols, col_ok, m_ptr, m_stride,
             BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MASK: tl.constexpr,
-            DOT: tl.constexpr, IEEE: tl.constexpr, ACC: tl.constexpr):
+            DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """(BLOCK_B, BLOCK_N) in ACC: sum over k < K of x[row, k] (* m[row, k] with MASK) * W[k, col], W's element (k, n)
-    at w_ptr + k * w_stride_k + n * w_stride_n. DOT: tl.dot (accumulating in float32; IEEE for float32 inputs,
-    which would otherwise round to TF32); else a broadcast multiply and sum, for float64 (see the package docstring)."""
+    at w_ptr + k * w_stride_k + n * w_stride_n. DOT: tl.dot, accumulating in float32 (PREC 1: IEEE float32 products,
+    which would otherwise round to TF32; 2: the operands converted to float32 first); else a broadcast multiply and
+    sum, for float64 (see the package docstring)."""
     acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
@@ -69,7 +71,9 @@ def product(x_ptr, x_stride, K, rows, row_ok, w_ptr, w_stride_k, w_stride_n, col
         w = tl.load(w_ptr + ks[:, None] * w_stride_k + cols[None, :] * w_stride_n,
                     mask=k_ok[:, None] & col_ok[None, :], other=0.0)
         if DOT:
-            if IEEE:
+            if PREC == 2:  # bfloat16 under the interpreter, whose tl.dot misreads it: exact products in float32
+                acc += tl.dot(x.to(tl.float32), w.to(tl.float32), input_precision="ieee")
+            elif PREC == 1:
                 acc += tl.dot(x, w, input_precision="ieee")
             else:
                 acc += tl.dot(x, w)
@@ -95,14 +99,14 @@ class Launch:
     block_n: int
     block_k: int
     dot: bool
-    ieee: bool
+    precision: int  # product()'s PREC
     acc: object  # tl.float32 or tl.float64
 
     def grid(self, B: int) -> tuple[int]:
         return (triton.cdiv(B, self.block_b),)
 
     def options(self) -> dict:
-        return dict(BLOCK_B=self.block_b, BLOCK_N=self.block_n, BLOCK_K=self.block_k, DOT=self.dot, IEEE=self.ieee,
+        return dict(BLOCK_B=self.block_b, BLOCK_N=self.block_n, BLOCK_K=self.block_k, DOT=self.dot, PREC=self.precision,
                     ACC=self.acc)
 
 
@@ -116,8 +120,9 @@ def launch(dtype: torch.dtype, hidden: int) -> Launch:
         raise TypeError(f"the Triton kernels take {', '.join(map(str, SUPPORTED))}; got {dtype}")
     block_n = max(16, min(64, triton.next_power_of_2(hidden)))
     if dtype == torch.float64:
-        return Launch(16, min(block_n, 32), 8, False, False, tl.float64)
-    return Launch(16, block_n, 32, True, dtype == torch.float32, tl.float32)
+        return Launch(16, min(block_n, 32), 8, False, 0, tl.float64)
+    precision = 1 if dtype == torch.float32 else 2 if dtype == torch.bfloat16 and INTERPRETED else 0
+    return Launch(16, block_n, 32, True, precision, tl.float32)
 
 
 def lengths_of(batch_sizes: list[int] | None, B: int, T: int, device) -> Tensor:
@@ -128,9 +133,6 @@ def lengths_of(batch_sizes: list[int] | None, B: int, T: int, device) -> Tensor:
     sizes = torch.tensor(batch_sizes, dtype=torch.int64)
     lengths = (sizes[None, :] > torch.arange(B)[:, None]).sum(1)  # (B,)
     return lengths.to(device=device, dtype=torch.int32)
-
-
-INTERPRETED = triton.knobs.runtime.interpret  # read once: @triton.jit decides interpreted or compiled at definition
 
 
 def check_device(*tensors: Tensor) -> None:

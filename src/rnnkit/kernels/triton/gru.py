@@ -23,7 +23,7 @@ from ._common import (ACTIVATION_CODES, activation, activation_backward, check_d
 def _gru_forward(xp, hbuf, out, w_hh, b_hh, mask, lengths, gates, extra, T, B, H,
                  RESET_AFTER: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, MASK: tl.constexpr,
                  KEEP: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 DOT: tl.constexpr, IEEE: tl.constexpr, ACC: tl.constexpr):
+                 DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """hbuf (2, B, H): h_{t-1} and h_t in turn (hbuf[0] = h0 in, the final h out); out (T, B, H). Kept per step (one
     step's worth without KEEP): gates (., B, 3H) = r, z, n activated; extra (., B, H) = h_r W_hn^T + b_hn
     (reset_after) or r * h_r (reset before, also the input of the n product)."""
@@ -49,10 +49,10 @@ def _gru_forward(xp, hbuf, out, w_hh, b_hh, mask, lengths, gates, extra, T, B, H
                 o1 = rows[:, None] * H + u[None, :]
                 r = sigmoid(tl.load(x_t + o3, mask=ok, other=0.0).to(ACC) + product(
                     cur, H, H, rows, row_ok, w_hh, 1, H, u, u_ok, mask, H,
-                    BLOCK_B, BLOCK_N, BLOCK_K, MASK, DOT, IEEE, ACC))
+                    BLOCK_B, BLOCK_N, BLOCK_K, MASK, DOT, PREC, ACC))
                 z = sigmoid(tl.load(x_t + o3 + H, mask=ok, other=0.0).to(ACC) + product(
                     cur, H, H, rows, row_ok, w_hh + H * H, 1, H, u, u_ok, mask, H,
-                    BLOCK_B, BLOCK_N, BLOCK_K, MASK, DOT, IEEE, ACC))
+                    BLOCK_B, BLOCK_N, BLOCK_K, MASK, DOT, PREC, ACC))
                 h_r = tl.load(cur + o1, mask=ok, other=0.0)
                 if MASK:
                     h_r = (h_r * tl.load(mask + o1, mask=ok, other=0.0)).to(h_r.dtype)
@@ -68,11 +68,11 @@ def _gru_forward(xp, hbuf, out, w_hh, b_hh, mask, lengths, gates, extra, T, B, H
             o1 = rows[:, None] * H + u[None, :]
             if RESET_AFTER:
                 rec_r = product(cur, H, H, rows, row_ok, w_hh, 1, H, u, u_ok, mask, H,
-                                BLOCK_B, BLOCK_N, BLOCK_K, MASK, DOT, IEEE, ACC)
+                                BLOCK_B, BLOCK_N, BLOCK_K, MASK, DOT, PREC, ACC)
                 rec_z = product(cur, H, H, rows, row_ok, w_hh + H * H, 1, H, u, u_ok, mask, H,
-                                BLOCK_B, BLOCK_N, BLOCK_K, MASK, DOT, IEEE, ACC)
+                                BLOCK_B, BLOCK_N, BLOCK_K, MASK, DOT, PREC, ACC)
                 rec_n = product(cur, H, H, rows, row_ok, w_hh + 2 * H * H, 1, H, u, u_ok, mask, H,
-                                BLOCK_B, BLOCK_N, BLOCK_K, MASK, DOT, IEEE, ACC)
+                                BLOCK_B, BLOCK_N, BLOCK_K, MASK, DOT, PREC, ACC)
                 if HAS_BIAS:
                     rec_r += tl.load(b_hh + u, mask=u_ok, other=0.0).to(ACC)[None, :]
                     rec_z += tl.load(b_hh + H + u, mask=u_ok, other=0.0).to(ACC)[None, :]
@@ -87,7 +87,7 @@ def _gru_forward(xp, hbuf, out, w_hh, b_hh, mask, lengths, gates, extra, T, B, H
                 z = tl.load(g_t + o3 + H, mask=ok, other=0.0).to(ACC)
                 n = activation(tl.load(x_t + o3 + 2 * H, mask=ok, other=0.0).to(ACC) + product(
                     e_t, H, H, rows, row_ok, w_hh + 2 * H * H, 1, H, u, u_ok, mask, H,
-                    BLOCK_B, BLOCK_N, BLOCK_K, False, DOT, IEEE, ACC), ACT)
+                    BLOCK_B, BLOCK_N, BLOCK_K, False, DOT, PREC, ACC), ACT)
             tl.store(g_t + o3 + 2 * H, n, mask=ok)
             h = tl.load(cur + o1, mask=ok, other=0.0).to(ACC)
             h_new = n + z * (h - n)
@@ -105,7 +105,7 @@ def _gru_forward(xp, hbuf, out, w_hh, b_hh, mask, lengths, gates, extra, T, B, H
 @triton.jit
 def _gru_backward(d_out, dh, d_xp, d_extra, out, h0, w_hh, mask, lengths, gates, extra, T, B, H,
                   RESET_AFTER: tl.constexpr, ACT: tl.constexpr, MASK: tl.constexpr, BLOCK_B: tl.constexpr,
-                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr, IEEE: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
                   ACC: tl.constexpr):
     """Backward in time: dh (B, H) the gradient of the carried h (of the final h in, of h0 out); d_xp (T, B, 3H) the
     gradients at xp; d_extra (T, B, H) (reset_after) the gradient at h_r W_hn^T + b_hn."""
@@ -151,7 +151,7 @@ def _gru_backward(d_out, dh, d_xp, d_extra, out, h0, w_hh, mask, lengths, gates,
                 o3 = rows[:, None] * (3 * H) + u[None, :]
                 o1 = rows[:, None] * H + u[None, :]
                 d_rh = product(dx_t + 2 * H, 3 * H, H, rows, row_ok, w_hh + 2 * H * H, H, 1, u, u_ok, mask, H,
-                               BLOCK_B, BLOCK_N, BLOCK_K, False, DOT, IEEE, ACC)
+                               BLOCK_B, BLOCK_N, BLOCK_K, False, DOT, PREC, ACC)
                 r = tl.load(g_t + o3, mask=ok, other=0.0).to(ACC)
                 h_r = load_previous(out, h0, t, BH, o1, ok)
                 m = tl.full((BLOCK_B, BLOCK_N), 1.0, ACC)
@@ -168,10 +168,10 @@ def _gru_backward(d_out, dh, d_xp, d_extra, out, h0, w_hh, mask, lengths, gates,
             ok = active[:, None] & u_ok[None, :]
             o1 = rows[:, None] * H + u[None, :]
             acc = product(dx_t, 3 * H, 2 * H, rows, row_ok, w_hh, H, 1, u, u_ok, mask, H,
-                          BLOCK_B, BLOCK_N, BLOCK_K, False, DOT, IEEE, ACC)
+                          BLOCK_B, BLOCK_N, BLOCK_K, False, DOT, PREC, ACC)
             if RESET_AFTER:
                 acc += product(de_t, H, H, rows, row_ok, w_hh + 2 * H * H, H, 1, u, u_ok, mask, H,
-                               BLOCK_B, BLOCK_N, BLOCK_K, False, DOT, IEEE, ACC)
+                               BLOCK_B, BLOCK_N, BLOCK_K, False, DOT, PREC, ACC)
             if MASK:
                 acc = acc * tl.load(mask + o1, mask=ok, other=0.0).to(ACC)
             d = tl.load(dh + o1, mask=ok, other=0.0).to(ACC)

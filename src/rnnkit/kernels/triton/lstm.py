@@ -26,7 +26,7 @@ from ._common import (ACTIVATION_CODES, EPS, activation, activation_backward, ch
 @triton.jit
 def _pre(k, x_t, a_t, cur, w_hh, ln_w_hh, mask, mean, rstd, rows, row_ok, u, u_ok, H, P,
          G: tl.constexpr, LN: tl.constexpr, MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
-         BLOCK_K: tl.constexpr, DOT: tl.constexpr, IEEE: tl.constexpr, ACC: tl.constexpr):
+         BLOCK_K: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """Gate k's pre-activation for the units u: xp + h_r W_hh^T (or + LN_hh of it, from a_t and the row moments)."""
     cols = k * H + u
     ok = row_ok[:, None] & u_ok[None, :]
@@ -38,7 +38,7 @@ def _pre(k, x_t, a_t, cur, w_hh, ln_w_hh, mask, mean, rstd, rows, row_ok, u, u_o
         rec = (a - mean[:, None]) * rstd[:, None] * w[None, :]
     else:
         rec = product(cur, P, P, rows, row_ok, w_hh + k * H * P, 1, P, u, u_ok, mask, P,
-                      BLOCK_B, BLOCK_N, BLOCK_K, MASK, DOT, IEEE, ACC)
+                      BLOCK_B, BLOCK_N, BLOCK_K, MASK, DOT, PREC, ACC)
     return x + rec
 
 
@@ -58,7 +58,7 @@ def _lstm_forward(xp, hbuf, cbuf, out, w_hh, w_hr, mask, peep, ln_w_hh, ln_w_c, 
                   G: tl.constexpr, COUPLED: tl.constexpr, ACT: tl.constexpr, PEEP: tl.constexpr, LN: tl.constexpr,
                   LN_BIAS: tl.constexpr, PROJ: tl.constexpr, MASK: tl.constexpr, KEEP: tl.constexpr,
                   EPSILON: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  DOT: tl.constexpr, IEEE: tl.constexpr, ACC: tl.constexpr):
+                  DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """hbuf (2, B, P): h_{t-1} and h_t in turn (hbuf[0] = h0 in, the final h out); cbuf (B, H): the carried c (c0 in,
     the final c out); out (T, B, P). Kept per step (one step's worth without KEEP): gates (., B, G*H) activated; cs
     (T + 1, B, H) with KEEP: cs[t + 1] = c_t (cs[0] = c0, written by the caller); a (., B, G*H) = h_r W_hh^T and
@@ -87,7 +87,7 @@ def _lstm_forward(xp, hbuf, cbuf, out, w_hh, w_hr, mask, peep, ln_w_hh, ln_w_c, 
                 cols = n0 + tl.arange(0, BLOCK_N)
                 c_ok = cols < GH
                 acc = product(cur, P, P, rows, row_ok, w_hh, 1, P, cols, c_ok, mask, P,
-                              BLOCK_B, BLOCK_N, BLOCK_K, MASK, DOT, IEEE, ACC)
+                              BLOCK_B, BLOCK_N, BLOCK_K, MASK, DOT, PREC, ACC)
                 tl.store(a_t + rows[:, None] * GH + cols[None, :], acc, mask=row_ok[:, None] & c_ok[None, :])
                 s1 += tl.sum(acc, 1)
             mean = s1 / GH
@@ -111,11 +111,11 @@ def _lstm_forward(xp, hbuf, cbuf, out, w_hh, w_hr, mask, peep, ln_w_hh, ln_w_c, 
             og = rows[:, None] * GH + u[None, :]
             c = tl.load(cbuf + o1, mask=ok, other=0.0).to(ACC)
             f_pre = _pre(G - 3, x_t, a_t, cur, w_hh, ln_w_hh, mask, mean, rstd, rows, row_ok, u, u_ok, H, P,
-                         G, LN, MASK, BLOCK_B, BLOCK_N, BLOCK_K, DOT, IEEE, ACC)
+                         G, LN, MASK, BLOCK_B, BLOCK_N, BLOCK_K, DOT, PREC, ACC)
             g = activation(_pre(G - 2, x_t, a_t, cur, w_hh, ln_w_hh, mask, mean, rstd, rows, row_ok, u, u_ok, H, P,
-                                G, LN, MASK, BLOCK_B, BLOCK_N, BLOCK_K, DOT, IEEE, ACC), ACT)
+                                G, LN, MASK, BLOCK_B, BLOCK_N, BLOCK_K, DOT, PREC, ACC), ACT)
             o_pre = _pre(G - 1, x_t, a_t, cur, w_hh, ln_w_hh, mask, mean, rstd, rows, row_ok, u, u_ok, H, P,
-                         G, LN, MASK, BLOCK_B, BLOCK_N, BLOCK_K, DOT, IEEE, ACC)
+                         G, LN, MASK, BLOCK_B, BLOCK_N, BLOCK_K, DOT, PREC, ACC)
             if PEEP:
                 f_pre += tl.load(peep + (G - 3) * H + u, mask=u_ok, other=0.0).to(ACC)[None, :] * c
             f = sigmoid(f_pre)
@@ -123,7 +123,7 @@ def _lstm_forward(xp, hbuf, cbuf, out, w_hh, w_hr, mask, peep, ln_w_hh, ln_w_c, 
                 c_new = g + f * (c - g)  # f * c + (1 - f) * g, as torch.lerp(g, c, f)
             else:
                 i_pre = _pre(0, x_t, a_t, cur, w_hh, ln_w_hh, mask, mean, rstd, rows, row_ok, u, u_ok, H, P,
-                             G, LN, MASK, BLOCK_B, BLOCK_N, BLOCK_K, DOT, IEEE, ACC)
+                             G, LN, MASK, BLOCK_B, BLOCK_N, BLOCK_K, DOT, PREC, ACC)
                 if PEEP:
                     i_pre += tl.load(peep + u, mask=u_ok, other=0.0).to(ACC)[None, :] * c
                 i = sigmoid(i_pre)
@@ -181,7 +181,7 @@ def _lstm_forward(xp, hbuf, cbuf, out, w_hh, w_hr, mask, peep, ln_w_hh, ln_w_c, 
                 v = n0 + tl.arange(0, BLOCK_N)
                 v_ok = v < P
                 h = product(hn_t, H, H, rows, row_ok, w_hr, 1, H, v, v_ok, mask, H,
-                            BLOCK_B, BLOCK_N, BLOCK_K, False, DOT, IEEE, ACC)
+                            BLOCK_B, BLOCK_N, BLOCK_K, False, DOT, PREC, ACC)
                 _emit(h, t, out, cur, nxt, rows, row_ok, active, v, v_ok, B, P, ACC)
         tl.debug_barrier()  # h_t and c_t complete before the next step reads them
     if steps % 2 == 1:  # the final h is in hbuf[1]
@@ -203,7 +203,7 @@ def _lstm_backward(d_out, dh, dc, d_xp, d_hout, dhn, d_a, d_vec, gates, cs, a, s
                    ln_w_hh, ln_w_c, ln_b_c, lengths, T, B, H, P, NV,
                    G: tl.constexpr, COUPLED: tl.constexpr, ACT: tl.constexpr, PEEP: tl.constexpr, LN: tl.constexpr,
                    LN_BIAS: tl.constexpr, PROJ: tl.constexpr, MASK: tl.constexpr, BLOCK_B: tl.constexpr,
-                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr, IEEE: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
                    ACC: tl.constexpr):
     """Backward in time: dh (B, P), dc (B, H) the gradients of the carried h and c (of the final states in, of the
     initial ones out); d_xp (T, B, G*H) at the gate pre-activations; d_hout (T, B, P) at the projection's output and
@@ -241,7 +241,7 @@ def _lstm_backward(d_out, dh, dc, d_xp, d_hout, dhn, d_a, d_vec, gates, cs, a, s
                 u = n0 + tl.arange(0, BLOCK_N)
                 u_ok = u < H
                 d = product(d_hout + t64 * (B * P), P, P, rows, row_ok, w_hr, H, 1, u, u_ok, mask, P,
-                            BLOCK_B, BLOCK_N, BLOCK_K, False, DOT, IEEE, ACC)
+                            BLOCK_B, BLOCK_N, BLOCK_K, False, DOT, PREC, ACC)
                 tl.store(dhn + rows[:, None] * H + u[None, :], d, mask=active[:, None] & u_ok[None, :])
             tl.debug_barrier()
         mean_c = tl.zeros((BLOCK_B,), ACC)
@@ -373,7 +373,7 @@ def _lstm_backward(d_out, dh, dc, d_xp, d_hout, dhn, d_a, d_vec, gates, cs, a, s
             ok = active[:, None] & v_ok[None, :]
             offsets = rows[:, None] * P + v[None, :]
             d = product(d_pre, GH, GH, rows, row_ok, w_hh, P, 1, v, v_ok, mask, P,
-                        BLOCK_B, BLOCK_N, BLOCK_K, False, DOT, IEEE, ACC)
+                        BLOCK_B, BLOCK_N, BLOCK_K, False, DOT, PREC, ACC)
             if MASK:
                 d = d * tl.load(mask + offsets, mask=ok, other=0.0).to(ACC)
             tl.store(dh + offsets, d, mask=ok)

@@ -18,7 +18,7 @@ from ._common import (ACTIVATION_CODES, activation, activation_backward, check_d
 @triton.jit
 def _rnn_forward(xp, hbuf, out, w_hh, mask, lengths, T, B, H,
                  ACT: tl.constexpr, MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, DOT: tl.constexpr, IEEE: tl.constexpr, ACC: tl.constexpr):
+                 BLOCK_K: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """One program per BLOCK_B rows runs every step: hbuf (2, B, H) holds h_{t-1} and h_t in turn (hbuf[0] = h0 in,
     the final h out); out (T, B, H), zero where a row has ended."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -36,7 +36,7 @@ def _rnn_forward(xp, hbuf, out, w_hh, mask, lengths, T, B, H,
             offsets = rows[:, None] * H + u[None, :]
             ok = row_ok[:, None] & u_ok[None, :]
             rec = product(cur, H, H, rows, row_ok, w_hh, 1, H, u, u_ok, mask, H,
-                          BLOCK_B, BLOCK_N, BLOCK_K, MASK, DOT, IEEE, ACC)
+                          BLOCK_B, BLOCK_N, BLOCK_K, MASK, DOT, PREC, ACC)
             pre = rec + tl.load(xp + tl.cast(t, tl.int64) * BH + offsets, mask=ok, other=0.0).to(ACC)
             h = activation(pre, ACT)
             new = tl.where(active[:, None], h, tl.load(cur + offsets, mask=ok, other=0.0).to(ACC))
@@ -54,7 +54,7 @@ def _rnn_forward(xp, hbuf, out, w_hh, mask, lengths, T, B, H,
 @triton.jit
 def _rnn_backward(d_out, dh, d_xp, out, w_hh, mask, lengths, T, B, H,
                   ACT: tl.constexpr, MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_K: tl.constexpr, DOT: tl.constexpr, IEEE: tl.constexpr, ACC: tl.constexpr):
+                  BLOCK_K: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """Backward in time: dh (B, H) holds the gradient of the carried h (of the final h in, of h0 out); d_xp (T, B, H)
     the gradient of each step's pre-activation (zero where a row has ended)."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -81,7 +81,7 @@ def _rnn_backward(d_out, dh, d_xp, out, w_hh, mask, lengths, T, B, H,
             offsets = rows[:, None] * H + u[None, :]
             ok = active[:, None] & u_ok[None, :]
             d_prev = product(d_xp + base, H, H, rows, row_ok, w_hh, H, 1, u, u_ok, mask, H,
-                             BLOCK_B, BLOCK_N, BLOCK_K, False, DOT, IEEE, ACC)
+                             BLOCK_B, BLOCK_N, BLOCK_K, False, DOT, PREC, ACC)
             if MASK:
                 d_prev = d_prev * tl.load(mask + offsets, mask=ok, other=0.0).to(ACC)
             tl.store(dh + offsets, d_prev, mask=ok)
