@@ -16,6 +16,7 @@ import torch
 
 from . import __version__, dispatch, fused, minimal
 from .cells import GRUStep, LSTMStep, RNNStep
+from .kernels import triton as triton_kernels
 from .layers import GRU, LSTM, RNN
 from .training.config import ConfigError  # standard library only, like this module's other imports
 
@@ -65,7 +66,8 @@ class _Parser(argparse.ArgumentParser):
 def cmd_info(args) -> int:
     print(f"rnnkit {__version__} (torch {torch.__version__})\n")
     print("Layers RNN, LSTM, GRU (drop-in for torch.nn) and cells RNNCell, LSTMCell, GRUCell.\n"
-          "Every layer also takes lengths= in forward, recurrent_dropout= and impl= ('auto', 'native', 'engine', 'autograd').\n")
+          "Every layer also takes lengths= in forward, recurrent_dropout= and impl= ('auto', 'native', 'engine', 'autograd', "
+          "'triton').\n")
     for title, doc in (("RNN / RNNCell", RNNStep.__doc__), ("LSTM / LSTMCell", LSTMStep.__doc__),
                        ("GRU / GRUCell", GRUStep.__doc__), ("MinGRU / MinLSTM", minimal.__doc__),
                        ("Which implementation runs (impl=)", dispatch.__doc__)):
@@ -81,7 +83,25 @@ def cmd_info(args) -> int:
         print(f"available, cached in {fused.cache_dir()}; " + (
             "an LSTM runs each sequence in one call (time loop, gate math, and products through PyTorch's BLAS)"
             if whole else "PyTorch's CPU library exports no BLAS gemm: the engine's loop calls the gate math per step"))
+    print("\n== Triton kernels (rnnkit/kernels/triton, impl='triton')")
+    reason = triton_kernels.unavailable_reason()
+    print(reason if reason else "available: each sequence is one kernel launch forward and one backward, on CUDA "
+                                "(on the CPU only under TRITON_INTERPRET=1, Triton's interpreter)")
+    print("\n== Which path each configuration takes (impl='auto', a train step)")
+    for label, step in INFO_CONFIGS:
+        for device in ("cpu", "cuda"):
+            path, why = dispatch.explain(step, device)
+            print(f"{label if device == 'cpu' else '':24s} {device:5s} {path:8s} {why}")
     return 0
+
+
+INFO_CONFIGS = [  # (label, cell) for `rnnkit info`'s table of paths
+    ("LSTM", LSTMStep(8)), ("LSTM proj_size", LSTMStep(8, proj_size=4)), ("LSTM peephole", LSTMStep(8, peephole=True)),
+    ("LSTM coupled", LSTMStep(8, coupled=True)), ("LSTM softsign", LSTMStep(8, activation="softsign")),
+    ("LSTM layer_norm", LSTMStep(8, layer_norm=True)), ("GRU", GRUStep(8)),
+    ("GRU reset_before", GRUStep(8, reset_after=False)), ("GRU softsign", GRUStep(8, activation="softsign")),
+    ("RNN tanh", RNNStep(8, "tanh")), ("RNN relu", RNNStep(8, "relu")), ("RNN softsign", RNNStep(8, "softsign")),
+]
 
 
 def _time(fn, repeats: int) -> float:

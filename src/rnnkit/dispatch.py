@@ -103,6 +103,8 @@ def explain(step: Step, device_type: str) -> tuple[str, str]:
     recurrent dropout; why), for `rnnkit info`."""
     path = choose("auto", step, torch.device(device_type), 32, 0.0, True, None, recording=True, steps=16)
     reason = why_not_native(step, 0.0, True, None, 16)
+    if native_kernel(step) is None:
+        reason = "torch.nn has no kernel for this variant"
     if path == "native":
         return path, "torch.nn has this configuration" + (" (cuDNN)" if device_type == "cuda" else " (oneDNN)")
     if reason is None:
