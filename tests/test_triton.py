@@ -5,10 +5,11 @@ and the gradients of the input, the initial states and every parameter, 1e-10 re
 Tiny shapes: the interpreter runs every tile operation through NumPy. Skipped without the triton package."""
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel is defined: @triton.jit reads it then
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+if not torch.cuda.is_available():  # with a GPU the kernels compile for it instead: tests/test_triton_cuda.py
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel is defined: @triton.jit reads it then
 
 pytest.importorskip("triton", reason="the optional triton package (the gpu extra) is not installed")
 
@@ -17,7 +18,8 @@ from conftest import assert_rel  # noqa: E402
 from rnnkit.kernels.triton import _common, rnn  # noqa: E402
 
 if not _common.INTERPRETED:
-    pytest.skip("Triton's kernels were defined before TRITON_INTERPRET=1 was set", allow_module_level=True)
+    pytest.skip("Triton's kernels are compiled, not interpreted, in this process (a GPU, or TRITON_INTERPRET=1 set "
+                "after they were defined)", allow_module_level=True)
 
 LAYERS = {"LSTM": rnnkit.LSTM, "GRU": rnnkit.GRU, "RNN": rnnkit.RNN}
 T, B, I, H = 4, 3, 3, 4
