@@ -142,7 +142,8 @@ def test_half_precision_is_close_to_float64(cell, dtype):
     variant = dict(layer_norm=True, peephole=True) if cell == "LSTM" else dict(reset_after=False)
     exact_layer = _layer(cell, variant, torch.float64, num_layers=1)
     layer = _layer(cell, variant, dtype, num_layers=1)
-    exact_layer.load_state_dict({k: v.to(torch.float64) for k, v in layer.state_dict().items()})  # the same rounded weights
+    # the same weights, rounded to the half dtype
+    exact_layer.load_state_dict({k: v.to(torch.float64) for k, v in layer.state_dict().items()})
     x = torch.randn(B, T, I, dtype=dtype)
     hx = _initial_states(layer, B, dtype)
     got = _run(layer, "triton", x, hx, LENGTHS)

@@ -66,8 +66,8 @@ class _Parser(argparse.ArgumentParser):
 def cmd_info(args) -> int:
     print(f"rnnkit {__version__} (torch {torch.__version__})\n")
     print("Layers RNN, LSTM, GRU (drop-in for torch.nn) and cells RNNCell, LSTMCell, GRUCell.\n"
-          "Every layer also takes lengths= in forward, recurrent_dropout= and impl= ('auto', 'native', 'engine', 'autograd', "
-          "'triton').\n")
+          "Every layer also takes lengths= in forward, recurrent_dropout= and impl= ('auto', 'native', 'engine', "
+          "'autograd', 'triton').\n")
     for title, doc in (("RNN / RNNCell", RNNStep.__doc__), ("LSTM / LSTMCell", LSTMStep.__doc__),
                        ("GRU / GRUCell", GRUStep.__doc__), ("MinGRU / MinLSTM", minimal.__doc__),
                        ("Which implementation runs (impl=)", dispatch.__doc__)):

@@ -59,7 +59,8 @@ def unavailable_reason() -> str | None:
             importlib.import_module("triton")
             importlib.import_module("triton.language")
         except ImportError as e:  # not installed, or a broken install
-            _error = f"the Triton kernels need the 'triton' package, which is not importable ({e}); install it with {INSTALL}"
+            _error = (f"the Triton kernels need the 'triton' package, which is not importable ({e}); "
+                      f"install it with {INSTALL}")
     return _error
 
 
