@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import importlib
 
-INSTALL = 'pip install "rnnkit[gpu]"  (or: pip install triton==3.9.0)'
+INSTALL = 'pip install -e ".[gpu]" in a checkout of rnnkit (the gpu extra), or pip install triton==3.9.0'
 _error: str | None = None
 _checked = False
 
