@@ -125,11 +125,14 @@ class _ExplicitBPTT(torch.autograd.Function):
         if whole is not None:  # the step ran the sequence itself and keeps what its backward needs
             out, final, (tensors_kept, options) = whole
             kept.whole, kept.tensors, kept.options = True, tensors_kept, options
-            return (out, *final)
-        out, final, saved = _forward_loop(step, xp, state0, params, batch_sizes, mask, keep_saved=True)
-        ran = [t for t, cache in enumerate(saved) if cache is not None]
-        kept.whole, kept.ran, kept.cache_size = False, ran, len(saved[ran[0]]) if ran else 0
-        kept.tensors = [x for cache in saved if cache for x in cache]
+        else:
+            out, final, saved = _forward_loop(step, xp, state0, params, batch_sizes, mask, keep_saved=True)
+            ran = [t for t, cache in enumerate(saved) if cache is not None]
+            kept.whole, kept.ran, kept.cache_size = False, ran, len(saved[ran[0]]) if ran else 0
+            kept.tensors = [x for cache in saved if cache for x in cache]
+        # a final state that is an initial one (no step ran) leaves as a view: autograd cannot both save
+        # an input and return it as it is
+        final = tuple(s.view_as(s) if any(s is s0 for s0 in state0) else s for s in final)
         return (out, *final)
 
     @staticmethod
