@@ -414,7 +414,8 @@ class RNN(_Recurrent):
     or 'softsign': v / (1 + |v|)), bias=True, batch_first=False, dropout=0.0 (between layers only),
     bidirectional=False, device, dtype.
     Keyword-only: recurrent_dropout=0.0 (variational, on h entering W_hh, one mask per sequence),
-    impl='auto' (see dispatch.py: 'native' torch kernel, 'engine' hand-written BPTT, 'autograd').
+    impl='auto' (see dispatch.py: 'native' torch kernel, 'engine' hand-written BPTT, 'autograd', 'triton' the
+    engine with Triton kernels on CUDA).
     proj_size, as in torch.nn, is refused with ValueError (LSTM only).
     forward(input, hx=None, *, lengths=None) -> (output, h_n).
     """
@@ -446,7 +447,8 @@ class LSTM(_Recurrent):
       activation='tanh'    or 'softsign', for g and for h = o * act(c)
       layer_norm=False     layer-normalised gates and cell (Ba et al. 2016)
       recurrent_dropout=0  variational dropout on h entering W_hh, one mask per sequence
-      impl='auto'          'native' (torch's kernel), 'engine' (hand-written BPTT) or 'autograd'
+      impl='auto'          'native' (torch's kernel), 'engine' (hand-written BPTT), 'triton' (the engine with
+                           Triton kernels, on CUDA) or 'autograd'
                            (the same loop recorded by autograd); see dispatch.py
     forward(input, hx=None, *, lengths=None) -> (output, (h_n, c_n)).
     """
