@@ -32,11 +32,17 @@ def test_auto_decisions():
     assert dispatch.choose("auto", lstm, CPU, 2, 0.0, True, torch.tensor([3, 1])) == packed
     assert dispatch.choose("auto", lstm, CPU, 2, 0.0, True, torch.tensor([3, 1]), recording=False) == "native"
     assert dispatch.choose("auto", lstm, torch.device("cuda"), 2, 0.0, True, torch.tensor([3, 1])) == "native"
-    # GRU on CPU: the engine for small batches when a backward follows, where it measured faster
-    assert dispatch.choose("auto", gru, CPU, 1, 0.0, True, None) == "engine"
-    assert dispatch.choose("auto", gru, CPU, 1, 0.0, False, None, recording=False) == "native"
-    assert dispatch.choose("auto", gru, CPU, 128, 0.0, True, None) == "native"
+    # GRU on CPU: the engine's C++ sequence loop, train and inference, at every batch, from a few steps on;
+    # RNN train steps of longer sequences too
+    seq = "engine" if fused.sequence_available() else "native"
+    for batch, recording in [(1, True), (1, False), (128, True), (256, False)]:
+        assert dispatch.choose("auto", gru, CPU, batch, 0.0, True, None, recording=recording, steps=20) == seq
+    assert dispatch.choose("auto", gru, CPU, 1, 0.0, True, None, steps=2) == "native"
     assert dispatch.choose("auto", gru, torch.device("cuda"), 1, 0.0, True, None) == "native"
+    rnn = RNNStep(4, "tanh")
+    assert dispatch.choose("auto", rnn, CPU, 64, 0.0, True, None, steps=100) == seq
+    assert dispatch.choose("auto", rnn, CPU, 64, 0.0, False, None, recording=False, steps=100) == "native"
+    assert dispatch.choose("auto", rnn, CPU, 64, 0.0, True, None, steps=5) == "native"
     # LSTM with a projection on CPU: oneDNN has none, and the engine's train step measured faster
     proj = LSTMStep(4, proj_size=2)
     assert dispatch.choose("auto", proj, CPU, 64, 0.0, True, None) == "engine"
@@ -77,7 +83,8 @@ def test_gru_inference_and_training_paths(monkeypatch):
     native = dispatch.run_native
     monkeypatch.setattr(dispatch, "run_native", lambda *a, **k: ran.append("native") or native(*a, **k))
     gru = rnnkit.GRU(3, 4)
-    gru(torch.randn(5, 1, 3))  # batch of one, recording: the engine
+    gru(torch.randn(5, 1, 3))  # the engine's C++ sequence loop, where there is one
     with torch.no_grad():
-        gru(torch.randn(5, 1, 3))  # no backward to follow: torch's kernel
-    assert ran == ["native"]
+        gru(torch.randn(5, 8, 3))  # inference too
+        gru(torch.randn(1, 8, 3))  # a single step: torch's kernel
+    assert ran == ["native"] if fused.sequence_available() else ["native"] * 3

@@ -29,27 +29,40 @@ IMPLS = ("auto", "native", "engine", "autograd", "triton")
 
 def engine_is_faster(device_type: str, step: Step, batch: int, recording: bool, steps: int | None = None,
                      packed: bool = False) -> bool:
-    """Where both can run, whether the engine beat PyTorch's kernel in `rnnkit bench` and
-    benchmarks/bench_layers.py (2-core CPU, torch 2.13; the README's speed table). Only on CPU, where
-    some of PyTorch's kernels are not oneDNN's fused ones or carry a fixed cost per call:
-      - GRU train steps: the engine wins at small batches (0.44x at B=1; 1.09x slower at B=32);
+    """Where both can run, whether the engine beat PyTorch's kernel in `rnnkit bench` and benchmarks/bench_layers.py
+    and bench_batches.py (2-core CPU, torch 2.13; the README's speed tables). Only on CPU, where some of PyTorch's
+    kernels are not oneDNN's fused ones or carry a fixed cost per call:
+      - GRU (torch's CPU GRU runs per-step aten ops): the engine's C++ sequence loop (fused.sequence_available)
+        measured 0.2-0.9x in train steps and 0.35-0.9x in inference at batches 1-256, from 5 steps on (0.9x at
+        T=5, B=1); a single step costs it 1.5-1.7x (a fixed cost per call), so below GRU_MIN_STEPS torch's kernel
+        stays;
+      - RNN train steps: the same loop measured 0.3-0.9x at T=28-512 (1.2x at T=5; inference is even: oneDNN's
+        kernel stays);
       - LSTM with proj_size (oneDNN has no projection) train steps: the engine is 0.44-1.01x;
       - LSTM train steps with lengths (`packed`: torch runs its packed-sequence kernel, not oneDNN's):
-        the engine's C++ sequence loop (fused.sequence_available) is 0.26-0.61x;
+        the engine's C++ sequence loop is 0.26-0.61x;
       - LSTM single steps (T=1, as in generation): oneDNN's call costs 0.2-3.6 ms, the engine's
         matrix products 0.12-0.73 ms at B=1 (H=128-512), and they are even at B=64-128.
     Otherwise PyTorch's kernel wins or they are even (LSTM train steps of whole batches: the engine is
-    0.83-1.12x; inference 1.15-1.36x)."""
+    0.83-1.12x; inference 1.0-1.15x)."""
     if device_type != "cpu":
         return False
     kernel = native_kernel(step)
+    sequence = fused.sequence_available()
+    if kernel == "gru" and sequence and (steps is None or steps >= GRU_MIN_STEPS):
+        return True
+    if kernel in ("rnn_tanh", "rnn_relu") and recording and sequence and (steps is None or steps >= RNN_MIN_STEPS):
+        return True
     if kernel == "lstm" and steps == 1 and batch <= 64:
         return True
     if not recording:
         return False
-    if kernel == "lstm" and packed and fused.sequence_available():
+    if kernel == "lstm" and packed and sequence:
         return True
-    return (kernel == "gru" and batch <= 16) or (kernel == "lstm" and step.proj_size > 0)
+    return kernel == "lstm" and step.proj_size > 0
+
+
+GRU_MIN_STEPS, RNN_MIN_STEPS = 4, 16  # see engine_is_faster
 
 
 def native_kernel(step: Step) -> str | None:
