@@ -37,6 +37,7 @@ CASES = {
     "LSTM layer_norm": (rnnkit.LSTM, {"layer_norm": True}, torch.nn.LSTM, False),
     "LSTM softsign": (rnnkit.LSTM, {"activation": "softsign"}, torch.nn.LSTM, False),
     "GRU reset_before": (rnnkit.GRU, {"reset_after": False}, torch.nn.GRU, False),
+    "GRU softsign": (rnnkit.GRU, {"activation": "softsign"}, torch.nn.GRU, False),
     "LSTM recurrent_dropout": (rnnkit.LSTM, {"recurrent_dropout": 0.25}, torch.nn.LSTM, True),
 }
 
@@ -59,7 +60,7 @@ def machine() -> dict:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "load": os.getloadavg(),
             "python": platform.python_version(), "torch": torch.__version__, "rnnkit": rnnkit.__version__,
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
@@ -172,7 +173,7 @@ def format_table(result: dict) -> str:
     m = result["machine"]
     lines = [f"rnnkit {m['rnnkit']}, torch {m['torch']}, Python {m['python']}; {m['cpu']}, "
              f"{m['cores']} cores, {m['threads']} threads; device {result['device']}; "
-             f"median of {result['repeats']}",
+             f"load average before the run {', '.join(f'{v:.2f}' for v in m['load'])}; median of {result['repeats']}",
              "",
              "| case | shape | train path | train ratio | infer path | infer ratio | train ms | torch.nn train ms |",
              "|---|---|---|---|---|---|---|---|"]
