@@ -1,10 +1,11 @@
-// rnnkit's fused LSTM step: the gate math of one time step (forward) or of its backward in one pass over
-// the (B, H) units, for every LSTM variant the engine runs (peephole, coupled input-forget gate, softsign,
-// layer norm). cells.LSTMStep is the reference: the same equations, written as one PyTorch op each.
+// rnnkit's fused CPU loops. The whole-sequence loop (run_forward, run_backward below) runs one direction of one
+// layer of any cell (LSTM, GRU, RNN; cells.py's equations) with the recurrent products through PyTorch's BLAS gemm,
+// each cell supplying its step's products and gate math; the LSTM's gate math of one step (forward, backward) also
+// runs alone, for the engine's step loop where no gemm is found. cells.py's PyTorch ops are the reference.
 //
-// Built at first use by rnnkit/fused.py with the system C++ compiler (no PyTorch headers: the matrix
-// products stay in PyTorch, these loops get raw pointers); rnnkit falls back to the PyTorch ops when no
-// compiler is found. exp is written out (range reduction + polynomial) so that the loops vectorise.
+// Built at first use by rnnkit/fused.py with the system C++ compiler (no PyTorch headers: these loops get raw
+// pointers); rnnkit falls back to the PyTorch ops when no compiler is found. exp is written out (range reduction +
+// polynomial) so that the loops vectorise.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

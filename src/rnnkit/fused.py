@@ -1,17 +1,16 @@
-"""Fused LSTM kernels on the CPU, for every LSTM the engine runs — above all the variants PyTorch's own
-kernels lack (peephole, coupled input-forget gate, softsign, layer norm, projection, recurrent dropout):
+"""Fused kernels on the CPU for every cell the engine runs, above all the variants PyTorch's own kernels lack:
 
-  - `lstm_sequence` / `lstm_sequence_backward`: one direction of a layer over a whole sequence in one call —
-    the time loop, the recurrent matrix products (through the BLAS gemm PyTorch's CPU library exports,
-    looked up and checked by `gemm_address`) and the gate math — for inference and for the engine's
-    explicit BPTT, forward and backward;
-  - `lstm_forward` / `lstm_backward`: the gate math of one step, in one pass over the units instead of one
+  - `lstm_sequence`, `gru_sequence`, `rnn_sequence` and their `*_backward`: one direction of a layer over a whole
+    sequence in one call to one C++ loop shared by the cells — the time loop, the recurrent matrix products
+    (through the BLAS gemm PyTorch's CPU library exports, looked up and checked by `gemm_address`) and the gate
+    math — for inference and for the engine's explicit BPTT, forward and backward;
+  - `lstm_forward` / `lstm_backward`: the LSTM's gate math of one step, in one pass over the units instead of one
     PyTorch op per gate, for the engine's step loop where no gemm is found.
 
 `_fused.cpp` is compiled at first use with the system C++ compiler (`$CXX`, else `c++`, `g++`, `clang++`),
 with no PyTorch headers, into a per-user cache (`$RNNKIT_CACHE`, else `~/.cache/rnnkit`), and loaded with
 ctypes. Without a compiler, or with `RNNKIT_FUSED=0`, `library()` is None (`unavailable_reason()` says why)
-and cells.LSTMStep runs its PyTorch ops instead (the reference the fused loops are tested against). Only
+and the cells run their PyTorch ops instead (the reference the fused loops are tested against). Only
 float32/float64 tensors on the CPU take these paths, outside autograd recording.
 """
 from __future__ import annotations
@@ -257,7 +256,7 @@ def gemm_address(dtype: torch.dtype) -> int | None:
 
 
 def sequence_available(dtype: torch.dtype = torch.float32) -> bool:
-    """Whether LSTMs of `dtype` on the CPU run whole sequences in C++ (the kernels built, a gemm found)."""
+    """Whether layers of `dtype` on the CPU run whole sequences in C++ (the kernels built, a gemm found)."""
     return library() is not None and gemm_address(dtype) is not None
 
 
