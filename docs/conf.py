@@ -32,7 +32,6 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.viewcode",
-    "sphinx.ext.mathjax",
     "sphinx_gallery.gen_gallery",
     "plaindocstrings",  # _ext/: rnnkit's plain-text docstrings rendered safely as reST
 ]
@@ -58,7 +57,9 @@ nitpick_ignore_regex = [
 ]
 
 # -- Markdown ---------------------------------------------------------------------------------------
-myst_enable_extensions = ["dollarmath", "colon_fence", "deflist"]
+# No math markup: MathJax would be fetched from a CDN, and the build is offline. Equations are written as the
+# course notes and the docstrings write them, in plain text (literal blocks keep their alignment).
+myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
 
 # -- API reference ----------------------------------------------------------------------------------
@@ -86,7 +87,33 @@ def _reexported() -> list[str]:
     return names
 
 
-autosummary_context = {"reexported": _reexported(), "toplevel": list(rnnkit.__all__)}
+def _package_exports() -> dict[str, list[tuple[str, str, str]]]:
+    """For each subpackage with an __all__: (name, kind, where it is defined) of what it re-exports, so that
+    `rnnkit.models.SequenceClassifier` and the like resolve, pointing to the defining module's page."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    exports = {}
+    for info in pkgutil.walk_packages(rnnkit.__path__, "rnnkit."):
+        if not info.ispkg or info.name.rsplit(".", 1)[1].startswith("_"):
+            continue
+        package = importlib.import_module(info.name)
+        rows = []
+        for name in getattr(package, "__all__", []):
+            obj = getattr(package, name)
+            module = getattr(obj, "__module__", None)
+            if module == info.name or module is None or not hasattr(obj, "__qualname__"):
+                continue
+            kind = "class" if inspect.isclass(obj) else "function" if callable(obj) else None
+            if kind:
+                rows.append((name, kind, f"{module}.{obj.__qualname__}"))
+        exports[info.name] = rows
+    return exports
+
+
+autosummary_context = {"reexported": _reexported(), "toplevel": list(rnnkit.__all__),
+                       "package_exports": _package_exports()}
 
 # -- Course (sphinx-gallery) ------------------------------------------------------------------------
 sphinx_gallery_conf = {

@@ -1,23 +1,82 @@
-"""The API reference builds offline from the docstrings, with a page for every module."""
-import importlib.util
+"""The documentation builds offline with warnings as errors, running every tutorial of the course.
+
+The build runs in a temporary copy of docs/, so nothing is written into the source tree: a broken link or
+cross-reference, a reference to an object the API reference lacks, a malformed docstring, a missing image or a
+tutorial that raises fails it (Sphinx -W --keep-going). Then the site is checked for what the pages promise:
+a page per tutorial with its downloads, a page per module, and no test named in the docs that does not exist.
+"""
+import importlib
+import os
+import pkgutil
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
+import rnnkit
+
 ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+GENERATED = ("_build", "api", "course", "sg_execution_times.rst")  # written by a build, never sources
+TUTORIALS = sorted((DOCS / "tutorials").glob("[0-9][0-9]_*.py"))
+TEST_NAME = re.compile(r"tests/(test_\w+\.py)::(test_\w+)")
 
 
-def _build_api():
-    spec = importlib.util.spec_from_file_location("build_api", ROOT / "docs" / "build_api.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    pytest.importorskip("sphinx_gallery")
+    work = tmp_path_factory.mktemp("docs")
+    source = work / "docs"
+    shutil.copytree(DOCS, source, ignore=shutil.ignore_patterns(*GENERATED, "*.png", "__pycache__"))
+    shutil.copytree(DOCS / "images", source / "images", dirs_exist_ok=True)  # the recipes' pictures
+    out = work / "html"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    result = subprocess.run([sys.executable, "-m", "sphinx", "-b", "html", "-W", "--keep-going", "-j", "1", "-q",
+                             "-d", str(work / "doctrees"), str(source), str(out)],
+                            capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, f"the documentation build failed:\n{result.stdout[-5000:]}\n{result.stderr[-10000:]}"
+    return out
 
 
-def test_the_api_reference_has_a_page_for_every_module(tmp_path):
-    build_api = _build_api()
-    index = build_api.build(tmp_path)
-    assert index.is_file()
-    for name in build_api.modules():
-        page = tmp_path / (name.replace(".", "/") + ".html")
-        assert page.is_file(), name
-    layers = (tmp_path / "rnnkit/layers.html").read_text()
-    assert 'id="LSTM"' in layers and 'id="GRU"' in layers and "weight_ih" in layers  # classes with their docstrings
+def test_the_site_builds_with_every_tutorial_run_and_downloadable(site):
+    assert (site / "index.html").is_file()
+    assert len(TUTORIALS) >= 12
+    downloads = {p.name for p in (site / "_downloads").rglob("*")}
+    for tutorial in TUTORIALS:
+        page = (site / "course" / f"{tutorial.stem}.html").read_text()
+        assert "sphx-glr-single-img" in page or "sphx-glr-multi-img" in page, f"{tutorial.name} drew no picture"
+        assert f"{tutorial.stem}.py" in downloads and f"{tutorial.stem}.ipynb" in downloads, tutorial.name
+
+
+def test_the_api_reference_has_a_page_for_every_module(site):
+    names = [m.name for m in pkgutil.walk_packages(rnnkit.__path__, "rnnkit.")
+             if not any(part.startswith("_") for part in m.name.split("."))]
+    for name in ["rnnkit", *names]:
+        assert (site / "api" / f"{name}.html").is_file(), name
+    top = (site / "api" / "rnnkit.html").read_text()
+    for name in rnnkit.__all__:
+        if name != "__version__":
+            assert f'id="rnnkit.{name}"' in top, name
+    layers = importlib.import_module("rnnkit.cells")
+    cells = (site / "api" / "rnnkit.cells.html").read_text()
+    assert 'id="rnnkit.cells.LSTMStep"' in cells and "viewcode-link" in cells  # a [source] link
+    assert layers.LSTMStep.__doc__.split("\n")[0].split("(")[0] in cells
+
+
+def test_the_site_uses_nothing_remote(site):
+    for page in site.rglob("*.html"):
+        assert not re.search(r'<(img|script)[^>]+src="(https?:)?//', page.read_text()), page
+
+
+def test_every_test_the_docs_name_exists():
+    named = set()
+    for page in [*DOCS.rglob("*.md"), *TUTORIALS]:
+        if not any(part in GENERATED for part in page.relative_to(DOCS).parts):
+            named |= set(TEST_NAME.findall(page.read_text()))
+    assert len(named) >= 20
+    for file, test in sorted(named):
+        path = ROOT / "tests" / file
+        assert path.is_file() and re.search(rf"^def {test}\(", path.read_text(), re.M), f"tests/{file}::{test}"

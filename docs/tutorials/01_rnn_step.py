@@ -2,13 +2,11 @@
 The RNN step and its tensor shapes
 ==================================
 
-The notes' Elman RNN keeps a hidden state :math:`h_t` and updates it once per input :math:`x_t`:
+The notes' Elman RNN keeps a hidden state h_t and updates it once per input x_t::
 
-.. math::
+    h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)
 
-   h_t = \\tanh(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh})
-
-with :math:`W_{ih}` of shape (H, I), :math:`W_{hh}` (H, H) and the two biases (H,), shared by every
+with W_ih of shape (H, I), W_hh (H, H) and the two biases (H,), shared by every
 step. This tutorial computes that step by hand from a layer's own parameters, checks it against
 :class:`rnnkit.RNN`, and then follows the shapes through one layer, a stack and a bidirectional layer.
 Shapes use the project's legend: B batch, T time, I input, H hidden, L layers, D directions.
@@ -51,7 +49,7 @@ assert torch.equal(output[-1], h_n[0])                  # h_n is the last step's
 # The code that computes it
 # -------------------------
 # A cell is one time step of math and nothing else; the layer holds the parameters and the engine runs the
-# loop. The input's share :math:`W_{ih} x_t + b_{ih} + b_{hh}` does not depend on the state, so it is
+# loop. The input's share ``W_ih x_t + b_ih + b_hh`` does not depend on the state, so it is
 # computed for all steps at once before the loop (``project_input``); the step adds the recurrent product
 # and applies the nonlinearity. Here is rnnkit's step, read from the installed package (its page, with a
 # ``[source]`` link, is :class:`rnnkit.cells.RNNStep`):
@@ -65,7 +63,7 @@ print(inspect.getsource(type(rnn.cell).step))
 #
 # The hidden state over time
 # --------------------------
-# Each column below is one step's :math:`h_t` for the first sequence of the batch: every unit lies in
+# Each column below is one step's ``h_t`` for the first sequence of the batch: every unit lies in
 # (-1, 1), the range of tanh.
 fig, ax = plt.subplots(figsize=(7, 2.6), layout="constrained")
 image = ax.imshow(output[:, 0].detach().T, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
@@ -78,7 +76,7 @@ fig.colorbar(image)
 # A stack of layers
 # -----------------
 # With ``num_layers=L`` the output of layer l is the input sequence of layer l + 1. ``output`` holds the
-# top layer's :math:`h_t` at every step; ``h_n`` holds every layer's last state, (L, B, H).
+# top layer's ``h_t`` at every step; ``h_n`` holds every layer's last state, (L, B, H).
 deep = rnnkit.RNN(I, H, num_layers=3, batch_first=True)   # batch_first: x is (B, T, I)
 xb = x.transpose(0, 1)                                      # (B, T, I)
 output, h_n = deep(xb)

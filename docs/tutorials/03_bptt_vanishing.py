@@ -2,17 +2,14 @@
 BPTT and vanishing or exploding gradients
 =========================================
 
-Unrolled over time an RNN is a deep network whose layers share :math:`W_{hh}`. For a loss at the last
-step, the chain rule carries the gradient back one step at a time (the notes' recursion, for tanh):
+Unrolled over time an RNN is a deep network whose layers share W_hh. For a loss at the last
+step, the chain rule carries the gradient back one step at a time (the notes' recursion, for tanh)::
 
-.. math::
-
-   \\frac{\\partial L}{\\partial h_t} = W_{hh}^\\top \\operatorname{diag}(1 - h_{t+1}^2)\\,
-   \\frac{\\partial L}{\\partial h_{t+1}}
+    ∂L/∂h_t = W_hhᵀ diag(1 - h_{t+1}²) ∂L/∂h_{t+1}
 
 one factor per step, so over k steps the gradient is multiplied by k Jacobians: it shrinks geometrically
 when their norms are below 1 (vanishing) and can grow geometrically when they are above (exploding).
-This tutorial measures :math:`\\lVert \\partial L / \\partial h_t \\rVert` with
+This tutorial measures ‖∂L/∂h_t‖ with
 :func:`rnnkit.analysis.gradflow.gradients`, checks the recursion by hand, compares RNN, LSTM and GRU, and
 trains on the adding problem, where only a cell whose gradient survives can learn. The derivation, with the
 NumPy code beside it, is :doc:`/bptt`.
@@ -66,7 +63,7 @@ plot_gradient_flow(curves, "gradflow_init.png", title=f"gradient flow at initial
 # %%
 # Exploding
 # ---------
-# The size of :math:`W_{hh}` decides. Scale an orthogonal recurrent matrix by 0.5, 1 and 2: each step back
+# The size of W_hh decides. Scale an orthogonal recurrent matrix by 0.5, 1 and 2: each step back
 # multiplies the gradient by about the scale (times the derivative of tanh, at most 1), so it halves,
 # holds, or grows until the units saturate.
 fig, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")

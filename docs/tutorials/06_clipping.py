@@ -2,16 +2,15 @@
 Gradient clipping by norm
 =========================
 
-An exploding gradient is rare and violent: one step of size :math:`\\eta \\lVert g \\rVert` with a huge
-:math:`\\lVert g \\rVert` can undo everything learnt so far. The notes' remedy caps the length of the step and
-keeps its direction. With g all the gradients as one vector and a threshold :math:`\\tau`:
+An exploding gradient is rare and violent: one step of size lr·‖g‖ with a huge
+‖g‖ can undo everything learnt so far. The notes' remedy caps the length of the step and
+keeps its direction. With g all the gradients as one vector and a threshold τ::
 
-.. math::
+    k = ‖g‖ / τ
+    if k > 1:  g <- g / k
 
-   k = \\frac{\\lVert g \\rVert}{\\tau}, \\qquad g \\leftarrow \\frac{g}{k} \\quad \\text{if } k > 1
-
-so that afterwards :math:`\\lVert g \\rVert = \\tau`; when :math:`k \\le 1` nothing changes.
-``rnnkit train --clip-norm τ`` does this at every step and logs :math:`\\lVert g \\rVert` (before clipping)
+so that afterwards ‖g‖ = τ; when k ≤ 1 nothing changes.
+``rnnkit train --clip-norm τ`` does this at every step and logs ‖g‖ (before clipping)
 and k.
 """
 
@@ -42,7 +41,7 @@ clipped = g / k if k > 1 else g
 print(f"after clipping ||g|| = {clipped.norm():.3f}, same direction: cosine {torch.cosine_similarity(g, clipped, 0):.6f}")
 
 # %%
-# PyTorch's ``clip_grad_norm_`` scales by :math:`\tau / (\lVert g \rVert + 10^{-6})`, the same up to that
+# PyTorch's ``clip_grad_norm_`` scales by τ / (‖g‖ + 1e-6), the same up to that
 # epsilon, and returns the norm before clipping; the NumPy reference, :func:`rnnkit.reference.clip_grad_norm`,
 # is the notes' rule written out:
 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tau)

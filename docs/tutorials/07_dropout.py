@@ -5,14 +5,12 @@ Dropout on the vertical connections only
 Dropout zeroes each unit with probability p during training (and scales the rest by 1/(1 - p)). On a
 recurrent network the notes follow Zaremba et al. (2014): apply it to the **vertical** connections only,
 from one layer to the next (and into the output layer), never to the **horizontal** ones,
-:math:`h_{t-1} \\to h_t`, where a fresh mask at every step would erase the memory the network is built to
-keep. In a stack of layers:
+``h_{t-1} -> h_t``, where a fresh mask at every step would erase the memory the network is built to
+keep. In a stack of layers, with D the dropout operator and layer 0's output the input x_t::
 
-.. math::
+    h^l_t = f(D(h^{l-1}_t), h^l_{t-1})         the step of layer l: dropout on its input only
 
-   h^{(l)}_t = f\\bigl(\\mathrm{D}(h^{(l-1)}_t),\\; h^{(l)}_{t-1}\\bigr)
-
-with D the dropout operator and :math:`h^{(0)}_t = x_t`. ``dropout=p`` on :class:`rnnkit.LSTM`,
+``dropout=p`` on :class:`rnnkit.LSTM`,
 :class:`rnnkit.GRU` and :class:`rnnkit.RNN` is exactly that, as in torch.nn: between layers, not after the
 last one (the task models add their own before the output layer).
 """
@@ -89,7 +87,7 @@ print("warning:", caught[0].message)
 # Recurrent dropout, done safely
 # ------------------------------
 # rnnkit adds the variational form of Gal and Ghahramani (2016), ``recurrent_dropout=p``: **one** mask per
-# sequence, drawn once and reused at every step, on :math:`h_{t-1}` as it enters :math:`W_{hh}`. The same
+# sequence, drawn once and reused at every step, on ``h_{t-1}`` as it enters ``W_hh``. The same
 # units are silenced throughout a sequence, so the state is not shredded step by step. The two compared,
 # by the spread of the outputs over 200 forward passes in training mode:
 layer = rnnkit.LSTM(I, H, batch_first=True, recurrent_dropout=0.3)

@@ -5,7 +5,7 @@ Practice: softsign, optimisers, early stopping, normalised regression
 The notes end their recurrent-network chapter with advice for making training work. Four pieces of it,
 each run here on a small problem:
 
-* **softsign** instead of tanh, :math:`\\mathrm{softsign}(v) = v / (1 + |v|)`, which saturates
+* **softsign** instead of tanh, ``softsign(v) = v / (1 + |v|)``, which saturates
   polynomially rather than exponentially;
 * the **optimisers**: SGD, with momentum and Nesterov's variant, RMSprop, Adagrad, Adam;
 * **early stopping**: keep the weights of the best validation score, stop when it has not improved for a
