@@ -32,6 +32,7 @@ def site(tmp_path_factory):
     source = work / "docs"
     shutil.copytree(DOCS, source, ignore=shutil.ignore_patterns(*GENERATED, "*.png", "__pycache__"))
     shutil.copytree(DOCS / "images", source / "images", dirs_exist_ok=True)  # the recipes' pictures
+    shutil.copy(ROOT / "README.md", work / "README.md")  # the install page quotes its quick start
     out = work / "html"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     result = subprocess.run([sys.executable, "-m", "sphinx", "-b", "html", "-W", "--keep-going", "-j", "1", "-q",
