@@ -44,7 +44,8 @@ nitpicky = True  # a reference to an object that is not documented fails the bui
 nitpick_ignore_regex = [
     # annotations naming other libraries' types, and typing's: not ours to document (no intersphinx: offline)
     (r"py:.*", r"(torch|numpy|np|nn|F|lightning|L|pl|torchmetrics|matplotlib|pathlib|typing|collections|"
-               r"argparse|ctypes|dataclasses|enum|os|io|datetime|abc|types|tokenizers|onnx|onnxruntime|safetensors)(\..*)?"),
+               r"argparse|ctypes|dataclasses|enum|os|io|datetime|abc|types|tokenizers|onnx|onnxruntime|"
+               r"safetensors)(\..*)?"),
     (r"py:.*", r"(Tensor|Path|PathLike|Module|Parameter|Dataset|DataLoader|Generator|Figure|Axes|Iterator|Iterable|"
                r"Callable|Sequence|Mapping|Any|Optional|Union|NamedTuple|ndarray|dtype|device|PackedSequence|"
                r"Namespace|ArgumentParser|Trainer|LightningModule|LightningDataModule|Callback|Metric|Tokenizer|"

@@ -40,7 +40,8 @@ print("many-to-one:", tuple(x.shape), "->", tuple(logits.shape), f" loss {loss.i
 # %%
 # In a bidirectional layer the last step is not symmetric: the forward half has read the whole sequence,
 # the backward half only the last step. ``"final"`` takes the backward half at step 0 instead, where it
-# has read everything (``tests/test_models.py::test_bidirectional_last_step_holds_forward_final_and_backward_first_output``):
+# has read everything
+# (``tests/test_models.py::test_bidirectional_last_step_holds_forward_final_and_backward_first_output``):
 bi = rnnkit.LSTM(I, H, batch_first=True, bidirectional=True)
 output, (h_n, _) = bi(x)
 last, final = readout(output, "last"), readout(output, "final", directions=2)

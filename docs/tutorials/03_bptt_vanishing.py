@@ -132,4 +132,5 @@ ax.legend()
 # After training, the same measurement on the task's own sequences shows why: the gradient reaches the
 # early steps through the trained gated cells, and still fades through the RNN.
 trained = {name: gradient_norms(model.rnn, x_test[:64]).tolist() for name, model in models.items()}
-plot_gradient_flow(trained, "gradflow_trained.png", title=f"gradient flow after training on the adding problem, T = {T}")
+plot_gradient_flow(trained, "gradflow_trained.png",
+                   title=f"gradient flow after training on the adding problem, T = {T}")

@@ -38,7 +38,8 @@ tau = 1.0
 k = g.norm() / tau
 print(f"||g|| = {g.norm():.2f}, k = ||g|| / tau = {k:.2f}")
 clipped = g / k if k > 1 else g
-print(f"after clipping ||g|| = {clipped.norm():.3f}, same direction: cosine {torch.cosine_similarity(g, clipped, 0):.6f}")
+cosine = torch.cosine_similarity(g, clipped, 0)
+print(f"after clipping ||g|| = {clipped.norm():.3f}, same direction: cosine {cosine:.6f}")
 
 # %%
 # PyTorch's ``clip_grad_norm_`` scales by τ / (‖g‖ + 1e-6), the same up to that

@@ -90,4 +90,5 @@ plot_attention(examples, "attention.png", title="attention while reversing")
 # Without attention the decoder sees only the encoder's final state; the recipe's table on Multi30k compares
 # the two (BLEU 15.7 without, 34.7 with, beam 5). Tested by
 # ``tests/test_seq2seq.py::test_additive_and_general_scores_by_hand_and_padding_gets_no_weight`` (the scores
-# written out; padding gets no weight) and ``tests/test_seq2seq.py::test_beam_of_one_is_greedy_and_a_wider_beam_never_scores_lower``.
+# written out; padding gets no weight) and
+# ``tests/test_seq2seq.py::test_beam_of_one_is_greedy_and_a_wider_beam_never_scores_lower``.

@@ -108,5 +108,5 @@ ax.legend()
 #
 # .. code-block:: bash
 #
-#    .venv/bin/rnnkit numpy-demo            # a character-level LSTM learns a paragraph in ~6 s, printing loss and samples
+#    .venv/bin/rnnkit numpy-demo      # a character-level LSTM learns a paragraph in ~6 s, printing loss and samples
 #    .venv/bin/rnnkit numpy-demo --cell gru --text notes.txt --hidden 128 --steps 5000
