@@ -83,6 +83,27 @@ def product(x_ptr, x_stride, K, rows, row_ok, w_ptr, w_stride_k, w_stride_n, col
 
 
 @triton.jit
+def row_block(lengths, B, BLOCK_B: tl.constexpr):
+    """This program's BLOCK_B batch rows: (rows, row_ok, each row's length, the steps the block runs)."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    length = tl.load(lengths + rows, mask=row_ok, other=0)
+    return rows, row_ok, length, tl.max(length, 0)
+
+
+@triton.jit
+def final_h_first(hbuf, rows, row_ok, steps, B, P, BLOCK_N: tl.constexpr):
+    """hbuf (2, B, P) holds h_{t-1} and h_t in turn: after an odd number of steps the final h is in hbuf[1];
+    copy it to hbuf[0], where the caller reads it."""
+    if steps % 2 == 1:
+        for n0 in range(0, P, BLOCK_N):
+            v = n0 + tl.arange(0, BLOCK_N)
+            offsets = rows[:, None] * P + v[None, :]
+            ok = row_ok[:, None] & (v < P)[None, :]
+            tl.store(hbuf + offsets, tl.load(hbuf + B * P + offsets, mask=ok), mask=ok)
+
+
+@triton.jit
 def load_previous(out_ptr, h0_ptr, t, step_stride, offsets, ok):
     """h_{t-1} at `offsets` of a (B, P) row block: out[t - 1] for t > 0, else h0 (two masked loads, no branch)."""
     t_each = offsets * 0 + t  # t as a tensor of the tile's shape, for the masks

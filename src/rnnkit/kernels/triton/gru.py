@@ -15,8 +15,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import (ACTIVATION_CODES, activation, activation_backward, check_device, launch, lengths_of,
-                      load_previous, product, sigmoid, times_h_r)
+from ._common import (ACTIVATION_CODES, activation, activation_backward, check_device, final_h_first, launch,
+                      lengths_of, load_previous, product, row_block, sigmoid, times_h_r)
 
 
 @triton.jit
@@ -27,10 +27,7 @@ def _gru_forward(xp, hbuf, out, w_hh, b_hh, mask, lengths, gates, extra, T, B, H
     """hbuf (2, B, H): h_{t-1} and h_t in turn (hbuf[0] = h0 in, the final h out); out (T, B, H). Kept per step (one
     step's worth without KEEP): gates (., B, 3H) = r, z, n activated; extra (., B, H) = h_r W_hn^T + b_hn
     (reset_after) or r * h_r (reset before, also the input of the n product)."""
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    length = tl.load(lengths + rows, mask=row_ok, other=0)
-    steps = tl.max(length, 0)
+    rows, row_ok, length, steps = row_block(lengths, B, BLOCK_B)
     BH = B * H
     for t in range(0, steps):
         cur = hbuf + (t % 2) * BH
@@ -94,12 +91,7 @@ def _gru_forward(xp, hbuf, out, w_hh, b_hh, mask, lengths, gates, extra, T, B, H
             tl.store(nxt + o1, tl.where(active[:, None], h_new, h), mask=ok)
             tl.store(out + tl.cast(t, tl.int64) * BH + o1, h_new, mask=ok & active[:, None])
         tl.debug_barrier()
-    if steps % 2 == 1:  # the final h is in hbuf[1]
-        for n0 in range(0, H, BLOCK_N):
-            u = n0 + tl.arange(0, BLOCK_N)
-            o1 = rows[:, None] * H + u[None, :]
-            ok = row_ok[:, None] & (u < H)[None, :]
-            tl.store(hbuf + o1, tl.load(hbuf + BH + o1, mask=ok), mask=ok)
+    final_h_first(hbuf, rows, row_ok, steps, B, H, BLOCK_N)
 
 
 @triton.jit
@@ -109,10 +101,7 @@ def _gru_backward(d_out, dh, d_xp, d_extra, out, h0, w_hh, mask, lengths, gates,
                   ACC: tl.constexpr):
     """Backward in time: dh (B, H) the gradient of the carried h (of the final h in, of h0 out); d_xp (T, B, 3H) the
     gradients at xp; d_extra (T, B, H) (reset_after) the gradient at h_r W_hn^T + b_hn."""
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    length = tl.load(lengths + rows, mask=row_ok, other=0)
-    steps = tl.max(length, 0)
+    rows, row_ok, length, steps = row_block(lengths, B, BLOCK_B)
     BH = B * H
     for back in range(0, steps):
         t = steps - 1 - back

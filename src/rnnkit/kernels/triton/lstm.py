@@ -19,8 +19,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import (ACTIVATION_CODES, EPS, activation, activation_backward, check_device, launch, lengths_of, product,
-                      sigmoid, times_h_r)
+from ._common import (ACTIVATION_CODES, EPS, activation, activation_backward, check_device, final_h_first, launch,
+                      lengths_of, product, row_block, sigmoid, times_h_r)
 
 
 @triton.jit
@@ -63,10 +63,7 @@ def _lstm_forward(xp, hbuf, cbuf, out, w_hh, w_hr, mask, peep, ln_w_hh, ln_w_c, 
     the final c out); out (T, B, P). Kept per step (one step's worth without KEEP): gates (., B, G*H) activated; cs
     (T + 1, B, H) with KEEP: cs[t + 1] = c_t (cs[0] = c0, written by the caller); a (., B, G*H) = h_r W_hh^T and
     stats (., B, 4) = its mean and 1/std, then c's (layer norm); h_new (., B, H) before the projection."""
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    length = tl.load(lengths + rows, mask=row_ok, other=0)
-    steps = tl.max(length, 0)
+    rows, row_ok, length, steps = row_block(lengths, B, BLOCK_B)
     GH = G * H
     BH = B * H
     for t in range(0, steps):
@@ -184,12 +181,7 @@ def _lstm_forward(xp, hbuf, cbuf, out, w_hh, w_hr, mask, peep, ln_w_hh, ln_w_c, 
                             BLOCK_B, BLOCK_N, BLOCK_K, False, DOT, PREC, ACC)
                 _emit(h, t, out, cur, nxt, rows, row_ok, active, v, v_ok, B, P, ACC)
         tl.debug_barrier()  # h_t and c_t complete before the next step reads them
-    if steps % 2 == 1:  # the final h is in hbuf[1]
-        for n0 in range(0, P, BLOCK_N):
-            v = n0 + tl.arange(0, BLOCK_N)
-            offsets = rows[:, None] * P + v[None, :]
-            ok = row_ok[:, None] & (v < P)[None, :]
-            tl.store(hbuf + offsets, tl.load(hbuf + B * P + offsets, mask=ok), mask=ok)
+    final_h_first(hbuf, rows, row_ok, steps, B, P, BLOCK_N)
 
 
 @triton.jit
@@ -210,10 +202,7 @@ def _lstm_backward(d_out, dh, dc, d_xp, d_hout, dhn, d_a, d_vec, gates, cs, a, s
     dhn (B, H) at its input (proj_size); d_a (T, B, G*H) at h_r W_hh^T (layer norm); d_vec (programs, NV) each
     program's sums of the vector parameters' gradients: peepholes, then ln_weight_hh, ln_weight_c, ln_bias_c."""
     pid = tl.program_id(0)
-    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    length = tl.load(lengths + rows, mask=row_ok, other=0)
-    steps = tl.max(length, 0)
+    rows, row_ok, length, steps = row_block(lengths, B, BLOCK_B)
     GH = G * H
     BH = B * H
     vec = d_vec + pid * NV

@@ -11,8 +11,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import (ACTIVATION_CODES, activation, activation_backward, check_device, launch, lengths_of, product,
-                      times_h_r)
+from ._common import (ACTIVATION_CODES, activation, activation_backward, check_device, final_h_first, launch,
+                      lengths_of, product, row_block, times_h_r)
 
 
 @triton.jit
@@ -21,10 +21,7 @@ def _rnn_forward(xp, hbuf, out, w_hh, mask, lengths, T, B, H,
                  BLOCK_K: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """One program per BLOCK_B rows runs every step: hbuf (2, B, H) holds h_{t-1} and h_t in turn (hbuf[0] = h0 in,
     the final h out); out (T, B, H), zero where a row has ended."""
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    length = tl.load(lengths + rows, mask=row_ok, other=0)
-    steps = tl.max(length, 0)
+    rows, row_ok, length, steps = row_block(lengths, B, BLOCK_B)
     BH = B * H
     for t in range(0, steps):
         cur = hbuf + (t % 2) * BH
@@ -43,12 +40,7 @@ def _rnn_forward(xp, hbuf, out, w_hh, mask, lengths, T, B, H,
             tl.store(nxt + offsets, new, mask=ok)
             tl.store(out + tl.cast(t, tl.int64) * BH + offsets, h, mask=ok & active[:, None])
         tl.debug_barrier()  # h_t complete before the next step reads it
-    if steps % 2 == 1:  # the final h is in hbuf[1]
-        for n0 in range(0, H, BLOCK_N):
-            u = n0 + tl.arange(0, BLOCK_N)
-            offsets = rows[:, None] * H + u[None, :]
-            ok = row_ok[:, None] & (u < H)[None, :]
-            tl.store(hbuf + offsets, tl.load(hbuf + BH + offsets, mask=ok), mask=ok)
+    final_h_first(hbuf, rows, row_ok, steps, B, H, BLOCK_N)
 
 
 @triton.jit
@@ -57,10 +49,7 @@ def _rnn_backward(d_out, dh, d_xp, out, w_hh, mask, lengths, T, B, H,
                   BLOCK_K: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """Backward in time: dh (B, H) holds the gradient of the carried h (of the final h in, of h0 out); d_xp (T, B, H)
     the gradient of each step's pre-activation (zero where a row has ended)."""
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    length = tl.load(lengths + rows, mask=row_ok, other=0)
-    steps = tl.max(length, 0)
+    rows, row_ok, length, steps = row_block(lengths, B, BLOCK_B)
     BH = B * H
     for back in range(0, steps):
         t = steps - 1 - back
