@@ -164,11 +164,8 @@ class _ExplicitBPTT(torch.autograd.Function):
             d_xp, d_state, grads = step.sequence_backward(kept, d_out, d_state)
             return (*nothing, d_xp, None, None, *d_state, *(grads.get(name) for name in names))
         batch_sizes, k = ctx.batch_sizes, ctx.cache_size
-        mask = inputs[1]
-        state0 = inputs[2:2 + step.num_states]
-        params = dict(zip(names, inputs[2 + step.num_states:]))
-        flat = rest
-        cache = {t: flat[j * k:(j + 1) * k] for j, t in enumerate(ctx.ran)}
+        _, mask, state0, params = _saved_inputs(ctx, inputs)
+        cache = {t: rest[j * k:(j + 1) * k] for j, t in enumerate(ctx.ran)}
         B = ctx.xp_shape[1]
         d_state = [torch.zeros_like(s) if d is None else d.clone() for s, d in zip(state0, d_final)]
         # every entry is written unless rows end early or steps are skipped: only then zero-fill
@@ -194,6 +191,13 @@ class _ExplicitBPTT(torch.autograd.Function):
         return (*nothing, d_xp, None, None, *d_state, *d_params)
 
 
+def _saved_inputs(ctx, inputs):
+    """(source or xp, mask, initial states, {name: parameter}) from the first saved tensors."""
+    source, mask, *tensors = inputs
+    n = ctx.step.num_states
+    return source, mask, tuple(tensors[:n]), dict(zip(ctx.names, tensors[n:]))
+
+
 def _recorded_backward(ctx, inputs, d_out, d_final):
     """The backward as PyTorch ops that autograd records, for a double backward: the step loop is run
     again under autograd from the saved inputs and differentiated with create_graph=True. Returns the
@@ -203,8 +207,8 @@ def _recorded_backward(ctx, inputs, d_out, d_final):
     counts only the loop's use of it: the projection xp = project_input(source, p) is differentiated by
     autograd outside this function, and again here only through the recomputed xp."""
     step, names, n = ctx.step, ctx.names, ctx.step.num_states
-    source, mask, *tensors = inputs
-    state0, params = tensors[:n], dict(zip(names, tensors[n:]))
+    source, mask, state0, params = _saved_inputs(ctx, inputs)
+    tensors = (*state0, *params.values())
     wanted = ctx.needs_input_grad[4:]  # xp, source, mask, *state0, *params
     xp = step.project_input(source, params) if ctx.from_source else source
     loop_xp, *loop_tensors = (t.view_as(t) if t.requires_grad else t for t in (xp, *tensors))
@@ -214,8 +218,8 @@ def _recorded_backward(ctx, inputs, d_out, d_final):
     grad_outputs = [torch.zeros_like(o) if d is None else d for o, d in zip(outputs, (d_out, *d_final))]
     targets = [loop_xp, *loop_tensors]
     asked = [i for i, (t, w) in enumerate(zip(targets, (wanted[0], *wanted[3:]))) if w and t.requires_grad]
-    found = () if not asked else torch.autograd.grad(outputs, [targets[i] for i in asked], grad_outputs, create_graph=True,
-                                allow_unused=True)
+    found = () if not asked else torch.autograd.grad(outputs, [targets[i] for i in asked], grad_outputs,
+                                                     create_graph=True, allow_unused=True)
     grads = [None] * len(targets)
     for i, g in zip(asked, found):
         grads[i] = torch.zeros_like(targets[i]) if g is None else g
@@ -298,7 +302,7 @@ def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor]
     if precision.autocast_enabled(device_type):
         # the loop mixes many ops: run all of it in autocast's dtype, casting once, differentiably
         dtype = torch.get_autocast_dtype(device_type)
-        cast = lambda t: t.to(dtype) if t is not None and t.is_floating_point() else t  # noqa: E731
+        cast = lambda t: precision.cast(t, dtype)  # noqa: E731
         with torch.autocast(device_type, enabled=False):
             return run(step, cast(xp), tuple(map(cast, state0)), {k: cast(v) for k, v in p.items()},
                        batch_sizes, cast(mask), bptt, cast(source))

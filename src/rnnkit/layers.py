@@ -212,10 +212,9 @@ class _Recurrent(nn.Module):
             if lengths is not None:
                 lengths = check_lengths(lengths, x.shape[0], x.shape[1])
         dtype = precision.compute_dtype(self.mode.split("_")[0], x, self.weight_ih_l0.dtype)
-        if precision.autocast_enabled(x.device.type):  # cast once to the call's dtype, then run without autocast
-            with torch.autocast(x.device.type, enabled=False):
-                return self._forward(input, packed, x, batched, hx, lengths, perm, unperm, dtype, True)
-        return self._forward(input, packed, x, batched, hx, lengths, perm, unperm, dtype, False)
+        autocast = precision.autocast_enabled(x.device.type)
+        with precision.autocast_off(x.device.type):  # cast once to the call's dtype, then run without autocast
+            return self._forward(input, packed, x, batched, hx, lengths, perm, unperm, dtype, autocast)
 
     def _forward(self, input, packed, x, batched, hx, lengths, perm, unperm, dtype, autocast):
         x = precision.cast(x, dtype)
@@ -299,10 +298,9 @@ class _Recurrent(nn.Module):
             output, final = self.forward(x_t.unsqueeze(1 if self.batch_first else 0), hx)
             return output.squeeze(1 if self.batch_first else 0), final
         dtype = precision.compute_dtype(self.mode.split("_")[0], x_t, self.weight_ih_l0.dtype)
-        if precision.autocast_enabled(x_t.device.type):  # cast once to the call's dtype, run without autocast
-            with torch.autocast(x_t.device.type, enabled=False):
-                return self._step(precision.cast(x_t, dtype), hx, dtype, True)
-        return self._step(x_t, hx, dtype, False)
+        autocast = precision.autocast_enabled(x_t.device.type)
+        with precision.autocast_off(x_t.device.type):  # cast once to the call's dtype, run without autocast
+            return self._step(precision.cast(x_t, dtype), hx, dtype, autocast)
 
     def _step(self, x_t: Tensor, hx, dtype: torch.dtype, autocast: bool):
         states = self._check_state(hx, x_t.shape[0], True, x_t, autocast)
@@ -548,10 +546,8 @@ class _CellModule(nn.Module):
             raise ShapeError(f"input must be (batch, {self.input_size}) or ({self.input_size},); "
                              f"got shape {tuple(input.shape)}")
         dtype = precision.compute_dtype(type(self).__name__, input, self.weight_ih.dtype)
-        if precision.autocast_enabled(input.device.type):  # cast once to the call's dtype, run without autocast
-            with torch.autocast(input.device.type, enabled=False):
-                return self._forward(input, hx, dtype)
-        return self._forward(input, hx, dtype)
+        with precision.autocast_off(input.device.type):  # cast once to the call's dtype, run without autocast
+            return self._forward(input, hx, dtype)
 
     def _forward(self, input, hx, dtype):
         batched = input.dim() == 2

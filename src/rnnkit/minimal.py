@@ -240,9 +240,7 @@ class _MinimalRNN(nn.Module):
         autocast = precision.autocast_enabled(x.device.type)
         x = precision.cast(x, dtype)
         h0 = self._check_state(hx, x.shape[1], batched, x, autocast)
-        if not autocast:
-            return self._run(x, h0, lengths, use_scan, dtype)
-        with torch.autocast(x.device.type, enabled=False):
+        with precision.autocast_off(x.device.type):
             return self._run(x, h0, lengths, use_scan, dtype)
 
     def _use_scan(self, T: int, device: torch.device) -> bool:

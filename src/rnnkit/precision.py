@@ -14,6 +14,8 @@ dispatcher chose.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
@@ -25,6 +27,14 @@ FOLLOW_INPUT = {"cpu": {"GRU", "LSTMCell", "GRUCell"}}  # else autocast's dtype;
 def autocast_enabled(device_type: str) -> bool:
     """torch.is_autocast_enabled for devices autocast knows; False for the others (meta tensors)."""
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def autocast_off(device_type: str):
+    """A context that suspends autocast while a module runs in the dtype it cast to (nothing to do when
+    autocast is off)."""
+    if autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def compute_dtype(kind: str, x: Tensor, param_dtype: torch.dtype) -> torch.dtype:
