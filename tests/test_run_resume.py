@@ -52,3 +52,17 @@ def test_resume_refuses_a_changed_option_naming_old_and_new(one_epoch, flags, na
     assert code == 2 and named in err and "Traceback" not in err, err
     assert "may change" in err and err.strip().count("\n") == 0
     assert last.read_bytes() == before
+
+
+def test_resume_with_fewer_epochs_than_already_trained_is_refused_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    code, _, err = rnnkit("train", "mnist", "--out", out, *ORIGINAL, "--max-epochs", "3")
+    assert code == 0, err
+    os.environ.pop(run.RUN_DIR_ENV, None)
+    last = out / "checkpoints" / "last.ckpt"
+    assert run.epochs_done(run.read_checkpoint(last)) == 2  # the third is finished on resume (Lightning's count)
+    before = last.read_bytes()
+    code, _, err = rnnkit("train", "mnist", "--out", out, *ORIGINAL, "--max-epochs", "1", "--resume")
+    assert code == 2 and "Traceback" not in err and err.strip().count("\n") == 0, err
+    assert "has already trained 2 epochs, more than --max-epochs 1" in err
+    assert last.read_bytes() == before

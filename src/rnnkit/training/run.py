@@ -134,6 +134,12 @@ def resume_config(task, out: str, given: dict):
     return from_dict(task.config_class, {**saved, **given, "out": out, "resume": True})
 
 
+def epochs_done(checkpoint: dict) -> int:
+    """The epochs a Lightning checkpoint has finished, as Lightning counts them on resume."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    return progress.get("completed", checkpoint.get("epoch", 0))
+
+
 def _limit(value: float):
     """Lightning reads a float as a fraction and an int as a count of batches."""
     return int(value) if value > 1 else float(value)
@@ -348,6 +354,14 @@ def train(task, cfg) -> dict:
 
 
 def _train(task, cfg, run_dir: Path) -> dict:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resumed_step = None
+    if cfg.resume:
+        checkpoint = read_checkpoint(last)
+        resumed_step, done = checkpoint.get("global_step"), epochs_done(checkpoint)
+        if cfg.max_epochs < done:
+            raise ConfigError(f"--resume: the run in {run_dir} has already trained {done} epochs, more than "
+                              f"--max-epochs {cfg.max_epochs}; give a --max-epochs of at least {done}")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     splits = task.splits(cfg)
     model = task.build_model(cfg, splits.extra)
@@ -355,8 +369,6 @@ def _train(task, cfg, run_dir: Path) -> dict:
         task.pretrain(model, cfg, splits)
     module = TaskModule(task, cfg, model, splits.extra)
     data = TaskData(splits, cfg.batch_size, cfg.num_workers, cfg.seed)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    resumed_step = read_checkpoint(last).get("global_step") if cfg.resume else None
     trainer = build_trainer(cfg, run_dir, task, batched=splits.batched, resumed_step=resumed_step)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=last if cfg.resume else None, weights_only=True)
