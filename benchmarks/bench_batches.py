@@ -10,7 +10,7 @@ import os
 import torch
 
 import rnnkit
-from rnnkit.bench import _inference, _median_pair, _train_step, machine
+from rnnkit.cli.bench import _inference, _median_pair, _train_step, machine
 
 CASES = {"GRU": (rnnkit.GRU, torch.nn.GRU), "RNN": (rnnkit.RNN, torch.nn.RNN)}
 SIZES = [(100, 64, 256), (28, 28, 128)]  # (T, I, H): char LM, MNIST rows

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from rnnkit.bench import machine
+from rnnkit.cli.bench import machine
 from rnnkit.models import make_rnn
 from rnnkit.models.language import CharLM, generate
 from rnnkit.tasks.charlm import CharLMConfig

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 import rnnkit
-from rnnkit import dispatch
-from rnnkit.bench import CASES, SHAPES
+from rnnkit.engine import dispatch
+from rnnkit.cli.bench import CASES, SHAPES
 from rnnkit.kernels import triton as triton_kernels
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import argparse
 import torch
 
 import rnnkit
-from rnnkit.bench import _median_pair, machine
+from rnnkit.cli.bench import _median_pair, machine
 
 SHAPES = [  # (B, T, I, H, bidirectional): SST-2-like, POS-like, MNIST-like, long, wide
     (64, 30, 300, 256, True), (64, 30, 300, 256, False), (32, 50, 100, 128, True), (8, 40, 64, 128, True),

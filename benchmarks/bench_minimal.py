@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from rnnkit.bench import machine
-from rnnkit.minimal import MinGRU, MinLSTM
+from rnnkit.cli.bench import machine
+from rnnkit.nn.minimal import MinGRU, MinLSTM
 
 B, I, H = 16, 256, 256
 LENGTHS = (128, 512, 2048)

@@ -22,7 +22,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from rnnkit.bench import machine
+from rnnkit.cli.bench import machine
 from rnnkit.tasks import get_task
 from rnnkit.training import run
 from rnnkit.training.data import TensorBatches

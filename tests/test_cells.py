@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import rnnkit
 from conftest import assert_rel
-from rnnkit.cells import ACTIVATIONS, LN_EPS, GRUStep, LSTMStep, RNNStep, softsign
+from rnnkit.engine.cells import ACTIVATIONS, LN_EPS, GRUStep, LSTMStep, RNNStep, softsign
 
 DTYPE = torch.float64
 TOL = 1e-10

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 import rnnkit
-from rnnkit import fused
+from rnnkit.kernels.cpu import fused
 from rnnkit.cli import main
 
 

@@ -3,8 +3,10 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit import dispatch, engine, fused
-from rnnkit.cells import GRUStep, LSTMStep, RNNStep
+from rnnkit.engine import dispatch
+from rnnkit.engine import loop as engine
+from rnnkit.kernels.cpu import fused
+from rnnkit.engine.cells import GRUStep, LSTMStep, RNNStep
 
 CPU = torch.device("cpu")
 

@@ -61,9 +61,9 @@ def test_the_api_reference_has_a_page_for_every_module(site):
     for name in rnnkit.__all__:
         if name != "__version__":
             assert f'id="rnnkit.{name}"' in top, name
-    layers = importlib.import_module("rnnkit.cells")
-    cells = (site / "api" / "rnnkit.cells.html").read_text()
-    assert 'id="rnnkit.cells.LSTMStep"' in cells and "viewcode-link" in cells  # a [source] link
+    layers = importlib.import_module("rnnkit.engine.cells")
+    cells = (site / "api" / "rnnkit.engine.cells.html").read_text()
+    assert 'id="rnnkit.engine.cells.LSTMStep"' in cells and "viewcode-link" in cells  # a [source] link
     assert layers.LSTMStep.__doc__.split("\n")[0].split("(")[0] in cells
 
 

@@ -142,7 +142,7 @@ def test_gradgradcheck_minimal(cls, mode):
 
 
 def test_scan_logcumsumexp_is_torchs_and_twice_differentiable_where_gradients_vanish():
-    from rnnkit.minimal import _LogCumSumExp
+    from rnnkit.nn.minimal import _LogCumSumExp
     v = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
     g = torch.randn(6, 3, dtype=torch.float64)
     g[3:] = 0  # no gradient reaches the last steps, as past a sequence's end

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import assert_rel
-from rnnkit import engine
+from rnnkit.engine import loop as engine
 from test_cells import ALL_STEPS, DTYPE, random_mask, random_params, random_state, step_id
 
 TOL = 1e-10

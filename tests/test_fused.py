@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit import fused
+from rnnkit.kernels.cpu import fused
 
 needs_fused = pytest.mark.skipif(fused.library() is None, reason=f"fused kernels unavailable: "
                                                                  f"{fused.unavailable_reason()}")
@@ -196,7 +196,7 @@ def test_fused_inference_equals_the_pytorch_ops(cell, variant, path, monkeypatch
     layer = LAYERS[cell](5, 8, 2, batch_first=True, bidirectional=True, impl="engine", dtype=torch.float64,
                          **variant)
     G = layer.cell.gates  # 3 steps of (5, G*8) float64 per chunk
-    monkeypatch.setattr(rnnkit.layers, "INFERENCE_CHUNK_BYTES", 3 * 5 * G * 8 * 8)
+    monkeypatch.setattr(rnnkit.nn.layers, "INFERENCE_CHUNK_BYTES", 3 * 5 * G * 8 * 8)
     x = torch.randn(5, 10, 5, dtype=torch.float64)
     lengths = torch.tensor([10, 4, 0, 7, 1])
     hx = _initial_state(layer, 5, torch.float64)
@@ -259,7 +259,7 @@ def _python(code: str, **env) -> subprocess.CompletedProcess:
 
 FALLBACK_CHECK = """
 import torch, rnnkit
-from rnnkit import fused
+from rnnkit.kernels.cpu import fused
 print(fused.library() is None, fused.unavailable_reason())
 torch.manual_seed(0)
 a = rnnkit.LSTM(3, 4, peephole=True, coupled=True, impl="engine", dtype=torch.float64)
@@ -309,7 +309,7 @@ def test_a_compiler_without_openmp_builds_the_single_threaded_loops(tmp_path):
 
 @needs_fused
 def test_the_build_is_cached_per_source(tmp_path):
-    code = "from rnnkit import fused; print(fused.library() is not None)"
+    code = "from rnnkit.kernels.cpu import fused; print(fused.library() is not None)"
     for _ in range(2):
         done = _python(code, RNNKIT_CACHE=str(tmp_path))
         assert done.stdout.strip() == "True", done.stderr
@@ -356,7 +356,7 @@ def test_a_traced_layer_records_the_pytorch_ops():
 def test_an_unwritable_cache_builds_in_the_temporary_directory(tmp_path):
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
-    done = _python("from rnnkit import fused; print(fused.library() is not None)", RNNKIT_CACHE=str(blocked / "cache"),
+    done = _python("from rnnkit.kernels.cpu import fused; print(fused.library() is not None)", RNNKIT_CACHE=str(blocked / "cache"),
                    TMPDIR=str(tmp_path))
     assert done.stdout.strip() == "True", done.stderr
     assert [p.name.startswith("rnnkit-") for p in tmp_path.iterdir() if p.is_dir()] == [True]
@@ -367,7 +367,7 @@ def test_an_unwritable_cache_builds_in_the_temporary_directory(tmp_path):
 def test_layer_norm_weight_gradient_summed_per_step_and_at_the_end(path, monkeypatch):
     """W_hh's gradient is summed step by step while a step has at least cells.SUM_PER_STEP_ROWS rows, and
     kept for one product at the end below that: lengths that cross the threshold use both."""
-    from rnnkit.cells import SUM_PER_STEP_ROWS
+    from rnnkit.engine.cells import SUM_PER_STEP_ROWS
 
     torch.manual_seed(3)
     B = SUM_PER_STEP_ROWS + 6

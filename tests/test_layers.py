@@ -8,7 +8,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
 from conftest import assert_rel
-from rnnkit import layers as layers_module
+from rnnkit.nn import layers as layers_module
 
 # (name, rnnkit class, torch.nn class, constructor keywords): every configuration torch.nn has
 TORCH_CONFIGS = [

@@ -7,8 +7,8 @@ from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from conftest import assert_rel
-from rnnkit import minimal
-from rnnkit.minimal import MinGRU, MinLSTM
+from rnnkit.nn import minimal
+from rnnkit.nn.minimal import MinGRU, MinLSTM
 
 CLASSES = [MinGRU, MinLSTM]
 I, H, T, B = 3, 4, 6, 4

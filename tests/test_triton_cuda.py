@@ -82,7 +82,7 @@ def test_triton_parity_with_cudnn(cls, ref_cls):
 
 
 def test_auto_picks_triton_for_variants_on_cuda(monkeypatch):
-    from rnnkit import dispatch
+    from rnnkit.engine import dispatch
     chosen = []
     choose = dispatch.choose
     monkeypatch.setattr(dispatch, "choose", lambda *a, **k: chosen.append(choose(*a, **k)) or chosen[-1])

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit import dispatch
-from rnnkit.cells import GRUStep, LSTMStep, RNNStep
+from rnnkit.engine import dispatch
+from rnnkit.engine.cells import GRUStep, LSTMStep, RNNStep
 from rnnkit.kernels import triton as triton_kernels
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")

@@ -52,7 +52,7 @@ assert torch.equal(output[-1], h_n[0])                  # h_n is the last step's
 # loop. The input's share ``W_ih x_t + b_ih + b_hh`` does not depend on the state, so it is
 # computed for all steps at once before the loop (``project_input``); the step adds the recurrent product
 # and applies the nonlinearity. Here is rnnkit's step, read from the installed package (its page, with a
-# ``[source]`` link, is :class:`rnnkit.cells.RNNStep`):
+# ``[source]`` link, is :class:`rnnkit.engine.cells.RNNStep`):
 print(inspect.getsource(type(rnn.cell).step))
 
 # %%

@@ -75,7 +75,7 @@ print("coupled: largest difference", (got[1] - c_cifg).abs().max().item(),
 # %%
 # The code that computes it
 # -------------------------
-# rnnkit's step is :class:`rnnkit.cells.LSTMStep` (its ``[source]`` link shows the code); every variant is
+# rnnkit's step is :class:`rnnkit.engine.cells.LSTMStep` (its ``[source]`` link shows the code); every variant is
 # a keyword of :class:`rnnkit.LSTM` and :class:`rnnkit.LSTMCell`. Its docstring carries the equations:
 print(type(cell.cell).__doc__)
 

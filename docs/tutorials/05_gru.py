@@ -52,7 +52,7 @@ print("reset_after=True  vs torch.nn's: ", (after(x, h) - torch_form).abs().max(
 print("the two conventions differ by up to", (before(x, h) - after(x, h)).abs().max().item())
 
 # %%
-# The code that computes it is :class:`rnnkit.cells.GRUStep`, one step for both conventions; its docstring:
+# The code that computes it is :class:`rnnkit.engine.cells.GRUStep`, one step for both conventions; its docstring:
 print(type(after.cell).__doc__)
 
 # %%

@@ -7,8 +7,7 @@ and minGRU/minLSTM with a parallel scan.
 """
 from importlib.metadata import PackageNotFoundError, version
 
-from .layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
-from .minimal import MinGRU, MinLSTM
+from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, MinGRU, MinLSTM, RNNCell
 
 try:
     __version__ = version("rnnkit")

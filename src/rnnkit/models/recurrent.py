@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..layers import GRU, LSTM, RNN
+from ..nn.layers import GRU, LSTM, RNN
 
 
 def make_rnn(cfg, input_size: int, bidirectional: bool | None = None) -> nn.Module:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import LSTM
+from ..nn.layers import LSTM
 from .recurrent import rnn_output_size
 
 IGNORE = -100  # the target of a padding position: cross_entropy and the accuracy skip it

@@ -7,12 +7,11 @@ gate math in float32) and float64.
     lstm_sequence / lstm_sequence_backward     (lstm.py)
     gru_sequence / gru_sequence_backward       (gru.py)
     rnn_sequence / rnn_sequence_backward       (rnn.py)
-    TritonStep                                 (step.py: a cell whose whole-sequence call runs these, for the engine)
 
 Each `*_sequence(xp, states..., weights..., mask, batch_sizes, options..., keep)` takes the input projections xp
 (T, B, G*H), made before the loop as one matrix product (cuBLAS), as in the engine, and returns the outputs (T, B, P),
 zero past each row's end, the final states, and with keep=True what `*_sequence_backward` needs; that returns d_xp,
-the initial states' gradients and {parameter name: gradient} (names as in rnnkit.cells). batch_sizes is the engine's
+the initial states' gradients and {parameter name: gradient} (names as in rnnkit.engine.cells). batch_sizes is the engine's
 (rows sorted longest first, batch_sizes[t] rows active at step t); a row that has ended keeps its state.
 
 Design: a persistent kernel, one program per block of 16 batch rows, runs the whole time loop on the device. Batch rows
@@ -79,7 +78,6 @@ _EXPORTS = {
     "lstm_sequence": "lstm", "lstm_sequence_backward": "lstm",
     "gru_sequence": "gru", "gru_sequence_backward": "gru",
     "rnn_sequence": "rnn", "rnn_sequence_backward": "rnn",
-    "TritonStep": "step",
 }
 
 
@@ -87,8 +85,7 @@ def __getattr__(name: str):
     """The kernels' modules are imported on first use: importing this package never imports Triton."""
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if _EXPORTS[name] != "step":
-        require()
+    require()
     return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
 
 

@@ -36,7 +36,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from . import fused
+from ..kernels.cpu import fused
 
 LN_EPS = 1e-5
 W_HH_T = "weight_hh.T"  # Step.prepare's entry in p

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .cells import LN_EPS, GRUStep, LSTMStep, RNNStep, Step
+from ..engine.cells import LN_EPS, GRUStep, LSTMStep, RNNStep, Step
 
 OPSET = 17
 _ONNX_ACTIVATION = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu", "softsign": "Softsign"}
@@ -438,8 +438,8 @@ def export_onnx(module: nn.Module, example_inputs, path, input_names, output_nam
     {"input": {0: "batch", 1: "time"}}. Raises ValueError when the file exists (unless
     overwrite) or when the module holds something that cannot export.
     """
-    from .layers import _Recurrent
-    from .minimal import _MinimalRNN
+    from ..nn.layers import _Recurrent
+    from ..nn.minimal import _MinimalRNN
 
     path = Path(path)
     if path.exists() and not overwrite:

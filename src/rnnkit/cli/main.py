@@ -14,11 +14,14 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, dispatch, fused, minimal
-from .cells import GRUStep, LSTMStep, RNNStep
-from .kernels import triton as triton_kernels
-from .layers import GRU, LSTM, RNN
-from .training.config import ConfigError  # standard library only, like this module's other imports
+from .. import __version__
+from ..engine import dispatch
+from ..engine.cells import GRUStep, LSTMStep, RNNStep
+from ..kernels import triton as triton_kernels
+from ..kernels.cpu import fused
+from ..nn import minimal
+from ..nn.layers import GRU, LSTM, RNN
+from ..training.config import ConfigError  # standard library only, like this module's other imports
 
 # (label, rnnkit layer, keyword arguments, the torch.nn layer with the same math or None)
 DEMO_LAYERS = [
@@ -174,7 +177,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_numpy_demo(args) -> int:
-    from .reference import chardemo
+    from ..reference import chardemo
 
     try:
         return chardemo.run(args)
@@ -205,8 +208,8 @@ def _print_metrics(title: str, metrics: dict) -> None:
 
 
 def cmd_train(args) -> int:
-    from .tasks import get_task
-    from .training import config, run
+    from ..tasks import get_task
+    from ..training import config, run
 
     task = get_task(args.task)
     given = config.given_options(task.config_class, args)  # flags given override the --config file
@@ -228,7 +231,7 @@ def cmd_train(args) -> int:
 
 
 def _load(path):
-    from .tasks import load
+    from ..tasks import load
 
     return load(path)
 
@@ -236,8 +239,8 @@ def _load(path):
 def cmd_eval(args) -> int:
     import dataclasses
 
-    from .tasks import testfile
-    from .training.run import evaluate
+    from ..tasks import testfile
+    from ..training.run import evaluate
 
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1; got {args.batch_size}")
@@ -294,7 +297,7 @@ def cmd_sample(args) -> int:
 def cmd_export(args) -> int:
     loaded = _load(args.checkpoint)
     if args.format == "safetensors":
-        from .pretrained import save_pretrained
+        from ..pretrained import save_pretrained
 
         try:
             path = save_pretrained(loaded, args.out)
@@ -310,7 +313,7 @@ def cmd_export(args) -> int:
 
 def _export_onnx(loaded, out: str) -> list[str]:
     """One file per graph (one graph: `out` itself; several: OUT_STEM.NAME.onnx), all or none written."""
-    from ._files import make_ordinary
+    from .._files import make_ordinary
 
     try:
         graphs = loaded.task.onnx_graphs(loaded)
@@ -338,7 +341,7 @@ def _export_onnx(loaded, out: str) -> list[str]:
 
 
 def cmd_gradflow(args) -> int:
-    from .analysis import gradflow
+    from ..analysis import gradflow
 
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     unknown = [c for c in cells if c not in gradflow.CELLS]
@@ -362,7 +365,7 @@ def cmd_gradflow(args) -> int:
     for name, norms in curves.items():
         print(f"{name:{width}s}" + "".join(f"{norms[t - 1]:12.3e}" for t in marks))
     if args.out:
-        from .analysis.plots import plot_gradient_flow
+        from ..analysis.plots import plot_gradient_flow
 
         plot_gradient_flow(curves, args.out, title=f"‖∂L/∂h_t‖ {when}, loss at step {T}")
         print(f"plot: {args.out}")
@@ -374,7 +377,7 @@ def cmd_gradflow(args) -> int:
 
 
 def cmd_clipping(args) -> int:
-    from .analysis import plots
+    from ..analysis import plots
 
     runs = {}
     for run_dir in args.runs:
@@ -393,7 +396,7 @@ def cmd_clipping(args) -> int:
 
 
 def cmd_data_download(args) -> int:
-    from .data import DATASETS, download_dataset
+    from ..data import DATASETS, download_dataset
 
     if args.name not in DATASETS:
         raise UsageError(f"unknown data set {args.name!r}; known: {', '.join(DATASETS)}")
@@ -415,8 +418,8 @@ def _task_command(task, command):
 
 def _add_training_commands(sub) -> None:
     try:
-        from .tasks import TASKS
-        from .training.config import add_arguments
+        from ..tasks import TASKS
+        from ..training.config import add_arguments
     except ModuleNotFoundError as e:  # layers-only install: say what is missing when the command is used
         if e.name is None or _missing_extra("train", e.name) is None:
             raise
@@ -545,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bench.set_defaults(fn=cmd_bench)
-    from .reference import chardemo
+    from ..reference import chardemo
 
     numpy_demo = sub.add_parser("numpy-demo", help="a character-level model trained from scratch in NumPy, "
                                 "printing loss and samples (see docs/bptt.md)")

@@ -1,5 +1,5 @@
 """The engine's side of the Triton kernels: a cell whose whole-sequence call (`Step.sequence` /
-`Step.sequence_backward`, see rnnkit.cells and rnnkit.engine) runs them. Everything else (one step, its backward,
+`Step.sequence_backward`, see rnnkit.engine.cells and rnnkit.engine.loop) runs them. Everything else (one step, its backward,
 the input projection, the double backward's recomputation under autograd) is the cell's own, unchanged."""
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import importlib
 
 from torch import Tensor
 
-from ...cells import GRUStep, LSTMStep, RNNStep, Step
-from . import require
+from ..kernels.triton import require
+from .cells import GRUStep, LSTMStep, RNNStep, Step
 
 
 def _kernels(cell: str):
-    return importlib.import_module(f"{__package__}.{cell}")
+    return importlib.import_module(f"rnnkit.kernels.triton.{cell}")
 
 
 class TritonStep:

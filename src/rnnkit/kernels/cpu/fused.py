@@ -7,7 +7,7 @@
   - `lstm_forward` / `lstm_backward`: the LSTM's gate math of one step, in one pass over the units instead of one
     PyTorch op per gate, for the engine's step loop where no gemm is found.
 
-`_fused.cpp` is compiled at first use with the system C++ compiler (`$CXX`, else `c++`, `g++`, `clang++`),
+`fused.cpp` is compiled at first use with the system C++ compiler (`$CXX`, else `c++`, `g++`, `clang++`),
 with no PyTorch headers, into a per-user cache (`$RNNKIT_CACHE`, else `~/.cache/rnnkit`), and loaded with
 ctypes. Without a compiler, or with `RNNKIT_FUSED=0`, `library()` is None (`unavailable_reason()` says why)
 and the cells run their PyTorch ops instead (the reference the fused loops are tested against). Only
@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("_fused.cpp")
+SOURCE = Path(__file__).with_name("fused.cpp")
 FLAGS = ["-std=c++20", "-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-shared", "-fPIC"]
 # OpenMP: threads over a step's rows, in PyTorch's own runtime (the library is loaded after torch, so its
 # libgomp.so.1 is the one already in the process); a compiler without it builds the single-threaded loops
@@ -265,7 +265,7 @@ BACKWARD_CHUNK_BYTES = 2 << 20  # layer norm: d_a of this many bytes' worth of s
 # W_hh itself, which a large W_hh's copy at every call would cost more than: 0.9 ms at 2048 x 512)
 TRANSPOSED_MIN_BATCH = 8
 
-# The buffers of a sequence call, in the order of `Slot` in _fused.cpp: those every cell has, the GRU's, the LSTM's
+# The buffers of a sequence call, in the order of `Slot` in fused.cpp: those every cell has, the GRU's, the LSTM's
 SLOTS = ("batch_sizes", "w_hh", "w_hh_t", "mask", "xp", "h0", "h", "out", "hr", "x", "w_ih", "b", "ln_w_ih", "work",
          "gates", "extra", "b_hh",
          "c", "act_c", "h_new", "a", "stats", "w_hr", "peep", "ln_w_hh", "ln_w_c", "ln_b_c")
@@ -366,7 +366,7 @@ def _slots(q: Sequence):
 
 def _sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor, chunk: int = 0, **grads) -> tuple[Tensor, Tensor]:
     """The C++ backward loop over a kept sequence: d_xp (T, B, G*H) and d_h0 (B, P) from d_out (T, B, P) and d_h,
-    the gradient of the final h; `grads` the cell's own buffers (names of `Grad` in _fused.cpp, lower case)."""
+    the gradient of the final h; `grads` the cell's own buffers (names of `Grad` in fused.cpp, lower case)."""
     T, B, P = q.out.shape
     H = q.c.shape[2] if q.cell == "lstm" else P
     d_out = d_out.contiguous()

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import dispatch, engine, precision
-from .cells import GRUStep, LSTMStep, RNNStep, Step
-from .errors import ArgumentTypeError, ShapeError, StateTypeError
+from ..engine import dispatch, loop, precision
+from ..engine.cells import GRUStep, LSTMStep, RNNStep, Step
+from ..errors import ArgumentTypeError, ShapeError, StateTypeError
 
 
 def _check_int(value, name: str, minimum: int, below=ValueError) -> int:
@@ -197,7 +197,7 @@ class _Recurrent(nn.Module):
         # (valid for any T and B) instead of tracing the time loop; see export.py. is_tracing()
         # first: it is the cheap test, and keeps torch.onnx unimported in ordinary use.
         if torch.jit.is_tracing() and torch.onnx.is_in_onnx_export():
-            from . import export
+            from ..export import onnx as export
             return export.onnx_forward(self, input, hx, lengths)
         packed = isinstance(input, PackedSequence)
         perm = unperm = None
@@ -235,7 +235,7 @@ class _Recurrent(nn.Module):
                                               self.training, self.bidirectional)
         else:
             bptt = "autograd" if impl == "autograd" else "explicit"
-            step = dispatch.triton_kernels.TritonStep(self.cell) if impl == "triton" else self.cell
+            step = dispatch.triton_step.TritonStep(self.cell) if impl == "triton" else self.cell
             out, finals = self._run_stack(x, states, lengths, bptt, dtype, step)  # (T, B, D*P), (D*L, B, .)
         if unperm is not None:
             finals = tuple(s.index_select(1, unperm.to(s.device)) for s in finals)
@@ -254,7 +254,7 @@ class _Recurrent(nn.Module):
         """x (T, B, I) in `dtype`, batch sorted longest first when lengths are given."""
         step, D = self.cell if step is None else step, self.num_directions  # step: the cell, or TritonStep(cell)
         T, B = x.shape[:2]
-        batch_sizes = None if lengths is None else engine.batch_sizes_from_lengths(lengths.tolist(), T)
+        batch_sizes = None if lengths is None else loop.batch_sizes_from_lengths(lengths.tolist(), T)
         finals = [[] for _ in range(step.num_states)]
         for layer in range(self.num_layers):
             outs = []
@@ -267,9 +267,9 @@ class _Recurrent(nn.Module):
                 if self.training and self.recurrent_dropout > 0:
                     keep = 1 - self.recurrent_dropout  # variational: one mask per sequence
                     mask = torch.bernoulli(x.new_full((B, step.output_size), keep)) / keep
-                if engine.records(inp, *state0, *p.values()):
+                if loop.records(inp, *state0, *p.values()):
                     xp = step.project_input(inp, p)  # (T, B, G*H), one product for all steps
-                    out, final = engine.run(step, xp, state0, p, batch_sizes, mask, bptt, source=inp)
+                    out, final = loop.run(step, xp, state0, p, batch_sizes, mask, bptt, source=inp)
                 else:
                     out, final = _infer_in_chunks(step, inp, state0, p, batch_sizes, mask)
                 outs.append(reverse_or_keep(out, lengths, direction))
@@ -396,13 +396,13 @@ def _infer_in_chunks(step, inp: Tensor, state0: tuple, p: dict, batch_sizes, mas
     outs, state = [], state0
     for start in range(0, max(T, 1), chunk):  # T = 0: one empty run, which returns the initial state
         sizes = None if batch_sizes is None else batch_sizes[start:start + chunk]
-        out, state = engine.run(step, step.project_input(inp[start:start + chunk], p), state, p, sizes, mask)
+        out, state = loop.run(step, step.project_input(inp[start:start + chunk], p), state, p, sizes, mask)
         outs.append(out)
     return (outs[0] if len(outs) == 1 else torch.cat(outs)), state
 
 
 def reverse_or_keep(x: Tensor, lengths: Tensor | None, direction: int) -> Tensor:
-    return engine.reverse_padded(x, lengths) if direction else x
+    return loop.reverse_padded(x, lengths) if direction else x
 
 
 class RNN(_Recurrent):

@@ -20,9 +20,10 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from . import fused
+from ..kernels import triton as triton_kernels
+from ..kernels.cpu import fused
+from . import triton as triton_step
 from .cells import GRUStep, LSTMStep, RNNStep, Step
-from .kernels import triton as triton_kernels
 
 IMPLS = ("auto", "native", "engine", "autograd", "triton")
 

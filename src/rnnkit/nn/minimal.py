@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import precision
-from .errors import ShapeError, StateTypeError
+from ..engine import precision
+from ..errors import ShapeError, StateTypeError
 from .layers import (_check_bool, _check_choice, _check_int, _check_prob, _warn_if_dropout_is_inert, check_lengths,
                      check_sequence_input)
 

@@ -19,7 +19,7 @@ import contextlib
 import torch
 from torch import Tensor
 
-from .errors import ShapeError
+from ..errors import ShapeError
 
 FOLLOW_INPUT = {"cpu": {"GRU", "LSTMCell", "GRUCell"}}  # else autocast's dtype; see the docstring
 

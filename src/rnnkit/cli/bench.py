@@ -17,7 +17,7 @@ import time
 import torch
 
 import rnnkit
-from rnnkit import dispatch
+from rnnkit.engine import dispatch
 
 SHAPES = {  # name: (B, T, I, H)
     "A": (128, 28, 28, 128),  # MNIST rows
@@ -123,7 +123,7 @@ def _impl_used(layer, x, batch, recording) -> str:
 
 PEAK_SCRIPT = """
 import sys, torch, rnnkit
-from rnnkit.bench import build
+from rnnkit.cli.bench import build
 
 def status(key):  # KiB, from the kernel's accounting of this process
     with open("/proc/self/status") as f:
