@@ -1,7 +1,7 @@
 """ONNX export of rnnkit's recurrent layers, for any batch size and sequence length.
 
-While `torch.onnx.export` (the TorchScript exporter, dynamo=False) traces a model, each rnnkit
-layer call is routed here (a hook at the top of `_Recurrent.forward`: tracing and exporting) and emits:
+While `export_onnx` runs `torch.onnx.export` (the TorchScript exporter, dynamo=False) on a model, each rnnkit
+layer's forward and step are this module's (instance attributes set for the duration of the export), which emit:
   - ONNX's own `RNN`, `GRU` or `LSTM` operator, one node per layer, when the cell maps to it:
     RNN tanh/relu/softsign, GRU in both reset conventions (`linear_before_reset`), LSTM with
     peepholes (input `P`), coupled input-forget gate (`input_forget`), softsign, any biases
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import warnings
 from pathlib import Path
 from typing import List
@@ -41,8 +42,7 @@ _INT32 = 6  # ONNX TensorProto.INT32, the type of sequence_lens
 
 @contextlib.contextmanager
 def _eager():
-    """The layer's own forward, untraced (so the hook in layers.py stays out of it too): its values
-    stand behind the ONNX nodes in the trace."""
+    """The layer's own forward, untraced: its values stand behind the ONNX nodes in the trace."""
     tracing = torch._C._get_tracing_state()
     torch._C._set_tracing_state(None)
     try:
@@ -83,6 +83,12 @@ def onnx_forward(layer, input, hx=None, lengths=None):
     if layer.batch_first:
         out = out.transpose(0, 1)
     return out, layer._pack_state(finals)
+
+
+def _onnx_step(layer, x_t, hx=None):
+    """`layer.step` during ONNX export: a one-step sequence."""
+    output, final = onnx_forward(layer, x_t.unsqueeze(1 if layer.batch_first else 0), hx)
+    return output.squeeze(1 if layer.batch_first else 0), final
 
 
 # -- ONNX's RNN/GRU/LSTM operators ---------------------------------------------------------------
@@ -187,7 +193,7 @@ def _operator_stack(layer, input, hx, x, batched, lengths):
     """The stack as ONNX operator nodes: out (T, B, D*H) and final states (D*L, B, H)."""
     def compute():  # the eager layer's results, time-major, for the trace
         with _eager(), torch.no_grad():
-            out, final = layer(input, hx, lengths=lengths)
+            out, final = type(layer).forward(layer, input, hx, lengths=lengths)  # the class's, not the export's
         final = final if isinstance(final, tuple) else (final,)
         if not batched:
             return (out.unsqueeze(1), *[s.unsqueeze(1) for s in final])
@@ -450,10 +456,13 @@ def export_onnx(module: nn.Module, example_inputs, path, input_names, output_nam
     example_inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     # minGRU/minLSTM: their step loop, as an ONNX Loop (ONNX has no logcumsumexp for the scan)
     minimal = {m: m.mode for m in module.modules() if isinstance(m, _MinimalRNN)}
+    recurrent = [m for m in module.modules() if isinstance(m, _Recurrent)]
     module.eval()
     try:
         for m in minimal:
             m.mode, m._loop = "sequential", _minimal_loop(m)
+        for m in recurrent:  # instance attributes over the class's methods, for the duration of the export
+            m.forward, m.step = functools.partial(onnx_forward, m), functools.partial(_onnx_step, m)
         with torch.no_grad(), warnings.catch_warnings():
             # the TorchScript exporter and torch.jit.script are chosen on purpose (see the top of this
             # file); rnnkit's own input checks read lengths as Python values, which is harmless
@@ -470,4 +479,6 @@ def export_onnx(module: nn.Module, example_inputs, path, input_names, output_nam
         for m, mode in minimal.items():
             m.mode = mode
             vars(m).pop("_loop", None)  # the instance attribute set above; the class's method shows again
+        for m in recurrent:
+            vars(m).pop("forward", None), vars(m).pop("step", None)
     return path

@@ -193,12 +193,6 @@ class _Recurrent(nn.Module):
         Returns output (T, B, D*P) (batch_first: (B, T, D*P); packed if the input was), and the
         final state(s) (D*L, B, size).
         """
-        # ONNX export hook: while torch.onnx.export traces, emit ONNX RNN/GRU/LSTM nodes or a Loop
-        # (valid for any T and B) instead of tracing the time loop; see export.py. is_tracing()
-        # first: it is the cheap test, and keeps torch.onnx unimported in ordinary use.
-        if torch.jit.is_tracing() and torch.onnx.is_in_onnx_export():
-            from ..export import onnx as export
-            return export.onnx_forward(self, input, hx, lengths)
         packed = isinstance(input, PackedSequence)
         perm = unperm = None
         if packed:
@@ -294,9 +288,6 @@ class _Recurrent(nn.Module):
         if not isinstance(x_t, Tensor) or x_t.dim() != 2 or x_t.shape[1] != self.input_size:
             shape = tuple(x_t.shape) if isinstance(x_t, Tensor) else type(x_t).__name__
             raise ValueError(f"step() takes one time step of shape (batch, input_size={self.input_size}); got {shape}")
-        if torch.jit.is_tracing() and torch.onnx.is_in_onnx_export():  # ONNX: a one-step sequence, see export.py
-            output, final = self.forward(x_t.unsqueeze(1 if self.batch_first else 0), hx)
-            return output.squeeze(1 if self.batch_first else 0), final
         dtype = precision.compute_dtype(self.mode.split("_")[0], x_t, self.weight_ih_l0.dtype)
         autocast = precision.autocast_enabled(x_t.device.type)
         with precision.autocast_off(x_t.device.type):  # cast once to the call's dtype, run without autocast
