@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from clirun import rnnkit
+from rnnkit.tasks.base import load_checkpoint
 from rnnkit.data.text import Vocabulary
 from rnnkit.models import make_rnn
 from rnnkit.models.language import CharLM, generate
@@ -139,7 +140,7 @@ def test_train_refuses_bidirectional_and_bad_text(tmp_path):
 
 def test_vocabulary_is_saved_with_the_checkpoint(trained):
     out_dir, _ = trained
-    loaded = run.load_checkpoint(out_dir / "checkpoints/best.ckpt", {"charlm": get_task("charlm")})
+    loaded = load_checkpoint(out_dir / "checkpoints/best.ckpt", {"charlm": get_task("charlm")})
     assert Vocabulary.from_list(loaded.extra["vocab"]).chars == sorted(set("the cat sat on the mat. "))
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rnnkit.tasks.base import load_checkpoint
 from rnnkit import cli
 from rnnkit.tasks import TASKS, get_task
 from rnnkit.tasks.mnist import read_digit
@@ -125,7 +126,7 @@ def test_eval_reproduces_the_test_metrics_of_the_run(tmp_path, capsys):
 
 def test_checkpoint_rebuilds_the_model_from_its_saved_config(trained):
     out, _ = trained
-    loaded = run.load_checkpoint(out / "checkpoints/best.ckpt", TASKS)
+    loaded = load_checkpoint(out / "checkpoints/best.ckpt", TASKS)
     assert loaded.cfg.bidirectional and loaded.cfg.hidden == 16 and loaded.model.rnn.bidirectional
     state = weights(out / "checkpoints/best.ckpt")
     assert torch.equal(loaded.model.head.weight, state["model.head.weight"])
@@ -144,12 +145,12 @@ def test_loading_never_executes_code_from_a_checkpoint(tmp_path):
     torch.save({"state_dict": {}, "rnnkit": {"format": 1, "task": "weather", "config": {}}}, tmp_path / "other.ckpt")
     torch.save({"state_dict": {}, "rnnkit": {"format": 1, "task": "charlm", "config": {}}}, tmp_path / "broken.ckpt")
     with pytest.raises(ValueError, match="not a checkpoint rnnkit can load: .*never unpickles"):
-        run.load_checkpoint(evil, TASKS)
+        load_checkpoint(evil, TASKS)
     assert not marker.exists()
     with pytest.raises(ValueError, match="checkpoint of task 'weather', unknown"):
-        run.load_checkpoint(tmp_path / "other.ckpt", TASKS)
+        load_checkpoint(tmp_path / "other.ckpt", TASKS)
     with pytest.raises(ValueError, match="its 'charlm' model cannot be rebuilt from the saved config and weights"):
-        run.load_checkpoint(tmp_path / "broken.ckpt", TASKS)
+        load_checkpoint(tmp_path / "broken.ckpt", TASKS)
 
 
 def test_predict_reads_digits_like_the_test_set(trained, tmp_path, capsys):
@@ -166,7 +167,7 @@ def test_predict_reads_digits_like_the_test_set(trained, tmp_path, capsys):
     Image.fromarray(255 - images[2].numpy()).resize((112, 112), Image.NEAREST).convert("RGB").save(tmp_path / "c.jpg")
     big = read_digit(tmp_path / "c.jpg").float().flatten()
     assert torch.corrcoef(torch.stack([big, images[2].float().flatten()]))[0, 1] > 0.6
-    loaded = run.load_checkpoint(out / "checkpoints/best.ckpt", TASKS)
+    loaded = load_checkpoint(out / "checkpoints/best.ckpt", TASKS)
     with torch.no_grad():
         expected = loaded.model(((images[:2].float() / 255 - 0.1307) / 0.3081))[0].softmax(-1)
     capsys.readouterr()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .adding import AddingTask
-from .base import Task
+from .base import Task, load_checkpoint
 from .charlm import CharLMTask
 from .copy import CopyTask
 from .digits import DigitsTask
@@ -19,8 +19,6 @@ TASKS: dict[str, Task] = {task.name: task for task in (
 
 def load(path):
     """A checkpoint of any task, read without executing code: `.model` (eval mode), `.cfg`, `.task`, `.extra`."""
-    from ..training.run import load_checkpoint
-
     return load_checkpoint(path, TASKS)
 
 

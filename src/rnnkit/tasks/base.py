@@ -173,3 +173,25 @@ def _sizes(cfg) -> str:
     """The config's size options, for messages."""
     values = dataclasses.asdict(cfg)
     return ", ".join(f"{k} {values[k]}" for k in ("hidden", "layers", "embedding", "proj_size") if values.get(k))
+
+
+def load_checkpoint(path, tasks: dict) -> Loaded:
+    """Read an rnnkit checkpoint of one of `tasks` ({name: Task}) with torch's weights-only unpickler: no code in
+    the file ever runs."""
+    from ..training.module import CHECKPOINT_FORMAT, CHECKPOINT_KEY
+    from ..training.run import read_checkpoint
+
+    path = Path(path)
+    checkpoint = read_checkpoint(path)
+    record = checkpoint.get(CHECKPOINT_KEY)
+    if not isinstance(record, dict) or "task" not in record or "state_dict" not in checkpoint:
+        raise ValueError(f"{path} is not an rnnkit checkpoint (no '{CHECKPOINT_KEY}' record with task and config)")
+    if record.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} has checkpoint format {record.get('format')!r}; this rnnkit reads format "
+                         f"{CHECKPOINT_FORMAT} (written by rnnkit {record.get('version')})")
+    if record["task"] not in tasks:
+        raise ValueError(f"{path} is a checkpoint of task {record['task']!r}, unknown to this rnnkit "
+                         f"(tasks: {', '.join(tasks)})")
+    prefix = "model."
+    weights = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    return rebuild(tasks[record["task"]], record, weights, path)

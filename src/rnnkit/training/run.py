@@ -24,10 +24,9 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .. import __version__
-from ..tasks.base import Loaded, rebuild
 from .config import ConfigError, flag, from_dict
 from .datamodule import TaskData
-from .module import CHECKPOINT_FORMAT, CHECKPOINT_KEY, TaskModule
+from .module import CHECKPOINT_KEY, TaskModule
 
 RUN_DIR_ENV = "RNNKIT_RUN_DIR"  # how DDP worker processes learn the run directory the launcher chose
 
@@ -437,25 +436,7 @@ def read_checkpoint(path) -> dict:
     return checkpoint
 
 
-def load_checkpoint(path, tasks: dict) -> Loaded:
-    """Read an rnnkit checkpoint with torch's weights-only unpickler: no code in the file ever runs."""
-    path = Path(path)
-    checkpoint = read_checkpoint(path)
-    record = checkpoint.get(CHECKPOINT_KEY)
-    if not isinstance(record, dict) or "task" not in record or "state_dict" not in checkpoint:
-        raise ValueError(f"{path} is not an rnnkit checkpoint (no '{CHECKPOINT_KEY}' record with task and config)")
-    if record.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} has checkpoint format {record.get('format')!r}; this rnnkit reads format "
-                         f"{CHECKPOINT_FORMAT} (written by rnnkit {record.get('version')})")
-    if record["task"] not in tasks:
-        raise ValueError(f"{path} is a checkpoint of task {record['task']!r}, unknown to this rnnkit "
-                         f"(tasks: {', '.join(tasks)})")
-    prefix = "model."
-    weights = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    return rebuild(tasks[record["task"]], record, weights, path)
-
-
-def evaluate(loaded: Loaded, data_dir: str | None = None, batch_size: int | None = None,
+def evaluate(loaded: "rnnkit.tasks.base.Loaded", data_dir: str | None = None, batch_size: int | None = None,
              progress: bool = True) -> tuple[str, dict]:
     """Metrics of a loaded checkpoint on its task's test set (the validation set for tasks without one)."""
     cfg = dataclasses.replace(loaded.cfg, devices=1, progress=progress, limit_eval_batches=1.0,
