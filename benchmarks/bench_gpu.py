@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 import rnnkit
-from rnnkit.engine import dispatch
+from rnnkit.cli import bench
 from rnnkit.cli.bench import CASES, SHAPES
+from rnnkit.engine import dispatch
 from rnnkit.kernels import triton as triton_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,14 +35,8 @@ TESTS = ["tests/test_cuda.py", "tests/test_triton_cuda.py"]
 
 
 def build(label: str, shape: str):
-    cls, kwargs, ref_cls, train_only = CASES[label]
-    B, T, I, H = GPU_SHAPES[shape]
-    kwargs = {k: H // 2 if v == "H/2" else v for k, v in kwargs.items()}
-    ref_kwargs = {"proj_size": kwargs["proj_size"]} if "proj_size" in kwargs else {}
-    cuda = torch.device("cuda")
-    ours = cls(I, H, batch_first=True, device=cuda, **kwargs)
-    ref = ref_cls(I, H, batch_first=True, device=cuda, **ref_kwargs)
-    return ours, ref, torch.randn(B, T, I, device=cuda), train_only
+    ours, ref, x = bench.build(label, shape, torch.device("cuda"), GPU_SHAPES)
+    return ours, ref, x, CASES[label].train_only
 
 
 def _train(layer, x):

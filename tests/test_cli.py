@@ -27,14 +27,14 @@ def test_info_lists_every_cell_with_its_equations(capsys):
                    "minGRU:   z = sigmoid(W_z x + b_z)", "native    PyTorch's fused kernel"):
         assert needle in out, needle
     status = "available, cached in" if fused.library() is not None else "not available ("
-    assert f"== Fused CPU kernels (rnnkit/fused.py)\n{status}" in out
+    assert f"== Fused CPU kernels (rnnkit/kernels/cpu)\n{status}" in out
 
 
 def test_demo_runs_every_layer_and_matches_torch(capsys):
     assert main(["demo", "--batch", "2", "--steps", "3", "--hidden", "4", "--repeats", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = [line for line in lines if line.startswith(("RNN", "LSTM", "GRU"))]
-    assert len(rows) == 12
+    assert len(rows) == 13  # every variant of rnnkit.nn.variants.VARIANTS
     diffs = [float(row.split()[-1]) for row in rows if not row.endswith("-")]
     assert len(diffs) == 5 and max(diffs) < 1e-5
 

@@ -18,6 +18,7 @@ import torch
 
 import rnnkit
 from rnnkit.engine import dispatch
+from rnnkit.nn.variants import VARIANTS
 
 SHAPES = {  # name: (B, T, I, H)
     "A": (128, 28, 28, 128),  # MNIST rows
@@ -25,31 +26,18 @@ SHAPES = {  # name: (B, T, I, H)
     "C": (32, 512, 32, 128),  # long sequences
     "D": (1, 200, 64, 512),  # batch of one
 }
-# label: (rnnkit class, keywords, the torch.nn class it is compared with, train only); "H/2" is
-# replaced by half the hidden size, and the torch.nn layer gets proj_size too
-CASES = {
-    "LSTM": (rnnkit.LSTM, {}, torch.nn.LSTM, False),
-    "GRU": (rnnkit.GRU, {}, torch.nn.GRU, False),
-    "RNN tanh": (rnnkit.RNN, {}, torch.nn.RNN, False),
-    "LSTM proj_size=H/2": (rnnkit.LSTM, {"proj_size": "H/2"}, torch.nn.LSTM, False),
-    "LSTM peephole": (rnnkit.LSTM, {"peephole": True}, torch.nn.LSTM, False),
-    "LSTM coupled": (rnnkit.LSTM, {"coupled": True}, torch.nn.LSTM, False),
-    "LSTM layer_norm": (rnnkit.LSTM, {"layer_norm": True}, torch.nn.LSTM, False),
-    "LSTM softsign": (rnnkit.LSTM, {"activation": "softsign"}, torch.nn.LSTM, False),
-    "GRU reset_before": (rnnkit.GRU, {"reset_after": False}, torch.nn.GRU, False),
-    "GRU softsign": (rnnkit.GRU, {"activation": "softsign"}, torch.nn.GRU, False),
-    "LSTM recurrent_dropout": (rnnkit.LSTM, {"recurrent_dropout": 0.25}, torch.nn.LSTM, True),
-}
+# the variants timed (rnnkit.nn.variants), each against torch.nn's layer of the same kind (with proj_size too)
+CASES = {label: VARIANTS[label] for label in (
+    "LSTM", "GRU", "RNN tanh", "LSTM proj_size=H/2", "LSTM peephole", "LSTM coupled", "LSTM layer_norm",
+    "LSTM softsign", "GRU reset_before", "GRU softsign", "LSTM recurrent_dropout")}
 
 
-def build(label: str, shape: str, device=None):
+def build(label: str, shape: str, device=None, shapes=SHAPES):
     """The rnnkit layer of a case, the torch.nn layer it is compared with, and an input."""
-    cls, kwargs, ref_cls, _ = CASES[label]
-    B, T, I, H = SHAPES[shape]
-    kwargs = {k: H // 2 if v == "H/2" else v for k, v in kwargs.items()}
-    ref_kwargs = {"proj_size": kwargs["proj_size"]} if "proj_size" in kwargs else {}
-    ours = cls(I, H, batch_first=True, device=device, **kwargs)
-    ref = ref_cls(I, H, batch_first=True, device=device, **ref_kwargs)
+    B, T, I, H = shapes[shape]
+    variant = CASES[label]
+    ours = variant.build(I, H, batch_first=True, device=device)
+    ref = variant.torch_equivalent(I, H, batch_first=True, device=device)
     return ours, ref, torch.randn(B, T, I, device=device)
 
 
@@ -100,7 +88,7 @@ def _median_pair(fn_a, fn_b, repeats: int, device) -> tuple[float, float]:
 
 def time_case(label: str, shape: str, repeats: int, device: torch.device) -> dict:
     """Median train-step and inference times of one case at one shape, and their ratios."""
-    train_only = CASES[label][3]
+    train_only = CASES[label].train_only
     B = SHAPES[shape][0]
     torch.manual_seed(0)
     ours, ref, x = build(label, shape, device)

@@ -20,25 +20,8 @@ from ..engine.cells import GRUStep, LSTMStep, RNNStep
 from ..kernels import triton as triton_kernels
 from ..kernels.cpu import fused
 from ..nn import minimal
-from ..nn.layers import GRU, LSTM, RNN
+from ..nn.variants import VARIANTS
 from ..training.config import ConfigError  # standard library only, like this module's other imports
-
-# (label, rnnkit layer, keyword arguments, the torch.nn layer with the same math or None)
-DEMO_LAYERS = [
-    ("RNN tanh", RNN, {}, torch.nn.RNN),
-    ("RNN relu", RNN, {"nonlinearity": "relu"}, torch.nn.RNN),
-    ("RNN softsign", RNN, {"nonlinearity": "softsign"}, None),
-    ("LSTM", LSTM, {}, torch.nn.LSTM),
-    ("LSTM proj_size=H/2", LSTM, {"proj_size": "H/2"}, torch.nn.LSTM),
-    ("LSTM peephole", LSTM, {"peephole": True}, None),
-    ("LSTM coupled (CIFG)", LSTM, {"coupled": True}, None),
-    ("LSTM layer_norm", LSTM, {"layer_norm": True}, None),
-    ("LSTM softsign", LSTM, {"activation": "softsign"}, None),
-    ("LSTM recurrent_dropout=0.25", LSTM, {"recurrent_dropout": 0.25}, None),
-    ("GRU", GRU, {}, torch.nn.GRU),
-    ("GRU reset_after=False", GRU, {"reset_after": False}, None),
-]
-
 
 class UsageError(Exception):
     """Bad command-line input: exit code 2."""
@@ -78,13 +61,14 @@ def cmd_info(args) -> int:
         print(inspect.cleandoc(doc))
         print()
     reason = fused.unavailable_reason()
-    print("== Fused CPU kernels (rnnkit/fused.py)")
+    print("== Fused CPU kernels (rnnkit/kernels/cpu)")
     if reason is not None:
         print(f"not available ({reason}): the LSTM variants run as PyTorch ops")
     else:
         whole = fused.sequence_available()
         print(f"available, cached in {fused.cache_dir()}; " + (
-            "an LSTM runs each sequence in one call (time loop, gate math, and products through PyTorch's BLAS)"
+            "the engine runs each LSTM, GRU and RNN sequence in one call (time loop, gate math, and products "
+            "through PyTorch's BLAS)"
             if whole else "PyTorch's CPU library exports no BLAS gemm: the engine's loop calls the gate math per step"))
     print("\n== Triton kernels (rnnkit/kernels/triton, impl='triton')")
     reason = triton_kernels.unavailable_reason()
@@ -98,13 +82,7 @@ def cmd_info(args) -> int:
     return 0
 
 
-INFO_CONFIGS = [  # (label, cell) for `rnnkit info`'s table of paths
-    ("LSTM", LSTMStep(8)), ("LSTM proj_size", LSTMStep(8, proj_size=4)), ("LSTM peephole", LSTMStep(8, peephole=True)),
-    ("LSTM coupled", LSTMStep(8, coupled=True)), ("LSTM softsign", LSTMStep(8, activation="softsign")),
-    ("LSTM layer_norm", LSTMStep(8, layer_norm=True)), ("GRU", GRUStep(8)),
-    ("GRU reset_before", GRUStep(8, reset_after=False)), ("GRU softsign", GRUStep(8, activation="softsign")),
-    ("RNN tanh", RNNStep(8, "tanh")), ("RNN relu", RNNStep(8, "relu")), ("RNN softsign", RNNStep(8, "softsign")),
-]
+INFO_CONFIGS = [(label, v.build(8, 8).cell) for label, v in VARIANTS.items() if not v.train_only]  # `rnnkit info`
 
 
 def _time(fn, repeats: int) -> float:
@@ -128,15 +106,14 @@ def cmd_demo(args) -> int:
     print(header)
     print("-" * len(header))
     x = torch.randn(B, T, I, requires_grad=True)
-    for label, cls, kwargs, reference in DEMO_LAYERS:
-        kwargs = {k: H // 2 if v == "H/2" else v for k, v in kwargs.items()}
-        layer = cls(I, H, 2, batch_first=True, bidirectional=True, **kwargs)
+    for label, variant in VARIANTS.items():
+        layer = variant.build(I, H, 2, batch_first=True, bidirectional=True)
         out, state = layer(x)
         h_n = state[0] if isinstance(state, tuple) else state
         ms = _time(lambda: layer(x)[0].sum().backward(), args.repeats)
         ref_ms = diff = "-"
-        if reference is not None:
-            ref = reference(I, H, 2, batch_first=True, bidirectional=True, **kwargs)
+        if variant.in_torch_nn:
+            ref = variant.torch_equivalent(I, H, 2, batch_first=True, bidirectional=True)
             ref.load_state_dict(layer.state_dict())
             with warnings.catch_warnings():  # torch notes that oneDNN has no LSTM projection
                 warnings.simplefilter("ignore", UserWarning)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..nn.layers import GRU, LSTM, RNN
+from ..nn.variants import LAYERS, OPTIONS, layer_options
 
 
 def make_rnn(cfg, input_size: int, bidirectional: bool | None = None) -> nn.Module:
@@ -11,18 +11,21 @@ def make_rnn(cfg, input_size: int, bidirectional: bool | None = None) -> nn.Modu
 
     `bidirectional` overrides cfg.bidirectional (autoregressive models pass False).
     """
-    common = dict(num_layers=cfg.layers, batch_first=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0,
-                  bidirectional=cfg.bidirectional if bidirectional is None else bidirectional,
-                  recurrent_dropout=cfg.recurrent_dropout)
-    if cfg.cell == "rnn":
-        return RNN(input_size, cfg.hidden, nonlinearity=cfg.activation, **common)
-    if cfg.cell == "gru":
-        return GRU(input_size, cfg.hidden, reset_after=cfg.reset_after, activation=cfg.activation, **common)
-    if cfg.cell == "lstm":
-        return LSTM(input_size, cfg.hidden, proj_size=cfg.proj_size, peephole=cfg.peephole, coupled=cfg.coupled,
-                    layer_norm=cfg.layer_norm, activation=cfg.activation,
-                    forget_bias=cfg.forget_bias or None, **common)
-    raise ValueError(f"cell must be one of 'rnn', 'lstm', 'gru'; got {cfg.cell!r}")
+    if cfg.cell not in LAYERS:
+        raise ValueError(f"cell must be one of {', '.join(map(repr, LAYERS))}; got {cfg.cell!r}")
+    return LAYERS[cfg.cell](input_size, cfg.hidden, num_layers=cfg.layers, batch_first=True,
+                            dropout=cfg.dropout if cfg.layers > 1 else 0.0,
+                            bidirectional=cfg.bidirectional if bidirectional is None else bidirectional,
+                            **layer_options(cfg.cell, variant_values(cfg)))
+
+
+def variant_values(cfg) -> dict:
+    """A config's variant options as the layers' keyword arguments (rnnkit.nn.variants.OPTIONS): the config's
+    one --activation is the RNN's nonlinearity, and --forget-bias 0 is the layers' None (torch.nn's init)."""
+    values = {name: getattr(cfg, name) for name in OPTIONS if hasattr(cfg, name)}
+    values["nonlinearity"] = cfg.activation
+    values["forget_bias"] = cfg.forget_bias or None
+    return values
 
 
 def rnn_output_size(rnn: nn.Module) -> int:

@@ -120,12 +120,14 @@ def _validate_rnn(cfg: RNNConfig) -> None:
     for name in ("dropout", "recurrent_dropout"):
         if not 0 <= getattr(cfg, name) < 1:
             raise ConfigError(f"--{flag(name)} must lie in [0, 1); got {getattr(cfg, name)!r}")
-    lstm_only = [name for name in ("peephole", "coupled", "layer_norm") if getattr(cfg, name)]
-    lstm_only += ["forget_bias"] * (cfg.forget_bias != 0) + ["proj_size"] * (cfg.proj_size != 0)
-    if cfg.cell != "lstm" and lstm_only:
-        raise ConfigError(f"--{flag(lstm_only[0])} applies to --cell lstm only; got --cell {cfg.cell}")
-    if cfg.cell != "gru" and not cfg.reset_after:
-        raise ConfigError(f"--no-reset-after applies to --cell gru only; got --cell {cfg.cell}")
+    from ..models.recurrent import variant_values  # torch: loaded only when a config is checked
+    from ..nn.variants import OPTIONS, misapplied
+
+    values = variant_values(cfg)
+    values.pop("nonlinearity"), values.pop("activation")  # one --activation for every cell: checked below
+    for name in misapplied(cfg.cell, values):
+        given = f"--no-{flag(name)}" if values[name] is False else f"--{flag(name)}"
+        raise ConfigError(f"{given} applies to --cell {' or '.join(OPTIONS[name].layers)} only; got --cell {cfg.cell}")
     if cfg.activation == "relu" and cfg.cell != "rnn":
         raise ConfigError(f"--activation relu applies to --cell rnn only; got --cell {cfg.cell}")
     if not 0 <= cfg.proj_size < cfg.hidden:
