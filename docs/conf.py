@@ -95,6 +95,7 @@ def _package_exports() -> dict[str, list[tuple[str, str, str]]]:
     import inspect
     import pkgutil
 
+    toplevel = set(_reexported())  # rnnkit.nn's layers: documented once, as rnnkit.LSTM and the others
     exports = {}
     for info in pkgutil.walk_packages(rnnkit.__path__, "rnnkit."):
         if not info.ispkg or info.name.rsplit(".", 1)[1].startswith("_"):
@@ -107,7 +108,7 @@ def _package_exports() -> dict[str, list[tuple[str, str, str]]]:
             if module == info.name or module is None or not hasattr(obj, "__qualname__"):
                 continue
             kind = "class" if inspect.isclass(obj) else "function" if callable(obj) else None
-            if kind:
+            if kind and f"{module}.{obj.__qualname__}" not in toplevel:
                 rows.append((name, kind, f"{module}.{obj.__qualname__}"))
         exports[info.name] = rows
     return exports
