@@ -34,6 +34,8 @@ extensions = [
     "sphinx.ext.viewcode",
     "sphinx_gallery.gen_gallery",
     "plaindocstrings",  # _ext/: rnnkit's plain-text docstrings rendered safely as reST
+    "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax from the site itself (its module's name has dashes)
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build", "tutorials/*.md", "tutorials/GALLERY_HEADER.rst", "**.ipynb", "**.py.md5",
@@ -58,8 +60,9 @@ nitpick_ignore_regex = [
 ]
 
 # -- Markdown ---------------------------------------------------------------------------------------
-# No math markup: MathJax would be fetched from a CDN, and the build is offline. Equations are written as the
-# course notes and the docstrings write them, in plain text (literal blocks keep their alignment).
+# Equations: `.. math::` in the tutorials, {math} in the Markdown pages, rendered by MathJax 3, which
+# sphinx-mathjax-offline copies into the site (_static/mathjax): no page fetches anything from a network. The
+# docstrings keep their plain-text equations (they are read in a terminal too).
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
 

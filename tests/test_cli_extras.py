@@ -107,7 +107,7 @@ def test_the_installed_command_exits_1_without_a_traceback(tmp_path):
 
 @pytest.mark.parametrize("module, extra", [("lightning.pytorch", "train"), ("onnxruntime", "onnx"), ("rnnkit.x", None)])
 def test_each_optional_module_is_mapped_to_its_extra(module, extra):
-    from rnnkit.cli.main import _missing_extra
+    from rnnkit.cli.commands import _missing_extra
 
     message = _missing_extra("export", module)
     assert (message is None) if extra is None else (f'pip install "rnnkit[{extra}]"' in message)

@@ -72,6 +72,16 @@ def test_the_site_uses_nothing_remote(site):
         assert not re.search(r'<(img|script)[^>]+src="(https?:)?//', page.read_text()), page
 
 
+def test_the_course_equations_are_math_rendered_by_the_sites_own_mathjax(site):
+    assert (site / "_static" / "mathjax" / "tex-chtml.js").is_file()
+    for tutorial in ("01_rnn_step", "04_lstm", "05_gru", "06_clipping", "10_charlm", "11_seq2seq"):
+        page = (site / "course" / f"{tutorial}.html").read_text()
+        assert 'class="math' in page, tutorial
+        assert re.search(r'<script[^>]+src="[./]*_static/mathjax/tex-chtml\.js', page), tutorial
+    lstm = (site / "course" / "04_lstm.html").read_text()
+    assert r"c_t &amp;= f_t \odot c_{t-1} + i_t \odot g_t" in lstm  # the notes' cell update, as TeX
+
+
 def test_every_test_the_docs_name_exists():
     named = set()
     for page in [*DOCS.rglob("*.md"), *TUTORIALS]:

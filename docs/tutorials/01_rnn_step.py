@@ -1,10 +1,12 @@
-"""
+r"""
 The RNN step and its tensor shapes
 ==================================
 
-The notes' Elman RNN keeps a hidden state h_t and updates it once per input x_t::
+The notes' Elman RNN keeps a hidden state h_t and updates it once per input x_t:
 
-    h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)
+.. math::
+
+    h_t = \tanh(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh})
 
 with W_ih of shape (H, I), W_hh (H, H) and the two biases (H,), shared by every
 step. This tutorial computes that step by hand from a layer's own parameters, checks it against

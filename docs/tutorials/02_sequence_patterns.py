@@ -1,13 +1,13 @@
-"""
+r"""
 Many-to-one, one-to-many, many-to-many
 ======================================
 
 The notes sort recurrent models by what goes in and what comes out:
 
 * **many-to-one**: a sequence in, one answer out (classify a review, a digit read row by row):
-  ``y = softmax(W_y h_T + b_y)``;
+  :math:`y = \operatorname{softmax}(W_y h_T + b_y)`;
 * **one-to-many**: one input, a sequence out (caption an image; here, draw a digit from its label);
-* **many-to-many**: an output at every step, ``y_t = softmax(W_y h_t + b_y)``
+* **many-to-many**: an output at every step, :math:`y_t = \operatorname{softmax}(W_y h_t + b_y)`
   (tag every word, predict the next character).
 
 And they separate models that may look at the whole input (a tagger: the input is all there before the

@@ -1,11 +1,14 @@
-"""
+r"""
 BPTT and vanishing or exploding gradients
 =========================================
 
 Unrolled over time an RNN is a deep network whose layers share W_hh. For a loss at the last
-step, the chain rule carries the gradient back one step at a time (the notes' recursion, for tanh)::
+step, the chain rule carries the gradient back one step at a time (the notes' recursion, for tanh):
 
-    ∂L/∂h_t = W_hhᵀ diag(1 - h_{t+1}²) ∂L/∂h_{t+1}
+.. math::
+
+    \frac{\partial L}{\partial h_t} = W_{hh}^\top \operatorname{diag}(1 - h_{t+1}^2)\,
+    \frac{\partial L}{\partial h_{t+1}}
 
 one factor per step, so over k steps the gradient is multiplied by k Jacobians: it shrinks geometrically
 when their norms are below 1 (vanishing) and can grow geometrically when they are above (exploding).

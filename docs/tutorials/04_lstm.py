@@ -1,24 +1,26 @@
-"""
+r"""
 The LSTM and its gates; peepholes and the coupled gate
 ======================================================
 
 The notes' LSTM keeps two states, the output h_t and the cell c_t, and three sigmoid
 gates decide what the cell forgets, what it takes in and what it shows (torch.nn's order: i, f, g, o;
-``*`` is the elementwise product)::
+:math:`\odot` is the elementwise product, σ the sigmoid):
 
-    i_t = sigmoid(W_ii x_t + b_ii + W_hi h_{t-1} + b_hi)       input gate
-    f_t = sigmoid(W_if x_t + b_if + W_hf h_{t-1} + b_hf)       forget gate
-    g_t = tanh(W_ig x_t + b_ig + W_hg h_{t-1} + b_hg)          candidate
-    o_t = sigmoid(W_io x_t + b_io + W_ho h_{t-1} + b_ho)       output gate
-    c_t = f_t * c_{t-1} + i_t * g_t
-    h_t = o_t * tanh(c_t)
+.. math::
+
+    i_t &= \sigma(W_{ii} x_t + b_{ii} + W_{hi} h_{t-1} + b_{hi}) && \text{input gate} \\
+    f_t &= \sigma(W_{if} x_t + b_{if} + W_{hf} h_{t-1} + b_{hf}) && \text{forget gate} \\
+    g_t &= \tanh(W_{ig} x_t + b_{ig} + W_{hg} h_{t-1} + b_{hg}) && \text{candidate} \\
+    o_t &= \sigma(W_{io} x_t + b_{io} + W_{ho} h_{t-1} + b_{ho}) && \text{output gate} \\
+    c_t &= f_t \odot c_{t-1} + i_t \odot g_t \\
+    h_t &= o_t \odot \tanh(c_t)
 
 The cell state is updated by addition, not through a matrix: along c the Jacobian is
-``diag(f_t)``, which is why the gradient can survive (:doc:`03_bptt_vanishing`).
+:math:`\operatorname{diag}(f_t)`, which is why the gradient can survive (:doc:`03_bptt_vanishing`).
 Two variants of the notes: **peepholes** (Gers and Schmidhuber), where the gates also see the cell,
-``i_t = sigmoid(... + p_i * c_{t-1})``, ``f_t = sigmoid(... + p_f * c_{t-1})``,
-``o_t = sigmoid(... + p_o * c_t)``; and the **coupled** input-forget gate (CIFG), where the
-cell takes in exactly what it forgets, ``c_t = f_t * c_{t-1} + (1 - f_t) * g_t``.
+:math:`i_t = \sigma(\dots + p_i \odot c_{t-1})`, :math:`f_t = \sigma(\dots + p_f \odot c_{t-1})`,
+:math:`o_t = \sigma(\dots + p_o \odot c_t)`; and the **coupled** input-forget gate (CIFG), where the
+cell takes in exactly what it forgets, :math:`c_t = f_t \odot c_{t-1} + (1 - f_t) \odot g_t`.
 """
 
 # %%

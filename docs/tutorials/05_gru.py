@@ -1,15 +1,17 @@
-"""
+r"""
 The GRU, in both conventions
 ============================
 
 The GRU merges the LSTM's cell and output into one state and has two gates, reset r and update z.
 The notes write it in the original form of Cho et al., where the reset gate acts on the state *before* the
-matrix product and z is the share of the **new** candidate::
+matrix product and z is the share of the **new** candidate:
 
-    r_t  = sigmoid(W_ir x_t + b_ir + W_hr h_{t-1} + b_hr)          reset gate
-    z_t  = sigmoid(W_iz x_t + b_iz + W_hz h_{t-1} + b_hz)          update gate
-    h~_t = tanh(W_in x_t + b_in + W_hn (r_t * h_{t-1}) + b_hn)     candidate
-    h_t  = (1 - z_t) * h_{t-1} + z_t * h~_t
+.. math::
+
+    r_t &= \sigma(W_{ir} x_t + b_{ir} + W_{hr} h_{t-1} + b_{hr}) && \text{reset gate} \\
+    z_t &= \sigma(W_{iz} x_t + b_{iz} + W_{hz} h_{t-1} + b_{hz}) && \text{update gate} \\
+    \tilde h_t &= \tanh(W_{in} x_t + b_{in} + W_{hn} (r_t \odot h_{t-1}) + b_{hn}) && \text{candidate} \\
+    h_t &= (1 - z_t) \odot h_{t-1} + z_t \odot \tilde h_t
 
 PyTorch and cuDNN compute two things differently: the reset gate multiplies the product *after* it,
 ``n_t = tanh(W_in x_t + b_in + r_t * (W_hn h_{t-1} + b_hn))`` (``reset_after=True``),

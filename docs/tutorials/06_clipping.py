@@ -1,13 +1,14 @@
-"""
+r"""
 Gradient clipping by norm
 =========================
 
 An exploding gradient is rare and violent: one step of size lr·‖g‖ with a huge
 ‖g‖ can undo everything learnt so far. The notes' remedy caps the length of the step and
-keeps its direction. With g all the gradients as one vector and a threshold τ::
+keeps its direction. With g all the gradients as one vector and a threshold τ:
 
-    k = ‖g‖ / τ
-    if k > 1:  g <- g / k
+.. math::
+
+    k = \frac{\lVert g \rVert}{\tau}, \qquad g \leftarrow \frac{g}{k} \quad \text{if } k > 1
 
 so that afterwards ‖g‖ = τ; when k ≤ 1 nothing changes.
 ``rnnkit train --clip-norm τ`` does this at every step and logs ‖g‖ (before clipping)

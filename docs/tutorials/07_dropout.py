@@ -1,4 +1,4 @@
-"""
+r"""
 Dropout on the vertical connections only
 ========================================
 
@@ -6,9 +6,11 @@ Dropout zeroes each unit with probability p during training (and scales the rest
 recurrent network the notes follow Zaremba et al. (2014): apply it to the **vertical** connections only,
 from one layer to the next (and into the output layer), never to the **horizontal** ones,
 ``h_{t-1} -> h_t``, where a fresh mask at every step would erase the memory the network is built to
-keep. In a stack of layers, with D the dropout operator and layer 0's output the input x_t::
+keep. In a stack of layers, with D the dropout operator and layer 0's output the input x_t, the step of layer l applies dropout to its input only:
 
-    h^l_t = f(D(h^{l-1}_t), h^l_{t-1})         the step of layer l: dropout on its input only
+.. math::
+
+    h^l_t = f\big(D(h^{l-1}_t),\ h^l_{t-1}\big)
 
 ``dropout=p`` on :class:`rnnkit.LSTM`,
 :class:`rnnkit.GRU` and :class:`rnnkit.RNN` is exactly that, as in torch.nn: between layers, not after the

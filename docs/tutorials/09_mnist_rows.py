@@ -1,13 +1,15 @@
-"""
+r"""
 MNIST, row by row
 =================
 
 The notes' exercise: read each 28×28 image of a handwritten digit as a **sequence of 28 rows** of 28
 pixels, one row per time step, with an LSTM, and classify the digit from the output at the last step (a
-many-to-one model)::
+many-to-one model):
 
-    x_t = row t of the image (28 pixels),  t = 1..28
-    y   = softmax(W_y h_28 + b_y)
+.. math::
+
+    x_t &= \text{row } t \text{ of the image (28 pixels)}, \quad t = 1, \dots, 28 \\
+    y &= \operatorname{softmax}(W_y h_{28} + b_y)
 
 The real data set is not part of the documentation build (it is a download, and a full run takes minutes:
 see :doc:`/recipes/mnist`, where an LSTM-128 reaches 99.00% and a two-layer BiLSTM 99.21% on the test set).

@@ -1,12 +1,14 @@
-"""
+r"""
 A character-level language model
 ================================
 
 The notes' character model reads a text one character at a time and predicts the next one at every step
-(many-to-many, autoregressive): embedding, a unidirectional LSTM, a linear layer over the vocabulary V::
+(many-to-many, autoregressive): embedding, a unidirectional LSTM, a linear layer over the vocabulary V:
 
-    p(x_{t+1} | x_1..x_t) = softmax(W_y h_t + b_y)
-    L = -(1/T) sum_t log p(x_{t+1} | x_1..x_t)
+.. math::
+
+    p(x_{t+1} \mid x_1, \dots, x_t) &= \operatorname{softmax}(W_y h_t + b_y) \\
+    L &= -\frac{1}{T} \sum_t \log p(x_{t+1} \mid x_1, \dots, x_t)
 
 in nats per character (a uniform guess scores ln V). A long text is trained with **truncated
 BPTT**: cut into B parallel streams, read in windows of k characters; the state at the end of one window

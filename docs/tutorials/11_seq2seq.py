@@ -1,15 +1,17 @@
-"""
+r"""
 Sequence to sequence, with attention
 ====================================
 
 An encoder RNN reads the source; its final state, through a small "bridge" layer, starts a decoder RNN that
 writes the target one token at a time, each from the ones before it (the notes' encoder-decoder). With a
 single context vector, the whole source must fit in one state. **Attention** (Bahdanau et al.) lets the
-decoder look back at every encoder output ``hbar_s`` at every step::
+decoder look back at every encoder output :math:`\bar h_s` at every step:
 
-    e_ts = vᵀ tanh(W q_t + U hbar_s)             the score of source position s
-    a_ts = exp(e_ts) / sum_s' exp(e_ts')         the attention weights (padding gets 0)
-    c_t  = sum_s a_ts hbar_s                     the context
+.. math::
+
+    e_{ts} &= v^\top \tanh(W q_t + U \bar h_s) && \text{the score of source position } s \\
+    a_{ts} &= \frac{\exp(e_{ts})}{\sum_{s'} \exp(e_{ts'})} && \text{the attention weights (padding gets 0)} \\
+    c_t &= \sum_s a_{ts} \bar h_s && \text{the context}
 
 with ``q_t`` the decoder's state; ``c_t`` joins the decoder's input and its output layer.
 The task here is the synthetic one the recipe uses for its tests: **reverse a sequence of words**. A model

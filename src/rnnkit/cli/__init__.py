@@ -1,4 +1,4 @@
-"""The command line (`rnnkit ...`, main.py) and the speed benchmark behind `rnnkit bench` (bench.py)."""
-from .main import main
+"""The command line (`rnnkit ...`, commands.py) and the speed benchmark behind `rnnkit bench` (bench.py)."""
+from .commands import main
 
 __all__ = ["main"]
