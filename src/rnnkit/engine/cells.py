@@ -143,39 +143,17 @@ class Step:
         return torch.nn.functional.linear(x, p["weight_ih"], self._input_bias(p))
 
     # A whole sequence in C++ (fused.py: the time loop, the recurrent products through PyTorch's BLAS, the gate
-    # math; the same loop for every cell, each supplying its step through `_fused_sequence`).
-    def sequence(self, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor], batch_sizes: list[int] | None,
-                 mask: Tensor | None, keep: bool):
-        """The whole sequence in one call, where the cell has such a path for these tensors: (out (T, B, P),
-        final states, and if `keep` what `sequence_backward` needs as (tensors, options): the engine keeps the
-        tensors as autograd's saved tensors), as the engine's step loop would compute.
-        None: the engine runs its loop of `step`."""
-        q = self._fused_sequence(xp, xp, state0, p, batch_sizes, mask, keep)
-        if q is None:
-            return None
-        return q.out, q.final_states(), (q.tensors(), q.options()) if keep else None
-
-    def infer(self, x: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor], batch_sizes: list[int] | None,
-              mask: Tensor | None, chunk: int):
-        """Inference over a whole sequence from the layer's input x (T, B, I), the input projection included
-        (`chunk` steps of it at a time), where the cell has such a path: (out, final states); else None."""
-        projection = fused.Projection(x, p["weight_ih"], self._input_bias(p), p.get("ln_weight_ih"), chunk)
-        q = self._fused_sequence(x, None, state0, p, batch_sizes, mask, False, projection)
-        return None if q is None else (q.out, q.final_states())
-
-    def sequence_backward(self, kept, d_out: Tensor, d_final: list[Tensor]):
-        """(d_xp, gradients of the initial states, {parameter name: gradient}) from `sequence`'s kept values
-        (`kept`: the tensors and options it returned, as (tensors, options)) and the gradients of the outputs
-        and of the final states (None: zero)."""
-        return fused.sequence_backward(fused.Sequence.of(*kept), d_out, d_final)
-
-    def _fused_sequence(self, source, xp, state0, p, batch_sizes, mask, keep, projection=None):
-        """The cell's fused sequence call (a fused.Sequence) on xp, or on `projection` of the input, where it can
-        run on `source`; else None."""
-        if len(source) == 0 or not fused.usable(source, *state0, *p.values()) \
-                or not fused.sequence_available(source.dtype):
-            return None
-        return self._sequence_call(xp, state0, p, batch_sizes, mask, keep, projection)
+    # math; the same loop for every cell, each supplying its step through `_sequence_call`). The engine calls it
+    # through rnnkit's custom ops (engine/ops.py), which autograd and the compilers see.
+    def fused_sequence(self, x: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor], batch_sizes, mask,
+                       keep: bool, chunk: int = 0) -> "fused.Sequence":
+        """The C++ loop over x, the input projections xp (T, B, G*H), or with `chunk` > 0 the input (T, B, I),
+        projected `chunk` steps at a time in the loop (inference); `keep`: keep what the backward needs
+        (fused.sequence_backward). batch_sizes: None, or as in rnnkit.engine.loop (a list or an int64 tensor)."""
+        projection = None
+        if chunk:
+            projection = fused.Projection(x, p["weight_ih"], self._input_bias(p), p.get("ln_weight_ih"), chunk)
+        return self._sequence_call(None if chunk else x, state0, p, batch_sizes, mask, keep, projection)
 
     def _sequence_call(self, xp, state0, p, batch_sizes, mask, keep, projection):
         raise NotImplementedError
@@ -297,7 +275,7 @@ class LSTMStep(Step):
     def step(self, xp, state, p, mask=None):
         h, c = state  # (B, P), (B, H)
         hr = _masked(h, mask)
-        if fused.usable(xp, c, hr, *p.values()):
+        if fused.direct(xp, c, hr, *p.values()):
             return self._fused_step(xp, hr, c, p)
         a = mean = rstd = mean_c = rstd_c = None
         if self.layer_norm:

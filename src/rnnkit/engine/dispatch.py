@@ -87,6 +87,8 @@ def why_not_native(step: Step, recurrent_dropout: float, training: bool, lengths
         return "torch.nn's kernels refuse an empty sequence (T = 0)"
     if recurrent_dropout > 0 and training:
         return "torch.nn has no recurrent dropout"
+    if lengths is not None and torch.compiler.is_compiling():
+        return "torch.nn's packed sequences take the lengths as Python numbers, which a compiled graph has not"
     if lengths is not None and lengths.numel() and int(lengths.min()) == 0:
         return "torch.nn's packed sequences cannot hold zero-length sequences"
     return None

@@ -12,11 +12,14 @@ One direction of one layer is `run(step, xp, state0, p, batch_sizes, mask, bptt)
     Both are twice differentiable: asked for a graph of its backward (create_graph=True), the
     explicit BPTT recomputes the loop under autograd and differentiates that.
 
-A cell may run a whole sequence itself (`Step.sequence` / `Step.sequence_backward`; the LSTM does, in C++,
-where rnnkit.fused can): the engine then hands it the sequence instead of looping over `step`.
+On the CPU, the LSTM, GRU and RNN cells run a whole sequence in C++ (rnnkit.kernels.cpu.fused) through rnnkit's
+custom operators (ops.py): the engine then makes one op call per sequence instead of looping over `step`, and this
+module registers the forward op's autograd formula, the backward op (or, for a double backward, the step loop
+recorded by autograd). Another cell object may run a whole sequence itself (`sequence` / `sequence_backward`, as
+engine.triton's does), inside _ExplicitBPTT.
 
 Variable lengths use the layout of torch's PackedSequence: the batch is sorted longest first and
-`batch_sizes[t]` rows are active at step t, so each step runs on a prefix of the batch; a row
+`batch_sizes[t]` rows are active at step t (a list, or a (T,) int64 tensor: `batch_sizes_of`), so each step runs on a prefix of the batch; a row
 that has ended keeps its state, which becomes its final state; outputs past a row's end are zero.
 """
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import precision
+from . import ops, precision
 from .cells import Step, Summed
 
 BPTT_MODES = ("explicit", "autograd")
@@ -41,6 +44,24 @@ def batch_sizes_from_lengths(sorted_lengths: Sequence[int], T: int) -> list[int]
             b -= 1
         sizes.append(b)
     return sizes
+
+
+def batch_sizes_of(sorted_lengths: Tensor, T: int) -> Tensor:
+    """batch_sizes_from_lengths as tensor ops, (T,) int64 (no Python numbers: a compiler traces it as it is)."""
+    t = torch.arange(T, device=sorted_lengths.device).unsqueeze(1)  # (T, 1)
+    return (sorted_lengths.unsqueeze(0) > t).sum(1)  # (T,)
+
+
+def _sizes_list(batch_sizes) -> list[int] | None:
+    """batch_sizes as Python numbers, for the loop of steps (which slices the active rows)."""
+    return batch_sizes.tolist() if isinstance(batch_sizes, Tensor) else batch_sizes
+
+
+def _sizes_tensor(batch_sizes) -> Tensor | None:
+    """batch_sizes as an int64 tensor, for the ops."""
+    if batch_sizes is None or isinstance(batch_sizes, Tensor):
+        return batch_sizes
+    return torch.tensor(batch_sizes, dtype=torch.int64)
 
 
 def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
@@ -66,10 +87,15 @@ PREPARE_MIN_BATCH = 8  # below, Step.prepare's copy of W_hh^T costs more than th
 
 def _forward_loop(step: Step, xp, state0, p, batch_sizes, mask, keep_saved: bool):
     """The time loop shared by both modes. Returns out (T, B, P), final states, per-step saved."""
-    if not keep_saved:
-        whole = step.sequence(xp, state0, p, batch_sizes, mask, keep=False)
-        if whole is not None:
-            return whole[0], whole[1], []
+    if not keep_saved and not records(xp, *state0, *p.values()):
+        if ops.covers(step, xp, *state0, *p.values()):
+            out, final = ops.infer(step, xp, state0, p, _sizes_tensor(batch_sizes), mask)
+            return out, final, []
+        if hasattr(step, "sequence"):  # a cell object with a sequence call of its own (engine.triton's)
+            whole = step.sequence(xp, state0, p, _sizes_list(batch_sizes), mask, keep=False)
+            if whole is not None:
+                return whole[0], whole[1], []
+    batch_sizes = _sizes_list(batch_sizes)
     T, B = xp.shape[:2]
     if B >= PREPARE_MIN_BATCH:
         p = step.prepare(p)
@@ -121,7 +147,7 @@ class _ExplicitBPTT(torch.autograd.Function):
     def forward(step, batch_sizes, names, kept, xp, source, mask, *tensors):
         n_states = step.num_states
         state0, params = tensors[:n_states], dict(zip(names, tensors[n_states:]))
-        whole = step.sequence(xp, state0, params, batch_sizes, mask, keep=True)
+        whole = step.sequence(xp, state0, params, batch_sizes, mask, keep=True) if hasattr(step, "sequence") else None
         if whole is not None:  # the step ran the sequence itself and keeps what its backward needs
             out, final, (tensors_kept, options) = whole
             kept.whole, kept.tensors, kept.options = True, tensors_kept, options
@@ -158,7 +184,11 @@ class _ExplicitBPTT(torch.autograd.Function):
         inputs, rest = saved[:n_inputs], saved[n_inputs:]
         nothing = (None, None, None, None)  # step, batch_sizes, names, kept
         if torch.is_grad_enabled():  # create_graph=True: a graph of the backward is asked for
-            return (*nothing, *_recorded_backward(ctx, inputs, d_out, d_final))
+            source, mask, state0, params = _saved_inputs(ctx, inputs)
+            wanted = ctx.needs_input_grad[4:]  # xp, source, mask, *state0, *params
+            grads = _recorded_backward(step, ctx.batch_sizes, source, ctx.from_source, mask, state0, params,
+                                       (wanted[0], *wanted[3:]), d_out, d_final)
+            return (*nothing, grads[0], None, None, *grads[1:])
         if ctx.whole:
             d_state, kept = list(d_final), (rest, ctx.kept_options)
             d_xp, d_state, grads = step.sequence_backward(kept, d_out, d_state)
@@ -198,32 +228,72 @@ def _saved_inputs(ctx, inputs):
     return source, mask, tuple(tensors[:n]), dict(zip(ctx.names, tensors[n:]))
 
 
-def _recorded_backward(ctx, inputs, d_out, d_final):
-    """The backward as PyTorch ops that autograd records, for a double backward: the step loop is run
-    again under autograd from the saved inputs and differentiated with create_graph=True. Returns the
-    gradients of (xp, source, mask, *state0, *params), as _ExplicitBPTT.backward does.
+def _recorded_backward(step, batch_sizes, source, from_source: bool, mask, state0, params: dict, wanted, d_out,
+                       d_final) -> list:
+    """The backward as PyTorch ops that autograd records, for a double backward: the step loop is run again under
+    autograd from the saved inputs and differentiated with create_graph=True. `source` is the input xp was
+    projected from (`from_source`), else xp itself; `wanted` says which of (xp, *state0, *params) need a gradient.
+    Returns the gradients of (xp, *state0, *params), None where not wanted.
 
     Each input enters the loop through an alias (a view), so that the gradient taken with respect to it
     counts only the loop's use of it: the projection xp = project_input(source, p) is differentiated by
     autograd outside this function, and again here only through the recomputed xp."""
-    step, names, n = ctx.step, ctx.names, ctx.step.num_states
-    source, mask, state0, params = _saved_inputs(ctx, inputs)
+    names, n = list(params), step.num_states
     tensors = (*state0, *params.values())
-    wanted = ctx.needs_input_grad[4:]  # xp, source, mask, *state0, *params
-    xp = step.project_input(source, params) if ctx.from_source else source
+    xp = step.project_input(source, params) if from_source else source
     loop_xp, *loop_tensors = (t.view_as(t) if t.requires_grad else t for t in (xp, *tensors))
     loop_state0, loop_params = tuple(loop_tensors[:n]), dict(zip(names, loop_tensors[n:]))
-    out, final, _ = _forward_loop(step, loop_xp, loop_state0, loop_params, ctx.batch_sizes, mask, keep_saved=True)
+    out, final, _ = _forward_loop(step, loop_xp, loop_state0, loop_params, batch_sizes, mask, keep_saved=True)
     outputs = [out, *final]
     grad_outputs = [torch.zeros_like(o) if d is None else d for o, d in zip(outputs, (d_out, *d_final))]
     targets = [loop_xp, *loop_tensors]
-    asked = [i for i, (t, w) in enumerate(zip(targets, (wanted[0], *wanted[3:]))) if w and t.requires_grad]
+    asked = [i for i, (t, w) in enumerate(zip(targets, wanted)) if w and t.requires_grad]
     found = () if not asked else torch.autograd.grad(outputs, [targets[i] for i in asked], grad_outputs,
                                                      create_graph=True, allow_unused=True)
     grads = [None] * len(targets)
     for i, g in zip(asked, found):
         grads[i] = torch.zeros_like(targets[i]) if g is None else g
-    return (grads[0], None, None, *grads[1:])
+    return grads
+
+
+def _register_sequence_autograd(kind: type) -> None:
+    """The forward op's autograd formula (ops.py): the backward op over what the forward kept, or under
+    create_graph=True the step loop recorded by autograd, as _ExplicitBPTT's."""
+
+    def setup_context(ctx, inputs, output):
+        xp, state0, params, mask, batch_sizes, source, *config = inputs
+        ctx.step = step = kind(*config)
+        ctx.n_params, ctx.n_config, ctx.from_source = len(params), len(config), source is not None
+        kept = output[1 + step.num_states:]
+        ctx.mark_non_differentiable(*kept)
+        ctx.set_materialize_grads(False)  # no zeros for the kept outputs, which never get a gradient
+        # the inputs (alive anyway), then the kept outputs: autograd owns them, checked against in-place edits
+        ctx.save_for_backward(source if ctx.from_source else xp, mask, batch_sizes, *state0, *params, output[0],
+                              *kept)
+
+    def backward(ctx, d_out, *d_rest):
+        step, n, m = ctx.step, ctx.step.num_states, ctx.n_params
+        source, mask, batch_sizes, *saved = ctx.saved_tensors
+        state0, params, out, kept = saved[:n], saved[n:n + m], saved[n + m], saved[n + m + 1:]
+        d_final = d_rest[:n]
+        nothing = (None,) * (3 + ctx.n_config)  # mask, batch_sizes, source, the cell's fields
+        if torch.is_grad_enabled():  # create_graph=True: a graph of the backward is asked for
+            needs_xp, needs_state0, needs_params = ctx.needs_input_grad[:3]
+            p = dict(zip(step.param_shapes(0), params))
+            grads = _recorded_backward(step, _sizes_list(batch_sizes), source, ctx.from_source, mask, state0, p,
+                                       (needs_xp, *needs_state0, *needs_params), d_out, d_final)
+            return grads[0], grads[1:1 + n], grads[1 + n:], *nothing
+        d_out = torch.zeros_like(out) if d_out is None else d_out
+        d_final = [torch.zeros_like(s) if d is None else d for s, d in zip(state0, d_final)]
+        d_xp, d_state0, grads = ops.backward(step, d_out, d_final, list(state0), list(params), mask, batch_sizes,
+                                             out, list(kept))
+        return d_xp, list(d_state0), [grads.get(name) for name in step.param_shapes(0)], *nothing
+
+    torch.library.register_autograd(f"rnnkit::{ops.CELLS[kind]}_sequence", backward, setup_context=setup_context)
+
+
+for _kind in ops.CELLS:
+    _register_sequence_autograd(_kind)
 
 
 class _TimeSums:
@@ -285,7 +355,7 @@ def records(*tensors: Tensor) -> bool:
 
 
 def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor],
-        batch_sizes: list[int] | None = None, mask: Tensor | None = None,
+        batch_sizes: list[int] | Tensor | None = None, mask: Tensor | None = None,
         bptt: str = "explicit", source: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Run `step` over time: xp (T, B, G*H), state0 each (B, ·) -> out (T, B, P), final states.
 
@@ -306,9 +376,22 @@ def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor]
         with torch.autocast(device_type, enabled=False):
             return run(step, cast(xp), tuple(map(cast, state0)), {k: cast(v) for k, v in p.items()},
                        batch_sizes, cast(mask), bptt, cast(source))
-    if bptt == "autograd" or not records(xp, *state0, *p.values()):  # inference runs the loop alone, keeping nothing
-        out, final, _ = _forward_loop(step, xp, state0, p, batch_sizes, mask, keep_saved=False)
+    recording = records(xp, *state0, *p.values())
+    if bptt == "explicit" and recording and ops.covers(step, xp, *state0, *p.values()):
+        return ops.sequence(step, xp, state0, p, _sizes_tensor(batch_sizes), mask, source)
+    # under torch.compile the compiler derives the backward of the loop it traces: the loop recorded by autograd
+    if bptt == "autograd" or not recording or torch.compiler.is_compiling():
+        out, final, _ = _forward_loop(step, xp, state0, p, batch_sizes, mask, keep_saved=False)  # inference keeps nothing
         return out, final
-    names = tuple(p)
+    names, batch_sizes = tuple(p), _sizes_list(batch_sizes)
     out, *final = _ExplicitBPTT.apply(step, batch_sizes, names, _Kept(), xp, source, mask, *state0, *p.values())
     return out, tuple(final)
+
+
+def infer(step, x: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor], batch_sizes, mask: Tensor | None,
+          chunk: int) -> tuple[Tensor, tuple[Tensor, ...]] | None:
+    """Inference over a whole sequence from the layer's input x (T, B, I), the input projection included (`chunk`
+    steps of it at a time), where the ops run it (ops.covers): (out, final states); else None."""
+    if not ops.covers(step, x, *state0, *p.values()):
+        return None
+    return ops.infer(step, x, state0, p, _sizes_tensor(batch_sizes), mask, chunk)

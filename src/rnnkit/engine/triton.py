@@ -1,4 +1,4 @@
-"""The engine's side of the Triton kernels: a cell whose whole-sequence call (`Step.sequence` /
+"""The engine's side of the Triton kernels: a cell whose whole-sequence call (`sequence` /
 `Step.sequence_backward`, see rnnkit.engine.cells and rnnkit.engine.loop) runs them. Everything else (one step, its backward,
 the input projection, the double backward's recomputation under autograd) is the cell's own, unchanged."""
 from __future__ import annotations
@@ -29,10 +29,6 @@ class TritonStep:
 
     def __repr__(self) -> str:
         return f"TritonStep({self.cell!r})"
-
-    def infer(self, x, state0, p, batch_sizes, mask, chunk):
-        """None: inference projects the input in chunks and calls `sequence` (the CPU's fused path is not this one)."""
-        return None
 
     def sequence(self, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor], batch_sizes, mask, keep: bool):
         if xp.shape[0] == 0 or xp.shape[1] == 0:

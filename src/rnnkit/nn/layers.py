@@ -70,6 +70,9 @@ def check_lengths(lengths, T: int, B: int) -> Tensor:
         raise ValueError(f"lengths must be a 1-D integer tensor; got dtype {lengths.dtype}, shape {tuple(lengths.shape)}")
     if lengths.numel() != B:
         raise ValueError(f"lengths has {lengths.numel()} entries; expected one per sequence, batch size {B}")
+    if torch.compiler.is_compiling():  # no Python numbers from the data under a compiler: the check is an op
+        torch._assert_async(((lengths >= 0) & (lengths <= T)).all(), f"lengths must lie in [0, {T}] (the input's time steps)")
+        return lengths.long()
     lo, hi = (int(lengths.min()), int(lengths.max())) if B else (0, 0)
     if lo < 0 or hi > T:
         raise ValueError(f"lengths must lie in [0, {T}] (the input's time steps); got min {lo}, max {hi}")
@@ -248,7 +251,7 @@ class _Recurrent(nn.Module):
         """x (T, B, I) in `dtype`, batch sorted longest first when lengths are given."""
         step, D = self.cell if step is None else step, self.num_directions  # step: the cell, or TritonStep(cell)
         T, B = x.shape[:2]
-        batch_sizes = None if lengths is None else loop.batch_sizes_from_lengths(lengths.tolist(), T)
+        batch_sizes = None if lengths is None else loop.batch_sizes_of(lengths, T)  # (T,)
         finals = [[] for _ in range(step.num_states)]
         for layer in range(self.num_layers):
             outs = []
@@ -377,11 +380,11 @@ def _infer_in_chunks(step, inp: Tensor, state0: tuple, p: dict, batch_sizes, mas
     chunk's projection at most INFERENCE_CHUNK_BYTES), carrying the state from chunk to chunk. The same
     numbers as one projection of all steps, which for long sequences is a tensor big enough (over glibc's
     32 MiB mmap threshold) to be page-faulted in afresh at every call: at B=32, T=512, H=128 that took six
-    times as long as the matrix product itself. Training keeps the whole projection (BPTT needs it). A cell that
-    runs whole sequences from the input (`Step.infer`, the LSTM's C++ loop) projects the chunks itself."""
+    times as long as the matrix product itself. Training keeps the whole projection (BPTT needs it). Where the
+    C++ sequence loop runs (loop.infer), it projects the chunks itself."""
     T, B = inp.shape[:2]
     chunk = max(1, INFERENCE_CHUNK_BYTES // max(1, B * step.gates * step.hidden_size * inp.element_size()))
-    whole = step.infer(inp, state0, p, batch_sizes, mask, chunk)  # the cell's own path, projection included
+    whole = loop.infer(step, inp, state0, p, batch_sizes, mask, chunk)  # the C++ loop, projection included
     if whole is not None:
         return whole
     outs, state = [], state0

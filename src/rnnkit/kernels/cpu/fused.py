@@ -11,7 +11,9 @@
 with no PyTorch headers, into a per-user cache (`$RNNKIT_CACHE`, else `~/.cache/rnnkit`), and loaded with
 ctypes. Without a compiler, or with `RNNKIT_FUSED=0`, `library()` is None (`unavailable_reason()` says why)
 and the cells run their PyTorch ops instead (the reference the fused loops are tested against). Only
-float32/float64 tensors on the CPU take these paths, outside autograd recording.
+float32/float64 tensors on the CPU take these paths: the sequences through rnnkit's custom operators
+(rnnkit.engine.ops), which autograd and the compilers see, the per-step kernels only outside autograd recording
+and tracing (`direct`).
 """
 from __future__ import annotations
 
@@ -123,18 +125,23 @@ def unavailable_reason() -> str | None:
 
 
 def usable(*tensors: Tensor) -> bool:
-    """True when the fused loops can run on these tensors: CPU, float32/float64, and no autograd graph to
-    record through them (the engine's explicit forward and backward, and inference, run outside autograd),
-    and no tracer or compiler watching (a ctypes call is invisible to them)."""
-    first = tensors[0]  # called at every time step: the cheap checks first (ONNX export traces)
+    """True when the fused loops can run on these tensors: CPU, float32/float64, and the kernels built."""
+    first = tensors[0]  # called at every time step: the cheap checks first
     if first.dtype not in _DTYPES or first.is_cuda or (_library is None and library() is None):
         return False
+    dtype = first.dtype
+    return first.device.type == "cpu" and all(t.dtype is dtype and not t.is_cuda for t in tensors)
+
+
+def direct(*tensors: Tensor) -> bool:
+    """True when a kernel may be called directly on these tensors (the per-step kernels, which no operator wraps):
+    `usable`, no autograd graph to record through them, and no tracer or compiler watching (a ctypes call is
+    invisible to them)."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
     if torch._C._get_tracing_state() is not None or torch.compiler.is_compiling():
         return False
-    dtype = first.dtype
-    return first.device.type == "cpu" and all(t.dtype is dtype and not t.is_cuda for t in tensors)
+    return usable(*tensors)
 
 
 def _ptr(t: Tensor | None) -> int | None:
@@ -319,6 +326,13 @@ def _contiguous(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.contiguous()
 
 
+def _batch_sizes(batch_sizes) -> Tensor | None:
+    """batch_sizes (a list or a tensor) as the loops read it: a contiguous int64 tensor."""
+    if batch_sizes is None or isinstance(batch_sizes, Tensor):
+        return None if batch_sizes is None else batch_sizes.to(torch.int64).contiguous()
+    return torch.tensor(batch_sizes, dtype=torch.int64)
+
+
 def _sequence(cell: str, activation: str, xp: Tensor | None, h0: Tensor, w_hh: Tensor, mask: Tensor | None,
               batch_sizes: list[int] | None, keep: bool, projection: Projection | None, H: int, buffers,
               **options) -> Sequence:
@@ -335,8 +349,10 @@ def _sequence(cell: str, activation: str, xp: Tensor | None, h0: Tensor, w_hh: T
     new = source.new_empty
     per_step = (lambda *shape: new(T, *shape)) if keep else (lambda *shape: new(*shape))
     summed = (lambda *shape: source.new_zeros(T, *shape)) if keep and batch_sizes is not None else per_step
+    # kept, the per-step buffers are outputs of rnnkit's ops: no entry left as the memory held it (rows past their end)
+    per_step = summed if keep else per_step
     q = Sequence(cell, activation, keep, chunk=chunk, **options,
-                 batch_sizes=None if batch_sizes is None else torch.tensor(batch_sizes, dtype=torch.int64),
+                 batch_sizes=_batch_sizes(batch_sizes),
                  w_hh=w_hh.contiguous(), w_hh_t=w_hh.T.contiguous() if B >= TRANSPOSED_MIN_BATCH else None,
                  mask=_contiguous(mask),
                  xp=new(min(chunk, T), B, GH) if x is not None else xp.contiguous(),

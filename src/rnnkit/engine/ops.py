@@ -1,0 +1,202 @@
+"""The C++ whole-sequence kernels (rnnkit.kernels.cpu.fused) as PyTorch operators, so that autograd, torch.compile,
+torch.export and torch.jit.trace see one op per sequence (one direction of one layer) instead of a ctypes call:
+
+    rnnkit::{cell}_sequence(xp, state0, params, mask, batch_sizes, source, *config) -> (out, *final, *kept)
+        a train step's forward: out (T, B, P), the final states, and what the backward needs (`kept`);
+    rnnkit::{cell}_sequence_backward(d_out, d_final, state0, params, mask, batch_sizes, out, kept, *config)
+        -> (d_xp, d_state0, d_params): the explicit BPTT over the kept sequence, d_params those of
+        `sequence_params(cell)`;
+    rnnkit::{cell}_sequence_infer(x, state0, params, mask, batch_sizes, chunk, *config) -> (out, *final)
+        inference, keeping nothing; with chunk > 0, x is the layer's input (T, B, I), projected `chunk` steps at a
+        time inside the loop, else x is the projection xp (T, B, G*H);
+
+for cell in lstm, gru, rnn. `config` is the cell's own fields (cells.LSTMStep, GRUStep, RNNStep: hidden_size, ...),
+from which each op rebuilds its cell; `params` are one direction's parameters in the cell's order (the keys of
+`Step.param_shapes`); `batch_sizes` is None or (T,) int64 as in rnnkit.engine.loop (rows sorted longest first);
+`source`, the input xp was projected from (or None), is not read here: the double backward recomputes the loop
+from it (loop.py registers the forward op's autograd formula). Kept tensors a configuration lacks are empty (0,).
+Every op has a fake implementation that allocates its outputs without calling C++, for the compiler's tracing.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor
+
+from ..kernels.cpu import fused
+from .cells import GRUStep, LSTMStep, RNNStep, Step
+
+CELLS = {LSTMStep: "lstm", GRUStep: "gru", RNNStep: "rnn"}
+KEPT = {LSTMStep: ("gates", "c", "act_c", "h_new", "a", "stats", "hr"), GRUStep: ("gates", "extra", "hr"),
+        RNNStep: ("hr",)}
+VECTORS = {"weight_peephole", "ln_weight_hh", "ln_weight_c", "ln_bias_c"}  # see fused.lstm_sequence_backward
+
+
+def config(step: Step) -> tuple:
+    """The cell's fields, as the ops take them."""
+    return tuple(getattr(step, f.name) for f in dataclasses.fields(step))
+
+
+def covers(step, xp: Tensor, *tensors: Tensor) -> bool:
+    """Whether the ops run this sequence: one of their cells (not a wrapper such as engine.triton's), at least one
+    step, and tensors the C++ loop takes (CPU, float32/float64, the kernels built and a gemm found)."""
+    return type(step) in CELLS and xp.shape[0] > 0 and _built(xp.dtype) and fused.usable(xp, *tensors)
+
+
+@torch.compiler.assume_constant_result  # a compiler takes it as a constant rather than trace the build and lookup
+def _built(dtype: torch.dtype) -> bool:
+    return dtype in (torch.float32, torch.float64) and fused.sequence_available(dtype)
+
+
+def sequence_params(step: Step) -> list[str]:
+    """The parameters whose gradients the backward op returns, in the cell's order (the others are the input
+    projection's, which autograd differentiates outside the op)."""
+    if isinstance(step, LSTMStep):
+        own = {"weight_hh", "weight_hr", "weight_peephole", "ln_weight_hh", "ln_weight_c", "ln_bias_c"}
+    elif isinstance(step, GRUStep):
+        own = {"weight_hh", "bias_hh"} if step.reset_after else {"weight_hh"}
+    else:
+        own = {"weight_hh"}
+    return [name for name in step.param_shapes(0) if name in own]
+
+
+def _params(step: Step, params) -> dict[str, Tensor]:
+    return dict(zip(step.param_shapes(0), params))
+
+
+def _ordered(step: Step, p: dict[str, Tensor]) -> list[Tensor]:
+    """p's tensors in the cell's order, as the ops take them."""
+    return [p[name] for name in step.param_shapes(0)]
+
+
+def _kept_shapes(step: Step, T: int, B: int, masked: bool) -> dict[str, tuple | None]:
+    """The shape of each kept tensor (None: this configuration has none), as fused.py allocates them."""
+    H, P, GH = step.hidden_size, step.output_size, step.gates * step.hidden_size
+    shapes = {"hr": (T, B, P) if masked else None}
+    if isinstance(step, LSTMStep):
+        ln = step.layer_norm
+        shapes.update(gates=(T, B, GH), c=(T + 1, B, H), act_c=(T, B, H), h_new=(T, B, H) if step.proj_size else None,
+                      a=(T, B, GH) if ln else None, stats=(T, B, 4) if ln else None)
+    elif isinstance(step, GRUStep):
+        shapes.update(gates=(T, B, GH), extra=(T, B, H))
+    return shapes
+
+
+def _final(q: fused.Sequence) -> list[Tensor]:
+    """The final states as outputs of their own (the LSTM's c is a step of a buffer that is kept or discarded)."""
+    return [s if s is q.h else s.clone() for s in q.final_states()]
+
+
+def _slots(step: Step, p: dict, state0, mask, batch_sizes) -> dict:
+    """The input slots of a kept fused.Sequence, from the op's inputs, as the forward call filled them."""
+    slots = dict(batch_sizes=None if batch_sizes is None else batch_sizes.to(torch.int64).contiguous(),
+                 w_hh=p["weight_hh"].contiguous(), mask=None if mask is None else mask.contiguous(),
+                 h0=state0[0].contiguous())
+    if isinstance(step, LSTMStep):
+        slots.update(w_hr=p.get("weight_hr"), peep=p.get("weight_peephole"))
+        if step.layer_norm:
+            slots.update(ln_w_hh=p["ln_weight_hh"], ln_w_c=p["ln_weight_c"], ln_b_c=p.get("ln_bias_c"))
+        return {k: v if v is None else v.contiguous() for k, v in slots.items()}
+    if isinstance(step, GRUStep) and step.reset_after and step.bias:
+        slots["b_hh"] = p["bias_hh"].contiguous()
+    return slots
+
+
+def _options(step: Step) -> dict:
+    if isinstance(step, LSTMStep):
+        return dict(cell="lstm", activation=step.activation, coupled=step.coupled)
+    if isinstance(step, GRUStep):
+        return dict(cell="gru", activation=step.activation, reset_after=step.reset_after)
+    return dict(cell="rnn", activation=step.nonlinearity)
+
+
+def _define(kind: type) -> None:
+    name = CELLS[kind]
+    fields = ", ".join(f"{f.type} {f.name}" for f in dataclasses.fields(kind))
+    states = ["Tensor h_n", "Tensor c_n"][:kind.num_states]
+    kept = [f"Tensor {k}" for k in KEPT[kind]]
+    inputs = "Tensor[] state0, Tensor[] params, Tensor? mask, Tensor? batch_sizes"
+
+    def forward(xp, state0, params, mask, batch_sizes, source, *cfg):
+        step = kind(*cfg)
+        q = step.fused_sequence(xp, tuple(state0), _params(step, params), batch_sizes, mask, True)
+        return (q.out, *_final(q), *(xp.new_empty(0) if getattr(q, k) is None else getattr(q, k) for k in KEPT[kind]))
+
+    def forward_fake(xp, state0, params, mask, batch_sizes, source, *cfg):
+        step = kind(*cfg)
+        T, B = xp.shape[:2]
+        shapes = _kept_shapes(step, T, B, mask is not None)
+        return (xp.new_empty(T, B, step.output_size), *(s.new_empty(s.shape) for s in state0),
+                *(xp.new_empty(shapes[k] or (0,)) for k in KEPT[kind]))
+
+    def backward(d_out, d_final, state0, params, mask, batch_sizes, out, kept, *cfg):
+        step = kind(*cfg)
+        p = _params(step, params)
+        shapes = _kept_shapes(step, 1, 1, mask is not None)
+        tensors = {k: t for k, t in zip(KEPT[kind], kept) if shapes[k] is not None}
+        # h, the final h, is read for its shape only: h_0's
+        q = fused.Sequence(keep=True, **_options(step), **_slots(step, p, state0, mask, batch_sizes), out=out,
+                           h=state0[0], **tensors)
+        d_xp, d_state0, grads = fused.sequence_backward(q, d_out, list(d_final))
+        # the LSTM's vector parameters' gradients are views of one buffer: each becomes its own output
+        return d_xp, list(d_state0), [grads[n].clone() if n in VECTORS else grads[n] for n in sequence_params(step)]
+
+    def backward_fake(d_out, d_final, state0, params, mask, batch_sizes, out, kept, *cfg):
+        step = kind(*cfg)
+        p = _params(step, params)
+        T, B = out.shape[:2]
+        return (d_out.new_empty(T, B, step.gates * step.hidden_size), [s.new_empty(s.shape) for s in state0],
+                [p[n].new_empty(p[n].shape) for n in sequence_params(step)])
+
+    def infer(x, state0, params, mask, batch_sizes, chunk, *cfg):
+        step = kind(*cfg)
+        q = step.fused_sequence(x, tuple(state0), _params(step, params), batch_sizes, mask, False, chunk)
+        return (q.out, *_final(q))
+
+    def infer_fake(x, state0, params, mask, batch_sizes, chunk, *cfg):
+        step = kind(*cfg)
+        T, B = x.shape[:2]
+        return (x.new_empty(T, B, step.output_size), *(s.new_empty(s.shape) for s in state0))
+
+    for suffix, impl, fake, schema in [
+        ("", forward, forward_fake,
+         f"(Tensor xp, {inputs}, Tensor? source, {fields}) -> ({', '.join(['Tensor out', *states, *kept])})"),
+        ("_backward", backward, backward_fake,
+         f"(Tensor d_out, Tensor[] d_final, {inputs}, Tensor out, Tensor[] kept, {fields}) "
+         f"-> (Tensor d_xp, Tensor[] d_state0, Tensor[] d_params)"),
+        ("_infer", infer, infer_fake,
+         f"(Tensor x, {inputs}, int chunk, {fields}) -> ({', '.join(['Tensor out', *states])})"),
+    ]:
+        op = torch.library.custom_op(f"rnnkit::{name}_sequence{suffix}", impl, mutates_args=(),
+                                     device_types="cpu", schema=schema)
+        op.register_fake(fake)
+
+
+for _kind in CELLS:
+    _define(_kind)
+
+
+def _op(step: Step, suffix: str = ""):
+    return getattr(torch.ops.rnnkit, f"{CELLS[type(step)]}_sequence{suffix}")
+
+
+def sequence(step: Step, xp: Tensor, state0: tuple, p: dict, batch_sizes: Tensor | None, mask: Tensor | None,
+             source: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """A train step's sequence through the forward op (autograd's formula: loop.py): out, final states."""
+    out, *rest = _op(step)(xp, list(state0), _ordered(step, p), mask, batch_sizes, source, *config(step))
+    return out, tuple(rest[:step.num_states])
+
+
+def infer(step: Step, x: Tensor, state0: tuple, p: dict, batch_sizes: Tensor | None, mask: Tensor | None,
+          chunk: int = 0) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Inference through the infer op: x the projection xp (chunk 0), or the input projected inside."""
+    out, *final = _op(step, "_infer")(x, list(state0), _ordered(step, p), mask, batch_sizes, chunk, *config(step))
+    return out, tuple(final)
+
+
+def backward(step: Step, d_out, d_final, state0, params, mask, batch_sizes, out, kept):
+    """The backward op: (d_xp, d_state0, {name: gradient} of sequence_params(step))."""
+    d_xp, d_state0, d_params = _op(step, "_backward")(d_out, d_final, state0, params, mask, batch_sizes, out, kept,
+                                                      *config(step))
+    return d_xp, d_state0, dict(zip(sequence_params(step), d_params))
