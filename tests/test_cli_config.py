@@ -91,7 +91,9 @@ def test_a_config_file_drives_a_run(tmp_path):
     ("lr: fast\n", "c.yaml: lr must be a float; got 'fast'"),
     ("bidirectional: 1\n", "c.yaml: bidirectional must be a bool; got 1"),
     ("cell: 3\n", "c.yaml: cell must be a str; got 3"),
-    ("cell: transformer\n", "--cell must be one of rnn, lstm, gru; got 'transformer'"),
+    ("cell: transformer\n", "--cell must be one of rnn, lstm, gru; got 'transformer' (cell in "),
+    ("cell: gru\npeephole: true\n", "--peephole applies to --cell lstm only; got --cell gru (peephole in "),
+    ("hidden: 0\n", "(hidden in "),
     ("- hidden\n- 64\n", "c.yaml must hold a mapping of option names to values"),
     ("hidden: [64\n", "c.yaml is not valid YAML at line 2"),
 ])
@@ -111,3 +113,10 @@ def test_an_empty_config_file_is_the_defaults(tmp_path):
     (tmp_path / "c.yaml").write_text("# nothing yet\n")
     code, out, _ = rnnkit("train", "mnist", "--config", tmp_path / "c.yaml", "--print-config")
     assert code == 0 and yaml.safe_load(out) == dataclasses.asdict(MNISTConfig())
+
+
+def test_a_bad_value_given_as_a_flag_is_not_blamed_on_the_file(tmp_path):
+    (tmp_path / "c.yaml").write_text("cell: lstm\nhidden: 16\n")
+    code, _, err = rnnkit("train", "mnist", "--config", tmp_path / "c.yaml", "--cell", "gru", "--peephole",
+                          "--out", tmp_path / "run")
+    assert code == 2 and "--peephole applies to --cell lstm only; got --cell gru" in err and "c.yaml" not in err, err

@@ -190,11 +190,23 @@ def cmd_train(args) -> int:
 
     task = get_task(args.task)
     given = config.given_options(task.config_class, args)  # flags given override the --config file
+    from_file = {}
     if args.config_file is not None:
-        given = {**config.read_config_file(args.config_file, task.config_class), **given}
-    cfg = run.resume_config(task, given.get("out", ""), given) if given.get("resume") else task.config_class(**given)
-    if args.print_config:
+        from_file = {k: v for k, v in config.read_config_file(args.config_file, task.config_class).items()
+                     if k not in given}
+        given = {**from_file, **given}
+    try:
+        cfg = run.resume_config(task, given.get("out", ""), given) if given.get("resume") \
+            else task.config_class(**given)
         cfg.validate()
+    except config.ConfigError as e:  # a value the file gave: say so, the flag alone would point at the command
+        message = f"{e} "
+        named = sorted((i, k) for k in from_file for i in (message.find(f"--{config.flag(k)} "),
+                                                           message.find(f"--no-{config.flag(k)} ")) if i >= 0)
+        if not named:
+            raise
+        raise config.ConfigError(f"{e} ({named[0][1]} in {args.config_file})") from None
+    if args.print_config:
         print(config.to_yaml(cfg, f"rnnkit train {task.name}: `--config FILE` reads this back"), end="")
         return 0
     result = run.train(task, cfg)
