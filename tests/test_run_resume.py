@@ -1,5 +1,6 @@
 """`rnnkit train ... --resume`: the original command repeated with --resume is accepted (its options have
 the saved values); an option that would change the saved run is refused, naming the old and new values."""
+import json
 import os
 from pathlib import Path
 
@@ -66,3 +67,20 @@ def test_resume_with_fewer_epochs_than_already_trained_is_refused_in_one_line(tm
     assert code == 2 and "Traceback" not in err and err.strip().count("\n") == 0, err
     assert "has already trained 2 epochs, more than --max-epochs 1" in err
     assert last.read_bytes() == before
+
+
+def test_a_run_moved_to_another_directory_resumes_with_its_checkpoints_where_they_are_now(tmp_path):
+    first = tmp_path / "first"
+    code, _, err = rnnkit("train", "mnist", "--out", first, *ORIGINAL, "--max-epochs", "1")
+    assert code == 0, err
+    os.environ.pop(run.RUN_DIR_ENV, None)
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    code, _, err = rnnkit("train", "mnist", "--out", moved, *ORIGINAL, "--max-epochs", "2", "--resume")
+    assert code == 0 and "dirpath has changed" not in err, err
+    metrics = json.loads((moved / "metrics.json").read_text())
+    assert (moved / metrics["best_checkpoint"]).is_file() and not first.exists()
+    state = next(v for k, v in run.read_checkpoint(moved / "checkpoints" / "last.ckpt")["callbacks"].items()
+                 if k.startswith("_FiniteBest"))
+    assert Path(state["best_model_path"]).parent == moved / "checkpoints"
+    assert all(Path(p).parent == moved / "checkpoints" for p in state["best_k_models"])

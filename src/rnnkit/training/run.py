@@ -295,7 +295,20 @@ def _saved_size(checkpoint: dict) -> int:
 
 class _FiniteBest(ModelCheckpoint):
     """The best checkpoint, never taken from a model whose monitored metric or weights are not finite
-    (Lightning would keep the first one it sees, NaN or not)."""
+    (Lightning would keep the first one it sees, NaN or not). A run resumed after its directory was moved finds
+    its checkpoints where they are now (Lightning would keep the old paths, and test a file that is not there,
+    or another run's)."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and Path(old) != Path(self.dirpath):
+            def moved(path):
+                return str(Path(self.dirpath) / Path(path).name) if path and Path(path).parent == Path(old) else path
+            state_dict = {**state_dict, "dirpath": self.dirpath,
+                          **{k: moved(state_dict.get(k)) for k in ("best_model_path", "kth_best_model_path",
+                                                                  "last_model_path") if k in state_dict},
+                          "best_k_models": {moved(k): v for k, v in state_dict.get("best_k_models", {}).items()}}
+        super().load_state_dict(state_dict)
 
     def check_monitor_top_k(self, trainer, current=None) -> bool:
         if current is not None and not torch.isfinite(current):
