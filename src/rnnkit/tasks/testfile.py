@@ -37,7 +37,7 @@ def evaluate_file(loaded, args, progress: bool = True) -> tuple[dict, list]:
     from ..training.data import Splits
     from ..training.datamodule import TaskData
     from ..training.module import TaskModule
-    from ..training.run import _plain, build_trainer
+    from ..training.run import build_trainer, plain_metrics
 
     check_options(loaded.task, args)
     test = loaded.task.read_test_file(loaded, args)
@@ -48,4 +48,4 @@ def evaluate_file(loaded, args, progress: bool = True) -> tuple[dict, list]:
     module = TaskModule(loaded.task, cfg, loaded.model, test.extra)
     trainer = build_trainer(cfg, None, loaded.task, for_training=False)
     data = TaskData(Splits(test.data, test.data, test.data, extra=loaded.extra), cfg.batch_size)
-    return _plain(trainer.test(module, datamodule=data, verbose=False)[0]), test.items
+    return plain_metrics(trainer.test(module, datamodule=data, verbose=False)[0]), test.items

@@ -391,7 +391,7 @@ def _train(task, cfg, run_dir: Path) -> dict:
     if splits.test is not None:
         test = trainer.test(module, datamodule=data, ckpt_path=best, weights_only=True, verbose=False)[0]
     result = {"task": task.name, "rnnkit": __version__, "torch": torch.__version__,
-              "val": _plain(val), "test": _plain(test), "epochs": trainer.current_epoch,
+              "val": plain_metrics(val), "test": plain_metrics(test), "epochs": trainer.current_epoch,
               "steps": trainer.global_step, "skipped_steps": module.skipped_steps,
               "train_seconds": round(train_seconds, 2),
               "best_checkpoint": str(Path(best).relative_to(run_dir)) if best else None,
@@ -402,7 +402,7 @@ def _train(task, cfg, run_dir: Path) -> dict:
     return result
 
 
-def _plain(metrics: dict) -> dict:
+def plain_metrics(metrics: dict) -> dict:
     return {k: float(f"{float(v):.7g}") for k, v in metrics.items()}
 
 
@@ -463,5 +463,5 @@ def evaluate(loaded: "rnnkit.tasks.base.Loaded", data_dir: str | None = None, ba
     trainer = build_trainer(cfg, None, loaded.task, for_training=False, batched=splits.batched)
     data = TaskData(splits, cfg.batch_size)
     if splits.test is not None:
-        return "test", _plain(trainer.test(module, datamodule=data, verbose=False)[0])
-    return "validation", _plain(trainer.validate(module, datamodule=data, verbose=False)[0])
+        return "test", plain_metrics(trainer.test(module, datamodule=data, verbose=False)[0])
+    return "validation", plain_metrics(trainer.validate(module, datamodule=data, verbose=False)[0])
