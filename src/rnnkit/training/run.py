@@ -403,6 +403,7 @@ def _train(task, cfg, run_dir: Path) -> dict:
 
 
 def plain_metrics(metrics: dict) -> dict:
+    """Lightning's metrics (tensors or numbers) as plain floats of 7 significant digits, as metrics.json keeps them."""
     return {k: float(f"{float(v):.7g}") for k, v in metrics.items()}
 
 
