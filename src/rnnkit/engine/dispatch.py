@@ -87,8 +87,6 @@ def why_not_native(step: Step, recurrent_dropout: float, training: bool, lengths
         return "torch.nn's kernels refuse an empty sequence (T = 0)"
     if recurrent_dropout > 0 and training:
         return "torch.nn has no recurrent dropout"
-    if lengths is not None and torch.compiler.is_compiling():
-        return "torch.nn's packed sequences take the lengths as Python numbers, which a compiled graph has not"
     if lengths is not None and lengths.numel() and int(lengths.min()) == 0:
         return "torch.nn's packed sequences cannot hold zero-length sequences"
     return None
@@ -104,6 +102,10 @@ def choose(impl: str, step: Step, device: torch.device, batch: int, recurrent_dr
     if impl == "triton":
         triton_kernels.require()
         return "triton"
+    if impl == "auto" and lengths is not None and torch.compiler.is_compiling():
+        # torch.nn's packed sequences need the lengths as Python numbers, which a compiled graph has not; the
+        # engine takes them as a tensor
+        return "triton" if device.type == "cuda" and triton_kernels.available() else "engine"
     reason = why_not_native(step, recurrent_dropout, training, lengths, steps)
     if impl == "native":
         if reason:
@@ -147,8 +149,15 @@ def run_native(step: Step, weights: list[Tensor], x: Tensor, states: tuple[Tenso
         result = kernel(x, hx, weights, *options, False)
         out, finals = result[0], tuple(result[1:])
     else:
-        packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=True)
-        result = kernel(packed.data, packed.batch_sizes, hx, weights, *options)
-        out = pad_packed_sequence(packed._replace(data=result[0]), total_length=x.shape[0])[0]
-        finals = tuple(result[1:])
+        out, finals = _run_packed(kernel, weights, x, hx, lengths, options)
     return out, finals
+
+
+@torch.compiler.disable(reason="torch.nn's packed sequences take the lengths as Python numbers")
+def _run_packed(kernel, weights, x, hx, lengths, options):
+    """The packed-sequence kernel over x with lengths; outside a compiler's graph (impl='auto' runs the engine's
+    ops there instead, see choose)."""
+    packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=True)
+    result = kernel(packed.data, packed.batch_sizes, hx, weights, *options)
+    out = pad_packed_sequence(packed._replace(data=result[0]), total_length=x.shape[0])[0]
+    return out, tuple(result[1:])

@@ -95,10 +95,12 @@ def _forward_loop(step: Step, xp, state0, p, batch_sizes, mask, keep_saved: bool
             whole = step.sequence(xp, state0, p, _sizes_list(batch_sizes), mask, keep=False)
             if whole is not None:
                 return whole[0], whole[1], []
-    batch_sizes = _sizes_list(batch_sizes)
     T, B = xp.shape[:2]
     if B >= PREPARE_MIN_BATCH:
         p = step.prepare(p)
+    if isinstance(batch_sizes, Tensor) and torch.compiler.is_compiling():
+        return _masked_loop(step, xp, state0, p, batch_sizes, mask)
+    batch_sizes = _sizes_list(batch_sizes)
     state = state0
     outs, saved, finished = [], [], []
     active = B
@@ -122,6 +124,23 @@ def _forward_loop(step: Step, xp, state0, p, batch_sizes, mask, keep_saved: bool
         final = tuple(torch.cat([s, *reversed(parts)]) for s, parts in zip(state, zip(*finished)))
     out = torch.stack(outs) if outs else xp.new_zeros(0, B, step.output_size)  # (T, B, P)
     return out, final, saved
+
+
+def _masked_loop(step: Step, xp, state0, p, batch_sizes: Tensor, mask):
+    """_forward_loop's steps for a compiler, which has no Python numbers for batch_sizes to slice rows with: every
+    step runs all rows, and a row that has ended keeps its state (torch.where) and outputs zeros. Rows are
+    independent, so the active rows' numbers are the slicing loop's; nothing is saved (the compiler differentiates
+    the loop it traces)."""
+    B = xp.shape[1]
+    active = (batch_sizes.unsqueeze(1) > torch.arange(B, device=batch_sizes.device)).unsqueeze(-1)  # (T, B, 1)
+    active = active.to(xp.device)
+    state, outs = state0, []
+    for t in range(xp.shape[0]):
+        new, _ = step.step(xp[t], state, p, mask)
+        state = tuple(torch.where(active[t], n, s) for n, s in zip(new, state))
+        outs.append(torch.where(active[t], new[0], 0))
+    out = torch.stack(outs) if outs else xp.new_zeros(0, B, step.output_size)  # (T, B, P)
+    return out, state, []
 
 
 class _Kept:
