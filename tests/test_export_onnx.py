@@ -4,8 +4,6 @@ Each model is exported once (T=5, B=3) and run at other T and B: a graph that un
 time loop or baked in the batch size would fail there. The graph must use ONNX's RNN/GRU/LSTM
 operator where one expresses the cell, and a Loop over time where none does.
 """
-import warnings
-
 import pytest
 import torch
 from torch import nn
@@ -47,9 +45,7 @@ STACKS = {"1-layer": {}, "2-layer-bi-batch-first": {"num_layers": 2, "bidirectio
 
 def export(module, inputs, names, outputs, axes, tmp_path):
     path = tmp_path / "model.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's warnings about Python values in the eager pass
-        export_onnx(module, inputs, path, names, outputs, axes)
+    export_onnx(module, inputs, path, names, outputs, axes)
     graph = onnx.load(str(path)).graph
     ops = [node.op_type for node in graph.node]
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), ops
@@ -200,3 +196,101 @@ def test_task_model_exports(kwargs, tmp_path):
     with torch.no_grad():
         expected = [model((x, lengths))[0]]
     assert max_diff(session, {"x": x, "lengths": lengths}, expected) <= TOL
+
+
+def _node_count(graph) -> int:
+    """Nodes of a graph and of every subgraph (a Loop's body) in it."""
+    return sum(1 + sum(_node_count(a.g) for a in node.attribute if a.type == onnx.AttributeProto.GRAPH)
+               for node in graph.node)
+
+
+@pytest.mark.parametrize("cls, kwargs, op", [(rnnkit.GRU, {"reset_after": False}, "GRU"),
+                                             (rnnkit.LSTM, {"layer_norm": True, "proj_size": 2}, "Loop"),
+                                             (rnnkit.MinLSTM, {}, "Loop")], ids=["operator", "loop", "minimal"])
+def test_graph_is_the_same_for_any_traced_length(cls, kwargs, op, tmp_path):
+    """The time loop is ONNX's (the operator's, or a Loop over a body of one step), not unrolled: exporting at
+    T=2 and T=7 gives the same nodes, and the graph runs at other T and B."""
+    layer = cls(I, H, num_layers=2, **kwargs).eval()
+    axes = {"input": {0: "time", 1: "batch"}, "lengths": {0: "batch"}}
+    outputs = ["output", "h_n", "c_n"] if cls is rnnkit.LSTM else ["output", "h_n"]
+    graphs = []
+    for T in (2, 7):
+        path = tmp_path / f"t{T}.onnx"
+        export_onnx(layer, (torch.randn(T, 3, I), torch.tensor([T, 1, T])), path, ["input", "lengths"], outputs, axes)
+        graphs.append(onnx.load(str(path)).graph)
+    ops = [[node.op_type for node in graph.node] for graph in graphs]
+    assert ops[0] == ops[1] and _node_count(graphs[0]) == _node_count(graphs[1]), ops
+    assert ops[0].count(op) == 2, ops[0]
+    session = ort.InferenceSession(str(tmp_path / "t2.onnx"), providers=["CPUExecutionProvider"])
+    x, lengths = torch.randn(12, 5, I), torch.tensor([12, 3, 1, 12, 7])
+    with torch.no_grad():
+        expected = flat(layer(x, lengths=lengths))
+    assert max_diff(session, {"input": x, "lengths": lengths}, expected) <= TOL
+
+
+class Stack(nn.Module):
+    """Two rnnkit layers with dropout between and inside them, one submodule left in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = rnnkit.LSTM(I, H, num_layers=2, dropout=0.5, recurrent_dropout=0.3, layer_norm=True)
+        self.gru = rnnkit.GRU(H, H, bidirectional=True)
+        self.head = nn.Dropout(0.5)
+
+    def forward(self, x, lengths):
+        out, (h, c) = self.lstm(x, lengths=lengths)
+        out, h = self.gru(self.head(out), lengths=lengths)
+        return out, h
+
+
+def test_export_with_gradients_on_leaves_the_model_as_it_was(tmp_path):
+    """Outside no_grad and in training mode, with parameters that require gradients: the graph is the
+    inference model, and the model keeps its modes (each module's own), methods and parameters."""
+    model = Stack().train()
+    model.head.eval()
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    assert torch.is_grad_enabled() and all(p.requires_grad for p in model.parameters())
+    axes = {"x": {0: "T", 1: "B"}, "lengths": {0: "B"}}
+    session, ops = export(model, (torch.randn(5, 3, I), torch.tensor([5, 2, 4])), ["x", "lengths"], ["y", "h"],
+                          axes, tmp_path)
+    assert ops.count("Loop") == 2 and ops.count("GRU") == 1, ops
+    assert model.training and model.lstm.training and model.gru.training and not model.head.training
+    for layer in (model.lstm, model.gru):
+        assert not {"forward", "step", "_loop"} & set(vars(layer)), vars(layer).keys()
+    for name, p in model.named_parameters():
+        assert p.requires_grad and torch.equal(p, before[name]), name
+    x, lengths = torch.randn(8, 4, I), torch.tensor([8, 1, 5, 3])
+    with torch.no_grad():
+        expected = list(model.eval()(x, lengths))
+    assert max_diff(session, {"x": x, "lengths": lengths}, expected) <= TOL
+
+
+@pytest.mark.parametrize("cls, kwargs", [(rnnkit.LSTM, {"peephole": True, "coupled": True}),
+                                         (rnnkit.LSTM, {"layer_norm": True, "proj_size": 2}),
+                                         (rnnkit.GRU, {"reset_after": False}), (rnnkit.RNN, {"nonlinearity": "relu"}),
+                                         (rnnkit.MinGRU, {})], ids=["lstm", "lstm-loop", "gru", "rnn", "mingru"])
+def test_export_forms_compute_the_layer(cls, kwargs):
+    """While exporting, a layer runs the custom ops (rnnkit_onnx::layer, ::linear_recurrence); their eager
+    implementations give the layer's own numbers, step() included."""
+    from rnnkit.export.onnx import export_forms
+
+    minimal = cls is rnnkit.MinGRU  # causal: no bidirectional option
+    layer = cls(I, H, num_layers=2, batch_first=True, bidirectional=not minimal, **kwargs) if not minimal \
+        else cls(I, H, num_layers=2, batch_first=True)
+    layer.eval()
+    x, lengths, h0 = torch.randn(4, 6, I), torch.tensor([6, 2, 0, 5]), None
+    with torch.no_grad():
+        expected = flat(layer(x, lengths=lengths))
+        with export_forms(layer):
+            got = flat(layer(x, lengths=lengths))
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-5)
+    if minimal:
+        return
+    one_way = cls(I, H, num_layers=2, **kwargs).eval()
+    with torch.no_grad():
+        expected = one_way.step(x[:, 0], h0)
+        with export_forms(one_way):
+            got = one_way.step(x[:, 0], h0)
+    torch.testing.assert_close(flat(got), flat(expected), rtol=0, atol=1e-5)

@@ -1,22 +1,30 @@
 """ONNX export of rnnkit's recurrent layers, for any batch size and sequence length.
 
-While `export_onnx` runs `torch.onnx.export` (the TorchScript exporter, dynamo=False) on a model, each rnnkit
-layer's forward and step are this module's (instance attributes set for the duration of the export), which emit:
+`export_onnx` runs torch's exporter, `torch.onnx.export(..., dynamo=True)`: torch.export captures the model, onnxscript
+writes the ONNX graph. For the duration of the export each rnnkit layer's forward and step are this module's (instance
+attributes, removed after), which call one custom op per layer of the stack:
+
+    rnnkit_onnx::layer              one layer of RNN/LSTM/GRU cells, all its directions
+    rnnkit_onnx::linear_recurrence  minGRU/minLSTM's h_t = a_t * h_{t-1} + b_t (a and b come from the
+                                    input alone and are computed before it, in the graph)
+
+An op's eager implementation runs rnnkit's own engine (the layer's numbers); its fake implementation gives the shapes,
+for any T and B; its translation (onnxscript, given to the exporter as `custom_translation_table`) writes
   - ONNX's own `RNN`, `GRU` or `LSTM` operator, one node per layer, when the cell maps to it:
     RNN tanh/relu/softsign, GRU in both reset conventions (`linear_before_reset`), LSTM with
     peepholes (input `P`), coupled input-forget gate (`input_forget`), softsign, any biases
     (forget_bias is only an init). `lengths=` becomes `sequence_lens`.
-  - an ONNX `Loop` over time otherwise (LSTM with layer_norm or proj_size): a TorchScript-scripted
-    step loop, with padded sequences reversed by a gather for the backward direction.
-minGRU/minLSTM have no hook: `export_onnx` swaps their step loop for a scripted one (an ONNX Loop;
-their parallel scan needs logcumsumexp, which the exporter lacks) for the duration of the export.
+  - an ONNX `Loop` over time otherwise (LSTM with layer_norm or proj_size; minGRU/minLSTM), one per
+    layer and direction, its body the cell's step (cells.LSTMStep.step's equations), the input
+    projection hoisted out of it; the backward direction reverses each sequence within its length
+    (`ReverseSequence`).
 Either way the graph holds no trace-time T or B. Recurrent and inter-layer dropout are training
 only: the graph is the inference model. Semantics are the layer's: outputs past a sequence's length
 are zero, final states are those at its last valid step.
 
-Weight layout (torch -> ONNX): LSTM gates i,f,g,o -> i,o,f,c; peepholes p_i,p_f,p_o -> P = p_i,p_o,p_f;
-coupled f,g,o -> i=-f,o,0,c with input_forget=1 (onnxruntime derives f = 1 - i, see _onnx_weights);
-GRU r,z,n -> z,r,h; B = [b_ih, b_hh].
+Weight layout (torch -> ONNX), written by the translation and folded into initializers after it: LSTM gates
+i,f,g,o -> i,o,f,c; peepholes p_i,p_f,p_o -> P = p_i,p_o,p_f; coupled f,g,o -> i=-f,o,0,c with input_forget=1
+(onnxruntime derives f = 1 - i, see _operator_layer); GRU r,z,n -> z,r,h; B = [b_ih, b_hh].
 
 Shapes: B batch, T time, I input, H hidden, P = proj_size or H, L layers, D directions.
 """
@@ -25,30 +33,24 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import inspect
+import json
 import warnings
 from pathlib import Path
-from typing import List
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from ..engine import loop
 from ..engine.cells import LN_EPS, GRUStep, LSTMStep, RNNStep, Step
 
-OPSET = 17
+OPSET = 18  # the opset torch's ONNX translations are written for (lower ones would be version-converted)
+_CELLS = {cls.__name__: cls for cls in (RNNStep, LSTMStep, GRUStep)}
 _ONNX_ACTIVATION = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu", "softsign": "Softsign"}
-_INT32 = 6  # ONNX TensorProto.INT32, the type of sequence_lens
-
-
-@contextlib.contextmanager
-def _eager():
-    """The layer's own forward, untraced: its values stand behind the ONNX nodes in the trace."""
-    tracing = torch._C._get_tracing_state()
-    torch._C._set_tracing_state(None)
-    try:
-        yield
-    finally:
-        torch._C._set_tracing_state(tracing)
+_INT32, _INT64 = 6, 7  # ONNX TensorProto.INT32 (the type of sequence_lens), INT64
+_FOLD_LIMIT = 1 << 40  # elements: fold every reordering of the weights into initializers, whatever their size
 
 
 def operator_for(step: Step) -> str:
@@ -62,27 +64,103 @@ def operator_for(step: Step) -> str:
     raise ValueError(f"no ONNX export for cell {step!r}")
 
 
-# -- the layer's forward while exporting ---------------------------------------------------------
+def _spec(step: Step) -> str:
+    """A cell as the string attribute of the op: its class and fields (rebuilt by _cell)."""
+    return json.dumps({"cell": type(step).__name__, **dataclasses.asdict(step)}, sort_keys=True)
+
+
+def _cell(spec: str) -> Step:
+    fields = json.loads(spec)
+    return _CELLS[fields.pop("cell")](**fields)
+
+
+def _per_direction(step: Step, params, directions: int) -> list[dict]:
+    """The op's flat parameter list as one {generic name: tensor} per direction (the layer's order)."""
+    names = list(step.param_shapes(1))
+    return [dict(zip(names, params[d * len(names):(d + 1) * len(names)])) for d in range(directions)]
+
+
+# -- the ops ---------------------------------------------------------------------------------------
+
+@torch.library.custom_op("rnnkit_onnx::layer", mutates_args=())
+def _layer_op(x: Tensor, params: list[Tensor], lengths: Optional[Tensor], h0: Optional[Tensor],
+              c0: Optional[Tensor], cell: str, directions: int) -> list[Tensor]:
+    """One layer of an rnnkit stack, every direction: x (T, B, I) -> [out (T, B, D*P), h_n (D, B, P)(, c_n (D, B, H))].
+
+    params: each direction's parameters in turn, in the cell's order (Step.param_shapes); lengths (B,) or None;
+    h0, c0 (D, B, .) or None for zeros; cell: _spec of the cell. Runs on rnnkit's engine, as the layer does.
+    """
+    step, T, B = _cell(cell), x.shape[0], x.shape[1]
+    states = tuple(x.new_zeros(directions, B, size) for size in step.state_sizes()) if h0 is None \
+        else (h0, c0)[:step.num_states]
+    sizes = perm = None
+    if lengths is not None:  # the engine's layout: longest first, batch_sizes[t] rows active at step t
+        perm = torch.sort(lengths, descending=True, stable=True)[1]
+        x, lengths, states = x[:, perm], lengths[perm], tuple(s[:, perm] for s in states)
+        sizes = loop.batch_sizes_from_lengths(lengths.tolist(), T)
+    outs, finals = [], []
+    for d, p in enumerate(_per_direction(step, params, directions)):
+        inp = loop.reverse_padded(x, lengths) if d else x
+        out, final = loop.run(step, step.project_input(inp, p), tuple(s[d] for s in states), p, sizes)
+        outs.append(loop.reverse_padded(out, lengths) if d else out)
+        finals.append(final)
+    results = [torch.cat(outs, 2), *(torch.stack(f) for f in zip(*finals))]
+    if perm is not None:
+        unperm = torch.argsort(perm)
+        results = [r[:, unperm] for r in results]
+    return results
+
+
+@_layer_op.register_fake
+def _(x, params, lengths, h0, c0, cell, directions):
+    step, T, B = _cell(cell), x.shape[0], x.shape[1]
+    return [x.new_empty(T, B, directions * step.output_size), *(x.new_empty(directions, B, size)
+                                                               for size in step.state_sizes())]
+
+
+@torch.library.custom_op("rnnkit_onnx::linear_recurrence", mutates_args=())
+def _linear_recurrence_op(a: Tensor, b: Tensor, h0: Tensor, lengths: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """h_t = a_t * h_{t-1} + b_t: a, b (T, B, H), h0 (B, H), lengths (B,) or None -> out (T, B, H), zero past each
+    length, and h_n, each row's state at its last valid step (the loop of _MinimalRNN._loop)."""
+    h, outs = h0, []
+    for t in range(a.shape[0]):
+        h_new = torch.addcmul(b[t], a[t], h)  # (B, H)
+        valid = None if lengths is None else (lengths > t).unsqueeze(1)  # (B, 1); an ended row keeps its state
+        h = h_new if valid is None else torch.where(valid, h_new, h)
+        outs.append(h if valid is None else h * valid)
+    return (torch.stack(outs) if outs else a.new_zeros(a.shape)), h.clone()
+
+
+@_linear_recurrence_op.register_fake
+def _(a, b, h0, lengths):
+    return a.new_empty(a.shape), h0.new_empty(h0.shape)
+
+
+# -- the layers' forward while exporting -----------------------------------------------------------
+
+def _export_lengths(lengths):
+    if lengths is not None and (not isinstance(lengths, Tensor) or lengths.dim() != 1):
+        raise ValueError(f"lengths must be a 1-D integer tensor for ONNX export; got {lengths!r}")
+    return lengths
+
 
 def onnx_forward(layer, input, hx=None, lengths=None):
-    """`layer.forward` during ONNX export: the same inputs, outputs and semantics, ONNX-friendly ops."""
+    """`layer.forward` during ONNX export: the same inputs, outputs and semantics, one op per layer."""
     if isinstance(input, PackedSequence):
         raise ValueError("ONNX export takes a padded tensor and lengths=, not a PackedSequence")
     x, batched = layer._check_input(input)  # (T, B, I)
-    if lengths is not None:
-        if not isinstance(lengths, Tensor) or lengths.dim() != 1:
-            raise ValueError(f"lengths must be a 1-D integer tensor for ONNX export; got {lengths!r}")
-        lengths = lengths.long()
-    if operator_for(layer.cell) == "Loop":
-        states = layer._check_state(hx, x.shape[1], batched, x)
-        out, finals = _loop_stack(layer, x, states, lengths)
-    else:
-        out, finals = _operator_stack(layer, input, hx, x, batched, lengths)
+    lengths = _export_lengths(lengths)
+    states = (None, None) if hx is None else (*layer._check_state(hx, x.shape[1], batched, x), None)
+    D, spec, finals = layer.num_directions, _spec(layer.cell), []
+    for l in range(layer.num_layers):
+        rows = slice(l * D, (l + 1) * D)
+        params = [w for d in range(D) for w in layer._weights(l * D + d, x.dtype).values()]
+        x, *final = _layer_op(x, params, lengths, *(None if s is None else s[rows] for s in states[:2]), spec, D)
+        finals.append(final)  # x: (T, B, D*P), the next layer's input
+    finals = tuple(torch.cat(f) for f in zip(*finals))  # each (D*L, B, .)
     if not batched:
-        return out.squeeze(1), layer._pack_state(tuple(s.squeeze(1) for s in finals))
-    if layer.batch_first:
-        out = out.transpose(0, 1)
-    return out, layer._pack_state(finals)
+        return x.squeeze(1), layer._pack_state(tuple(s.squeeze(1) for s in finals))
+    return (x.transpose(0, 1) if layer.batch_first else x), layer._pack_state(finals)
 
 
 def _onnx_step(layer, x_t, hx=None):
@@ -91,252 +169,212 @@ def _onnx_step(layer, x_t, hx=None):
     return output.squeeze(1 if layer.batch_first else 0), final
 
 
-# -- ONNX's RNN/GRU/LSTM operators ---------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class _OpSpec:
-    op: str  # 'RNN', 'GRU' or 'LSTM'
-    hidden_size: int
-    num_layers: int
-    bidirectional: bool
-    activations: tuple[str, ...]  # one direction's, ONNX names
-    attributes: tuple[tuple[str, int], ...]  # linear_before_reset / input_forget
+def _minimal_forward(layer, input, hx=None, lengths=None):
+    """minGRU/minLSTM's forward during export: the step loop (their parallel scan needs logcumsumexp, which ONNX
+    lacks), lengths unchecked (their values are not known while tracing)."""
+    x, batched = layer._check_input(input)  # (T, B, I)
+    out, h_n = layer._cast_and_run(x, hx, batched, _export_lengths(lengths), use_scan=False)
+    if not batched:
+        return out.squeeze(1), h_n.squeeze(1)
+    return (out.transpose(0, 1) if layer.batch_first else out), h_n
 
 
-def _op_spec(layer) -> _OpSpec:
-    step = layer.cell
-    op = operator_for(step)
-    if op == "RNN":
-        acts, attrs = (step.nonlinearity,), ()
-    elif op == "GRU":
-        acts, attrs = ("sigmoid", step.activation), (("linear_before_reset", int(step.reset_after)),)
-    else:
-        acts, attrs = ("sigmoid", step.activation, step.activation), (("input_forget", int(step.coupled)),)
-    names = tuple(_ONNX_ACTIVATION[a] for a in acts)
-    return _OpSpec(op, step.hidden_size, layer.num_layers, layer.bidirectional, names, attrs)
+def _minimal_loop(layer, xp, h, valid, lengths):
+    """A stand-in for `_MinimalRNN._loop` (same arguments and results) during export."""
+    a, b = layer.cell.coefficients(xp)  # (T, B, H) each
+    h = torch.zeros_like(b[0]) if h is None else h
+    return _linear_recurrence_op(a, b, h, lengths)
 
 
-def _blocks(t: Tensor, count: int, order) -> Tensor:
-    """Reorder t's `count` equal blocks along dim 0: `order` holds a block index, -1 - index for
-    the negated block, or None for a block of zeros."""
-    parts = t.chunk(count, 0)
-    return torch.cat([torch.zeros_like(parts[0]) if k is None else parts[k] if k >= 0 else -parts[-1 - k]
-                      for k in order], 0)
+# -- the translations (onnxscript) -----------------------------------------------------------------
+
+def _onnxscript():
+    import onnx_ir as ir
+    import onnxscript
+    from onnxscript import opset18 as op
+
+    return onnxscript, op, ir
 
 
-def _onnx_weights(layer, index: int) -> list:
-    """W, R, B, P (P None without peepholes) of one layer and direction, in ONNX's gate order."""
-    step = layer.cell
-    p = {generic: getattr(layer, name) for generic, name in layer._names[index].items()}
-    G = step.gates
+def _record(op_type: str, inputs: list, num_outputs: int, **attributes):
+    """A node with `num_outputs` outputs, recorded where the exporter collects the translation's nodes: an onnxscript
+    op call gives a variadic output (Loop's) a single value."""
+    onnxscript, _, ir = _onnxscript()
+    recorder = onnxscript.evaluator.default()
+    if not isinstance(getattr(recorder, "nodes", None), list):
+        raise RuntimeError(f"torch {torch.__version__}'s ONNX exporter records nodes differently; rnnkit's Loop "
+                           "translation needs updating")
+    node = ir.Node("", op_type, inputs, ir.convenience.convert_attributes(attributes), num_outputs=num_outputs)
+    recorder.nodes.append(node)
+    return node.outputs
+
+
+def _blocks(t, count: int, order):
+    """t's `count` equal blocks along axis 0 reordered: `order` holds a block index, -1 - index for the
+    negated block, or None for a block of zeros."""
+    _, op, _ = _onnxscript()
+    n = t.shape[0] // count
+    parts = [op.Slice(t, [k * n], [(k + 1) * n], [0]) for k in range(count)]
+    zeros = lambda like: op.CastLike(op.ConstantOfShape(op.Shape(like)), like)  # noqa: E731
+    return op.Concat(*[zeros(parts[0]) if k is None else parts[k] if k >= 0 else op.Neg(parts[-1 - k])
+                       for k in order], axis=0)
+
+
+def _stacked(p_dirs: list[dict], name: str, count: int, order):
+    """One parameter of every direction in ONNX's layout, stacked: (D, ...)."""
+    _, op, _ = _onnxscript()
+    return op.Concat(*[op.Unsqueeze(_blocks(p[name], count, order), [0]) for p in p_dirs], axis=0)
+
+
+def _layer_onnx(x, params, lengths, h0, c0, cell: str, directions: int):
+    step = _cell(cell)
+    p_dirs = _per_direction(step, params, directions)
+    if operator_for(step) == "Loop":
+        return _loop_layer(step, x, p_dirs, lengths, h0, c0)
+    return _operator_layer(step, x, p_dirs, lengths, h0, c0)
+
+
+def _operator_layer(step: Step, x, p_dirs: list[dict], lengths, h0, c0):
+    """One layer as ONNX's RNN, GRU or LSTM node: [out (T, B, D*H), h_n (D, B, H)(, c_n)]."""
+    _, op, _ = _onnxscript()
+    G, D = step.gates, len(p_dirs)
     if isinstance(step, LSTMStep):
         # coupled: onnxruntime's input_forget computes f = 1 - i, so i carries -(f's pre-activation):
         # i = sigmoid(-a_f) = 1 - f, f = 1 - i; ONNX's own f block is unused (zeros)
         order, peep_order = ((-1, 2, None, 1), (-1, 1, None)) if step.coupled else ((0, 3, 1, 2), (0, 2, 1))
+        acts, attrs = ("sigmoid", step.activation, step.activation), {"input_forget": int(step.coupled)}
+        node = op.LSTM
+    elif isinstance(step, GRUStep):
+        order, acts, attrs, node = (1, 0, 2), ("sigmoid", step.activation), \
+            {"linear_before_reset": int(step.reset_after)}, op.GRU
     else:
-        order, peep_order = ((1, 0, 2) if isinstance(step, GRUStep) else (0,)), None
-    W = _blocks(p["weight_ih"], G, order)  # (G'*H, I)
-    R = _blocks(p["weight_hh"], G, order)  # (G'*H, H)
-    if step.bias:
-        B = torch.cat([_blocks(p["bias_ih"], G, order), _blocks(p["bias_hh"], G, order)])  # (2*G'*H,)
+        order, acts, attrs, node = (0,), (step.nonlinearity,), {}, op.RNN
+    W, R = _stacked(p_dirs, "weight_ih", G, order), _stacked(p_dirs, "weight_hh", G, order)  # (D, 4H|3H|H, I|H)
+    B = None
+    if step.bias:  # (D, 2*...): [b_ih, b_hh]; ONNX's default without it is zeros
+        B = op.Concat(_stacked(p_dirs, "bias_ih", G, order), _stacked(p_dirs, "bias_hh", G, order), axis=1)
+    inputs = [x, W, R, B, None if lengths is None else op.Cast(lengths, to=_INT32), h0]
+    if isinstance(step, LSTMStep):
+        inputs += [c0, _stacked(p_dirs, "weight_peephole", G - 1, peep_order) if step.peephole else None]
+    y, *finals = node(*inputs, hidden_size=step.hidden_size, direction="bidirectional" if D == 2 else "forward",
+                      activations=[_ONNX_ACTIVATION[a] for a in acts] * D, **attrs)
+    # Y (T, D, B, H) -> (T, B, D*H), the next layer's input
+    return [op.Reshape(op.Transpose(y, perm=[0, 2, 1, 3]), [0, 0, -1]), *finals]
+
+
+def _act(op, v, name: str):
+    return op.Softsign(v) if name == "softsign" else op.Tanh(v)
+
+
+def _layer_norm(op, v, weight, bias=None):
+    """LN over the last axis (cells.layer_norm). The exporter's op calls return all three outputs (Y, mean,
+    1/std) where the subgraph builder's return Y alone."""
+    y = op.LayerNormalization(v, weight, bias, axis=-1, epsilon=LN_EPS)
+    return y[0] if isinstance(y, (tuple, list)) else y
+
+
+def _loop_layer(step: LSTMStep, x, p_dirs: list[dict], lengths, h0, c0):
+    """One LSTM layer (layer norm, projection: what ONNX's LSTM lacks) as one Loop over time per direction:
+    [out (T, B, D*P), h_n (D, B, P), c_n (D, B, H)]."""
+    _, op, _ = _onnxscript()
+    T = op.Shape(x, start=0, end=1)  # (1,)
+    batch = op.Shape(x, start=1, end=2)  # (1,)
+    lengths = None if lengths is None else op.Cast(lengths, to=_INT64)
+    seq_lens = op.Expand(T, batch) if lengths is None else lengths  # (B,), for ReverseSequence
+    outs, finals = [], [[], []]
+    for d, p in enumerate(p_dirs):
+        inp = op.ReverseSequence(x, seq_lens, batch_axis=1, time_axis=0) if d else x
+        xp = _lstm_projection(op, step, inp, p)  # (T, B, G*H), hoisted out of the loop
+        # the weights' transposes, hoisted too
+        p = {**p, **{name: op.Transpose(p[name], perm=[1, 0]) for name in ("weight_hh", "weight_hr") if name in p}}
+        state = [op.Gather(s, d, axis=0) if s is not None else
+                 op.CastLike(op.ConstantOfShape(op.Concat(batch, op.Constant(value_ints=[size]), axis=0)), x)
+                 for s, size in zip((h0, c0), step.state_sizes())]  # (B, P), (B, H)
+        out, h, c = _loop(x, lambda o, t, h, c, p=p, xp=xp: _lstm_body(o, step, p, o.Gather(xp, t, axis=0), h, c),
+                          op.Squeeze(T, [0]), state, lengths)
+        outs.append(op.ReverseSequence(out, seq_lens, batch_axis=1, time_axis=0) if d else out)
+        finals[0].append(op.Unsqueeze(h, [0]))
+        finals[1].append(op.Unsqueeze(c, [0]))
+    return [op.Concat(*outs, axis=2), *(op.Concat(*f, axis=0) for f in finals)]
+
+
+def _lstm_projection(op, step: LSTMStep, x, p: dict):
+    """cells.LSTMStep.project_input: x (T, B, I) -> (T, B, G*H), b_ih + b_hh added (as LN_ih's bias)."""
+    a = op.MatMul(x, op.Transpose(p["weight_ih"], perm=[1, 0]))
+    bias = op.Add(p["bias_ih"], p["bias_hh"]) if step.bias else None
+    if step.layer_norm:
+        return _layer_norm(op, a, p["ln_weight_ih"], bias)
+    return a if bias is None else op.Add(a, bias)
+
+
+def _lstm_body(op, step: LSTMStep, p: dict, xp, h, c):
+    """cells.LSTMStep.step in ONNX ops: xp (B, G*H), h (B, P), c (B, H) -> h', c'; p holds W_hh and W_hr
+    transposed."""
+    H = step.hidden_size
+    rec = op.MatMul(h, p["weight_hh"])  # (B, G*H)
+    if step.layer_norm:
+        rec = _layer_norm(op, rec, p["ln_weight_hh"])
+    gates = op.Add(xp, rec)
+    gate = lambda k: op.Slice(gates, [k * H], [(k + 1) * H], [1])  # noqa: E731  (B, H)
+    peep = lambda k: op.Slice(p["weight_peephole"], [k * H], [(k + 1) * H], [0])  # noqa: E731  (H,)
+    if step.coupled:  # gates f, g, o; peepholes p_f, p_o
+        f, g, o = (gate(k) for k in range(3))
+    else:  # gates i, f, g, o; peepholes p_i, p_f, p_o
+        i, f, g, o = (gate(k) for k in range(4))
+        i = op.Sigmoid(op.Add(i, op.Mul(peep(0), c)) if step.peephole else i)
+    n = step.gates - 1  # peephole blocks
+    f = op.Sigmoid(op.Add(f, op.Mul(peep(n - 2), c)) if step.peephole else f)
+    g = _act(op, g, step.activation)
+    if step.coupled:
+        c_new = op.Add(op.Mul(f, c), op.Mul(op.Sub(op.CastLike(1.0, f), f), g))  # f * c + (1 - f) * g
     else:
-        B = W.new_zeros(2 * W.shape[0])
-    P = _blocks(p["weight_peephole"], G - 1, peep_order) if getattr(step, "peephole", False) else None
-    return [W, R, B, P]
+        c_new = op.Add(op.Mul(f, c), op.Mul(i, g))
+    o = op.Sigmoid(op.Add(o, op.Mul(peep(n - 1), c_new)) if step.peephole else o)
+    c_out = c_new
+    if step.layer_norm:
+        c_out = _layer_norm(op, c_new, p["ln_weight_c"], p.get("ln_bias_c"))
+    h_new = op.Mul(o, _act(op, c_out, step.activation))  # (B, H)
+    if step.proj_size:
+        h_new = op.MatMul(h_new, p["weight_hr"])  # (B, P)
+    return h_new, c_new
 
 
-class _RecurrentOp(torch.autograd.Function):
-    """One layer stack as ONNX RNN/GRU/LSTM nodes. forward() returns the eager layer's values, so
-    the traced model computes the right numbers; symbolic() writes the nodes."""
+def _loop(like, body, trip_count, state: list, lengths):
+    """An ONNX Loop of `trip_count` steps over the carried `state` (h first): body(op, t, *state) -> new state.
+    Past a row's length its state stays and its output (h) is zero. Returns out (T, B, P), then the final state."""
+    onnxscript, op, ir = _onnxscript()
 
-    @staticmethod
-    def forward(ctx, compute, spec, x, lengths, h0, c0, *weights):
-        return compute()
+    def step(o, t, cond, *carried):
+        new = body(o, t, *carried)
+        if lengths is None:
+            return (o.Identity(cond), *new, o.Identity(new[0]))
+        valid = o.Unsqueeze(o.Less(t, lengths), [1])  # (B, 1)
+        kept = [o.Where(valid, n, s) for n, s in zip(new, carried)]
+        return (o.Identity(cond), *kept, o.Where(valid, new[0], o.CastLike(0.0, new[0])))
 
-    @staticmethod
-    def symbolic(g, compute, spec: _OpSpec, x, lengths, h0, c0, *weights):
-        D = 2 if spec.bidirectional else 1
-        seq = _absent(g) if lengths is None else g.op("Cast", lengths, to_i=_INT32)
-        attrs = {f"{name}_i": value for name, value in spec.attributes}
-        n_out = 3 if spec.op == "LSTM" else 2
-        finals = [[] for _ in range(n_out - 1)]
-        for layer in range(spec.num_layers):
-            W, R, B, P = weights[4 * layer: 4 * layer + 4]
-            inputs = [x, W, R, B, seq] + [_absent(g) if s is None else _slice0(g, s, layer * D, (layer + 1) * D)
-                                          for s in ((h0, c0) if spec.op == "LSTM" else (h0,))]
-            if P is not None:
-                inputs.append(P)
-            y, *states = g.op(spec.op, *inputs, outputs=n_out, hidden_size_i=spec.hidden_size,
-                              direction_s="bidirectional" if D == 2 else "forward",
-                              activations_s=list(spec.activations) * D, **attrs)
-            # Y (T, D, B, H) -> (T, B, D*H), the next layer's input
-            x = g.op("Reshape", g.op("Transpose", y, perm_i=[0, 2, 1, 3]),
-                     g.op("Constant", value_t=torch.tensor([0, 0, -1])))
-            for collected, s in zip(finals, states):
-                collected.append(s)
-        return (x, *[g.op("Concat", *f, axis_i=0) if len(f) > 1 else f[0] for f in finals])
+    scalar = lambda name, dtype: ir.Value(name=name, type=ir.TensorType(dtype), shape=ir.Shape([]))  # noqa: E731
+    tensor = lambda name: ir.Value(name=name, type=ir.TensorType(like.dtype))  # noqa: E731
+    names = [f"state_{k}" for k in range(len(state))]
+    graph = onnxscript.build_graph(step, [scalar("t", ir.DataType.INT64), scalar("cond", ir.DataType.BOOL),
+                                          *map(tensor, names)],
+                                   [ir.Value(name="cond_out"), *(ir.Value(name=f"{n}_out") for n in names),
+                                    ir.Value(name="output")], opset_imports={"": OPSET}, name="time_step")
+    *final, out = _record("Loop", [trip_count, None, *state], len(state) + 1, body=graph)
+    return (out, *final)
 
 
-def _absent(g):
-    """An omitted optional input of an ONNX node (as torch's own RNN symbolics write it)."""
-    node = g.op("prim::Constant")
-    node.setType(torch._C.OptionalType.ofTensor())
-    return node
+def _linear_recurrence_onnx(a, b, h0, lengths):
+    _, op, _ = _onnxscript()
+    T = op.Squeeze(op.Shape(a, start=0, end=1), [0])
+    lengths = None if lengths is None else op.Cast(lengths, to=_INT64)
+    body = lambda o, t, h: (o.Add(o.Mul(o.Gather(a, t, axis=0), h), o.Gather(b, t, axis=0)),)  # noqa: E731
+    out, h_n = _loop(a, body, T, [h0], lengths)
+    return out, h_n
 
 
-def _slice0(g, t, start: int, end: int):
-    const = lambda v: g.op("Constant", value_t=torch.tensor([v]))  # noqa: E731
-    return g.op("Slice", t, const(start), const(end), const(0))
-
-
-def _operator_stack(layer, input, hx, x, batched, lengths):
-    """The stack as ONNX operator nodes: out (T, B, D*H) and final states (D*L, B, H)."""
-    def compute():  # the eager layer's results, time-major, for the trace
-        with _eager(), torch.no_grad():
-            out, final = type(layer).forward(layer, input, hx, lengths=lengths)  # the class's, not the export's
-        final = final if isinstance(final, tuple) else (final,)
-        if not batched:
-            return (out.unsqueeze(1), *[s.unsqueeze(1) for s in final])
-        return ((out.transpose(0, 1) if layer.batch_first else out), *final)
-
-    h0 = c0 = None
-    if hx is not None:
-        states = layer._check_state(hx, x.shape[1], batched, x)
-        h0, c0 = (states + (None,))[:2]
-    D = layer.num_directions
-    weights = []
-    for l in range(layer.num_layers):  # per layer: each of W, R, B, P stacked over directions
-        per_dir = [_onnx_weights(layer, l * D + d) for d in range(D)]
-        weights += [None if ws[0] is None else torch.stack(ws) for ws in zip(*per_dir)]
-    out, *finals = _RecurrentOp.apply(compute, _op_spec(layer), x, lengths, h0, c0, *weights)
-    return out, tuple(finals)
-
-
-# -- a Loop over time, for what no operator expresses --------------------------------------------
-
-def _act(v: Tensor, softsign: bool) -> Tensor:
-    return v / (1 + v.abs()) if softsign else torch.tanh(v)
-
-
-def _lstm_loop(xp: Tensor, h: Tensor, c: Tensor, lengths: Tensor, w_hh: Tensor, ln_w_hh: Tensor, peep: Tensor,
-               ln_w_c: Tensor, ln_b_c: Tensor, w_hr: Tensor, layer_norm: bool, peephole: bool, coupled: bool,
-               softsign: bool, proj: bool, eps: float, H: int):
-    """The LSTM recurrence over time, scripted below so that it exports as an ONNX Loop for any T.
-
-    xp (T, B, G*H) the hoisted input projection, h (B, P), c (B, H), lengths (B,); a weight the
-    configuration lacks is an empty tensor. Returns out (T, B, P), zero past each length, and h_n,
-    c_n at each sequence's last valid step. The equations of cells.LSTMStep.step (which takes a
-    dict and is not scriptable); the flags are constants of the trace, so the exporter folds
-    their branches away.
-    """
-    G = 3 if coupled else 4  # H is an argument: ONNX needs layer norms' shapes constant
-    outs: List[Tensor] = []
-    for t in range(xp.size(0)):
-        rec = h @ w_hh.t()  # (B, G*H)
-        if layer_norm:
-            rec = torch.nn.functional.layer_norm(rec, [G * H], ln_w_hh, None, eps)
-        gates = xp[t] + rec
-        f = gates[:, (G - 3) * H:(G - 2) * H]  # gates i, f, g, o (coupled: f, g, o)
-        g = _act(gates[:, (G - 2) * H:(G - 1) * H], softsign)
-        o = gates[:, (G - 1) * H:]
-        if peephole:
-            f = f + peep[(G - 3) * H:(G - 2) * H] * c
-        f = torch.sigmoid(f)
-        if coupled:
-            c_new = f * c + (1 - f) * g
-        else:
-            i = gates[:, :H]
-            if peephole:
-                i = i + peep[:H] * c
-            c_new = f * c + torch.sigmoid(i) * g
-        if peephole:
-            o = o + peep[(G - 2) * H:] * c_new
-        c_out = c_new
-        if layer_norm:
-            c_out = torch.nn.functional.layer_norm(c_new, [H], ln_w_c, ln_b_c, eps)
-        h_new = torch.sigmoid(o) * _act(c_out, softsign)  # (B, H)
-        if proj:
-            h_new = h_new @ w_hr.t()  # (B, P)
-        valid = (lengths > t).unsqueeze(1)  # (B, 1): past a sequence's end its state stays
-        h = torch.where(valid, h_new, h)
-        c = torch.where(valid, c_new, c)
-        outs.append(torch.where(valid, h_new, torch.zeros_like(h_new)))
-    return torch.stack(outs), h, c
-
-
-_SCRIPTED = {}
-
-
-def _scripted(fn):
-    """fn scripted, on first use: importing rnnkit stays cheap."""
-    if fn not in _SCRIPTED:
-        _SCRIPTED[fn] = torch.jit.script(fn)
-    return _SCRIPTED[fn]
-
-
-def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
-    """Reverse each sequence within its length, padding left in place: x (T, B, F), lengths (B,).
-    A gather, so that it exports for any T (engine.reverse_padded's semantics)."""
-    t = torch.arange(x.shape[0], device=x.device).unsqueeze(1)  # (T, 1)
-    index = torch.where(t < lengths, lengths - 1 - t, t)  # (T, B)
-    return x.gather(0, index.unsqueeze(2).expand_as(x))
-
-
-def _project_input(step: LSTMStep, x: Tensor, p: dict) -> Tensor:
-    """step.project_input, with the layer norm's shape a constant of the graph: (T, B, I) -> (T, B, G*H)."""
-    if not step.layer_norm:
-        return step.project_input(x, p)
-    a = x @ p["weight_ih"].T  # (T, B, G*H)
-    return torch.nn.functional.layer_norm(a, (step.gates * step.hidden_size,), p["ln_weight_ih"],
-                                          step._input_bias(p), LN_EPS)
-
-
-def _loop_stack(layer, x, states, lengths):
-    """The LSTM stack as one scripted Loop per layer and direction, as _Recurrent._run_stack composes
-    them: x (T, B, I), states ((D*L, B, P), (D*L, B, H)) -> out (T, B, D*P), final states."""
-    step, D = layer.cell, layer.num_directions
-    if lengths is None:
-        lengths = torch.ones_like(x[0, :, 0], dtype=torch.long) * x.shape[0]  # (B,) all T, traced
-    flags = (step.layer_norm, step.peephole, step.coupled, step.activation == "softsign", step.proj_size > 0, LN_EPS,
-             step.hidden_size)
-    finals = [[], []]
-    for l in range(layer.num_layers):
-        outs = []
-        for d in range(D):
-            index = l * D + d
-            p = {generic: getattr(layer, name) for generic, name in layer._names[index].items()}
-            inp = reverse_padded(x, lengths) if d else x
-            xp = _project_input(step, inp, p)  # (T, B, G*H)
-            empty, zeros = xp.new_zeros(0), xp.new_zeros(step.hidden_size)  # for parameters it lacks
-            out, h, c = _scripted(_lstm_loop)(xp, states[0][index], states[1][index], lengths, p["weight_hh"],
-                                               p.get("ln_weight_hh", empty), p.get("weight_peephole", empty),
-                                               p.get("ln_weight_c", empty), p.get("ln_bias_c", zeros),
-                                               p.get("weight_hr", empty), *flags)
-            outs.append(reverse_padded(out, lengths) if d else out)
-            finals[0].append(h)
-            finals[1].append(c)
-        x = torch.cat(outs, 2) if D > 1 else outs[0]  # (T, B, D*P)
-    return x, tuple(torch.stack(f) for f in finals)
-
-
-def _linear_recurrence(a: Tensor, b: Tensor, h: Tensor, valid: Tensor):
-    """h_t = a_t * h_{t-1} + b_t over time, scripted so that it exports as an ONNX Loop.
-    a, b (T, B, H), h (B, H), valid (T, B, 1). Returns out (T, B, H), zero where not valid, and h_n."""
-    outs: List[Tensor] = []
-    for t in range(a.size(0)):
-        h = torch.where(valid[t], a[t] * h + b[t], h)  # (B, H); an ended row keeps its state
-        outs.append(torch.where(valid[t], h, torch.zeros_like(h)))
-    return torch.stack(outs), h
-
-
-def _minimal_loop(layer):
-    """A stand-in for `_MinimalRNN._loop` (same arguments and results) during export."""
-    def loop(xp, h, valid, lengths):
-        a, b = layer.cell.coefficients(xp)  # (T, B, H) each
-        h = torch.zeros_like(b[0]) if h is None else h
-        valid = torch.ones_like(a[..., :1], dtype=torch.bool) if valid is None else valid  # (T, B, 1)
-        return _scripted(_linear_recurrence)(a, b, h, valid)
-    return loop
+def _translations() -> dict:
+    return {torch.ops.rnnkit_onnx.layer.default: _layer_onnx,
+            torch.ops.rnnkit_onnx.linear_recurrence.default: _linear_recurrence_onnx}
 
 
 # -- the public helper ---------------------------------------------------------------------------
@@ -435,14 +473,67 @@ def language_model_step(model: nn.Module) -> Graph:
                           {"ids": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"}})
 
 
+def _dynamic_shapes(module: nn.Module, example_inputs: tuple, input_names, dynamic_axes: dict) -> dict:
+    """torch.export's dynamic_shapes, by forward's parameter names, from dynamic_axes ({input name: {axis: name}} or
+    {input name: [axis, ...]}), the names given to the example inputs' tensors in order (nested tuples and *args
+    flattened, as the graph's inputs are)."""
+    names, seen = iter(input_names), set()
+
+    def spec(value):
+        if isinstance(value, (tuple, list)):
+            return type(value)(spec(v) for v in value)
+        if not isinstance(value, Tensor):
+            return None
+        name = next(names, None)
+        axes = dynamic_axes.get(name) or {}
+        axes = axes if isinstance(axes, dict) else {a: f"{name}_{a}" for a in axes}
+        # an axis name met before is the same dimension: the exporter names it once (and warns at a second name)
+        result = {a: torch.export.Dim.DYNAMIC if label in seen else label for a, label in axes.items()}
+        seen.update(axes.values())
+        return result or None
+
+    bound = inspect.signature(module.forward).bind(*example_inputs)
+    return {name: spec(value) for name, value in bound.arguments.items()}
+
+
+@contextlib.contextmanager
+def export_forms(module: nn.Module):
+    """`module` in eval mode, each rnnkit layer's forward and step (minGRU/minLSTM: forward and step loop) this
+    module's, for the duration of the block; every module's mode and attributes are restored after."""
+    from ..nn.layers import _Recurrent
+    from ..nn.minimal import _MinimalRNN
+
+    forms = {}
+    for m in module.modules():
+        if isinstance(m, _MinimalRNN):
+            forms[m] = {"forward": functools.partial(_minimal_forward, m), "_loop": functools.partial(_minimal_loop, m)}
+        elif isinstance(m, _Recurrent):
+            forms[m] = {"forward": functools.partial(onnx_forward, m), "step": functools.partial(_onnx_step, m)}
+    modes = {m: m.training for m in module.modules()}
+    saved = {m: {name: vars(m)[name] for name in names if name in vars(m)} for m, names in forms.items()}
+    module.eval()
+    try:
+        for m, attributes in forms.items():
+            vars(m).update(attributes)  # instance attributes over the class's methods
+        yield module
+    finally:
+        for m, attributes in forms.items():
+            for name in attributes:
+                vars(m).pop(name, None)
+            vars(m).update(saved[m])
+        for m, training in modes.items():
+            m.training = training
+
+
 def export_onnx(module: nn.Module, example_inputs, path, input_names, output_names, dynamic_axes=None,
                 opset: int = OPSET, overwrite: bool = False) -> Path:
     """Export `module` in eval mode to an ONNX file at `path` and return the path.
 
     example_inputs: a tuple of tensors for module.forward (a bare rnnkit layer takes
     (input,) or (input, lengths)); dynamic_axes as torch.onnx.export's, e.g.
-    {"input": {0: "batch", 1: "time"}}. Raises ValueError when the file exists (unless
-    overwrite) or when the module holds something that cannot export.
+    {"input": {0: "batch", 1: "time"}} (an output's axes follow from the inputs'). Raises ValueError
+    when the file exists (unless overwrite) or when the module holds something that cannot export.
+    Gradients may be on; the module is left as it was (modes, methods).
     """
     from ..nn.layers import _Recurrent
     from ..nn.minimal import _MinimalRNN
@@ -450,35 +541,27 @@ def export_onnx(module: nn.Module, example_inputs, path, input_names, output_nam
     path = Path(path)
     if path.exists() and not overwrite:
         raise ValueError(f"{path} exists; refusing to overwrite it")
-    was_training = module.training
     if isinstance(module, (_Recurrent, _MinimalRNN)):
         module = LayerForExport(module)
     example_inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    # minGRU/minLSTM: their step loop, as an ONNX Loop (ONNX has no logcumsumexp for the scan)
-    minimal = {m: m.mode for m in module.modules() if isinstance(m, _MinimalRNN)}
-    recurrent = [m for m in module.modules() if isinstance(m, _Recurrent)]
-    module.eval()
     try:
-        for m in minimal:
-            m.mode, m._loop = "sequential", _minimal_loop(m)
-        for m in recurrent:  # instance attributes over the class's methods, for the duration of the export
-            m.forward, m.step = functools.partial(onnx_forward, m), functools.partial(_onnx_step, m)
-        with torch.no_grad(), warnings.catch_warnings():
-            # the TorchScript exporter and torch.jit.script are chosen on purpose (see the top of this
-            # file); rnnkit's own input checks read lengths as Python values, which is harmless
-            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.")
-            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"rnnkit\.export")
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"rnnkit\.layers")
-            torch.onnx.export(module, example_inputs, str(path), input_names=list(input_names),
-                              output_names=list(output_names), dynamic_axes=dynamic_axes or {},
-                              opset_version=opset, dynamo=False)
-    except (RuntimeError, torch.onnx.errors.OnnxExporterError) as error:
+        with export_forms(module), warnings.catch_warnings():
+            # torch 2.13's run_decompositions deep-copies torch's own pytree LeafSpec singleton, and the copy warns
+            # that LeafSpec is deprecated, at every export: nothing the caller can change (torch.utils._pytree
+            # silences the same warning where it makes the singleton)
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                    category=FutureWarning)
+            program = torch.onnx.export(module, example_inputs, dynamo=True, input_names=list(input_names),
+                                        output_names=list(output_names), opset_version=opset,
+                                        dynamic_shapes=_dynamic_shapes(module, example_inputs, input_names,
+                                                                       dynamic_axes or {}),
+                                        custom_translation_table=_translations(), optimize=False, verbose=False)
+        import onnxscript.optimizer
+
+        # the exporter's own optimisation, with no size limit on folding: the weights reordered for ONNX's
+        # operators become initializers, however large
+        onnxscript.optimizer.optimize(program.model, input_size_limit=_FOLD_LIMIT, output_size_limit=_FOLD_LIMIT)
+        program.save(path, external_data=False)
+    except torch.onnx.errors.OnnxExporterError as error:
         raise ValueError(f"cannot export {type(module).__name__} to ONNX: {error}") from error
-    finally:
-        module.train(was_training)
-        for m, mode in minimal.items():
-            m.mode = mode
-            vars(m).pop("_loop", None)  # the instance attribute set above; the class's method shows again
-        for m in recurrent:
-            vars(m).pop("forward", None), vars(m).pop("step", None)
     return path
