@@ -166,7 +166,7 @@ def cmd_numpy_demo(args) -> int:
 EXTRA_OF_MODULE = {**dict.fromkeys(("lightning", "pytorch_lightning", "lightning_utilities", "torchmetrics",
                                     "tensorboard", "matplotlib", "PIL", "conllu", "sacrebleu", "tokenizers", "yaml",
                                     "filelock"), "train"),
-                   "onnx": "onnx", "onnxruntime": "onnx", "pyarrow": "vectors"}
+                   "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "pyarrow": "vectors"}
 
 
 def _missing_extra(command: str, module: str) -> str | None:

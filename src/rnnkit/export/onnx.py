@@ -35,6 +35,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -525,6 +526,23 @@ def export_forms(module: nn.Module):
             m.training = training
 
 
+class _TorchvisionNote(logging.Filter):
+    """torch's exporter logs a warning per torchvision op it finds no torchvision for; rnnkit uses none."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("torchvision is not installed")
+
+
+@contextlib.contextmanager
+def _without_torchvision_notes():
+    logger, note = logging.getLogger("torch.onnx._internal.exporter._registration"), _TorchvisionNote()
+    logger.addFilter(note)
+    try:
+        yield
+    finally:
+        logger.removeFilter(note)
+
+
 def export_onnx(module: nn.Module, example_inputs, path, input_names, output_names, dynamic_axes=None,
                 opset: int = OPSET, overwrite: bool = False) -> Path:
     """Export `module` in eval mode to an ONNX file at `path` and return the path.
@@ -545,7 +563,7 @@ def export_onnx(module: nn.Module, example_inputs, path, input_names, output_nam
         module = LayerForExport(module)
     example_inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     try:
-        with export_forms(module), warnings.catch_warnings():
+        with export_forms(module), _without_torchvision_notes(), warnings.catch_warnings():
             # torch 2.13's run_decompositions deep-copies torch's own pytree LeafSpec singleton, and the copy warns
             # that LeafSpec is deprecated, at every export: nothing the caller can change (torch.utils._pytree
             # silences the same warning where it makes the singleton)
