@@ -15,6 +15,27 @@
 #include <omp.h>
 #endif
 
+// The arguments of a whole-sequence call (run_forward, run_backward below), filled by fused.py (its SequenceArgs and
+// BackwardArgs: the same fields in the same order): the configuration, the sizes, PyTorch's gemm and the buffers,
+// a cell's own buffers null for the other cells. Plain C types, which ctypes lays out as the compiler does.
+extern "C" {
+struct SequenceArgs {
+    int32_t cell;        // 0 LSTM, 1 GRU, 2 RNN
+    int32_t activation;  // Activation: TANH, SOFTSIGN, RELU
+    int32_t keep;        // keep every step's values for the backward (else one step's, reused)
+    int32_t coupled, reset_after, peephole, layer_norm;  // the LSTM's and the GRU's variants
+    int64_t steps, batch, hidden, proj, input, chunk, n_gates;  // T, B, H, P (h's size), I (inference's x), chunk, G
+    void* gemm;                                                  // the Fortran-interface gemm of this dtype
+    const int64_t* batch_sizes;                                  // every cell's buffers (see Sequence)
+    void *w_hh, *w_hh_t, *mask, *xp, *h0, *h, *out, *hr, *x, *w_ih, *b, *ln_w_ih, *work;
+    void *gates, *extra, *b_hh;                                                  // GRU (gates also LSTM)
+    void *c, *act_c, *h_new, *a, *stats, *w_hr, *peep, *ln_w_hh, *ln_w_c, *ln_b_c;  // LSTM
+};
+struct BackwardArgs {  // the backward's own buffers (see run_backward and the cells' backward)
+    void *d_out, *d_h, *d_c, *d_xp, *d_hout, *d_vec, *d_w_hh, *work, *d_extra;
+};
+}
+
 namespace {
 
 #define INLINE inline __attribute__((always_inline))  // the loops vectorise only with everything inlined
@@ -399,21 +420,13 @@ template <typename T> INLINE void matmul(Gemm<T> gemm, bool ta, bool tb, int64_t
     matmul(gemm, ta, tb, m, n, k, A, ta ? m : k, B, tb ? k : n, beta, C, n);
 }
 
-// The buffers of a sequence call, in fused.py's order (Sequence.NAMES); a cell's own slots are null for the others.
-enum class Slot {
-    BATCH_SIZES, W_HH, W_HH_T, MASK, XP, H0, H, OUT, HR, X, W_IH, B_IH, LN_W_IH, WORK,  // every cell
-    GATES, EXTRA, B_HH,                                                                  // GRU (GATES also LSTM)
-    C, ACT_C, H_NEW, A, STATS, W_HR, PEEP, LN_W_HH, LN_W_C, LN_B_C                       // LSTM
-};
-enum Grad { D_OUT, D_H, D_C, D_XP, D_HOUT, D_VEC, D_W_HH, D_WORK, D_EXTRA };  // the backward's own buffers
-
 // A sequence: T steps, B rows, sorted longest first when batch_sizes is given (step t runs the first
 // batch_sizes[t] rows; a row that has ended keeps its state). A per-step buffer holds all T steps when the
 // sequence is kept for the backward, else one step, reused (inference keeps nothing).
 template <typename T> struct Sequence {
     int64_t steps, B, H, P, GH, I, chunk;  // P: the size of h (the LSTM's projection, else H); GH: G*H, xp's width
     bool keep;
-    void* const* buf;
+    const SequenceArgs& args;    // the cells read their own buffers from it
     const int64_t* batch_sizes;  // (T) or null: every row runs every step
     const T *w_hh, *w_hh_t, *mask, *h0;  // (G*H, P); (P, G*H) contiguous or null (see recurrent); (B, P) or null; (B, P)
     T *xp, *h, *out, *hr;  // (T, B, G*H) the input projections; (B, P): h_0 on entry, the final h on exit;
@@ -425,13 +438,11 @@ template <typename T> struct Sequence {
     T* work;                            // (B, G*H), for a cell's forward
     const T* bx;                        // the bias the cell adds to the step's input pre-activations, or null
 
-    Sequence(const int64_t* dims, int keep, void* const* b)
-        : steps(dims[0]), B(dims[1]), H(dims[2]), P(dims[3]), GH(dims[6] * dims[2]), I(dims[4]), chunk(dims[5]),
-          keep(keep != 0), buf(b), batch_sizes((const int64_t*)b[int(Slot::BATCH_SIZES)]), w_hh(at(Slot::W_HH)),
-          w_hh_t(at(Slot::W_HH_T)), mask(at(Slot::MASK)), h0(at(Slot::H0)), xp(at(Slot::XP)), h(at(Slot::H)),
-          out(at(Slot::OUT)), hr(at(Slot::HR)), x(at(Slot::X)), w_ih(at(Slot::W_IH)), b(at(Slot::B_IH)),
-          ln_w_ih(at(Slot::LN_W_IH)), work(at(Slot::WORK)), bx(x && !ln_w_ih ? this->b : nullptr) {}
-    T* at(Slot slot) const { return (T*)buf[int(slot)]; }
+    explicit Sequence(const SequenceArgs& a)
+        : steps(a.steps), B(a.batch), H(a.hidden), P(a.proj), GH(a.n_gates * a.hidden), I(a.input), chunk(a.chunk),
+          keep(a.keep != 0), args(a), batch_sizes(a.batch_sizes), w_hh((T*)a.w_hh), w_hh_t((T*)a.w_hh_t),
+          mask((T*)a.mask), h0((T*)a.h0), xp((T*)a.xp), h((T*)a.h), out((T*)a.out), hr((T*)a.hr), x((T*)a.x),
+          w_ih((T*)a.w_ih), b((T*)a.b), ln_w_ih((T*)a.ln_w_ih), work((T*)a.work), bx(x && !ln_w_ih ? b : nullptr) {}
     int64_t rows(int64_t t) const { return batch_sizes ? batch_sizes[t] : B; }
     T* step_of(T* buffer, int64_t t, int64_t width) const { return buffer + (keep ? t * B * width : 0); }
 
@@ -539,14 +550,14 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
     T *gates, *c, *act_c, *h_new, *a, *stats;
     T *d_c, *d_hout, *d_vec, *d_w_hh, *d_hn, *d_cp, *row_work, *d_a_chunk;  // the backward's
 
-    LSTM(const Sequence<T>& q, void* const* g)
-        : q(q), s{q.B, q.H, q.at(Slot::PEEP), nullptr, q.at(Slot::LN_W_HH), q.at(Slot::LN_W_C), q.at(Slot::LN_B_C),
+    LSTM(const Sequence<T>& q, const BackwardArgs* g)
+        : q(q), s{q.B, q.H, (T*)q.args.peep, nullptr, (T*)q.args.ln_w_hh, (T*)q.args.ln_w_c, (T*)q.args.ln_b_c,
                   T(1e-5)},
-          w_hr(q.at(Slot::W_HR)), gates(q.at(Slot::GATES)), c(q.at(Slot::C)), act_c(q.at(Slot::ACT_C)),
-          h_new(q.at(Slot::H_NEW)), a(q.at(Slot::A)), stats(q.at(Slot::STATS)) {
+          w_hr((T*)q.args.w_hr), gates((T*)q.args.gates), c((T*)q.args.c), act_c((T*)q.args.act_c),
+          h_new((T*)q.args.h_new), a((T*)q.args.a), stats((T*)q.args.stats) {
         if (!g) return;
-        d_c = (T*)g[D_C], d_hout = (T*)g[D_HOUT], d_vec = (T*)g[D_VEC], d_w_hh = (T*)g[D_W_HH];
-        d_hn = (T*)g[D_WORK], d_cp = d_hn + q.B * q.H, row_work = d_cp + q.B * q.H, d_a_chunk = row_work + q.GH;
+        d_c = (T*)g->d_c, d_hout = (T*)g->d_hout, d_vec = (T*)g->d_vec, d_w_hh = (T*)g->d_w_hh;
+        d_hn = (T*)g->work, d_cp = d_hn + q.B * q.H, row_work = d_cp + q.B * q.H, d_a_chunk = row_work + q.GH;
     }
     T* c_at(int64_t t) const { return c + (q.keep ? t : t % 2) * q.B * q.H; }
 
@@ -621,9 +632,9 @@ template <typename T, bool reset_after, int kind> struct GRU {
     T *gates, *extra, *d_extra, *d_work;
     const T* b_hh;
 
-    GRU(const Sequence<T>& q, void* const* g)
-        : q(q), gates(q.at(Slot::GATES)), extra(q.at(Slot::EXTRA)), d_extra(g ? (T*)g[D_EXTRA] : nullptr),
-          d_work(g ? (T*)g[D_WORK] : nullptr), b_hh(q.at(Slot::B_HH)) {}
+    GRU(const Sequence<T>& q, const BackwardArgs* g)
+        : q(q), gates((T*)q.args.gates), extra((T*)q.args.extra), d_extra(g ? (T*)g->d_extra : nullptr),
+          d_work(g ? (T*)g->work : nullptr), b_hh((T*)q.args.b_hh) {}
 
     void carry(int64_t, int64_t) {}  // h, the only state, carries in the loop
 
@@ -744,7 +755,7 @@ template <typename T, bool reset_after, int kind> struct GRU {
 template <typename T, int kind> struct RNN {
     const Sequence<T>& q;
 
-    RNN(const Sequence<T>& q, void* const*) : q(q) {}
+    RNN(const Sequence<T>& q, const BackwardArgs*) : q(q) {}
 
     void carry(int64_t, int64_t) {}
 
@@ -775,20 +786,19 @@ template <typename T, int kind> struct RNN {
     void finish(int64_t, int64_t, Gemm<T>) {}
 };
 
-// flags = [cell (0 LSTM, 1 GRU, 2 RNN), activation, keep, coupled (LSTM), reset_after (GRU), peephole (LSTM),
-// layer norm (LSTM)]: each combination compiled as its own loop, without branches.
-template <typename T, typename F> void with_cell(const int* flags, F&& run) {
-    const int activation = flags[1];
-    if (flags[0] == 0) {
-        lstm::dispatch(flags[3], activation, flags[5], flags[6], [&]<bool C, bool S, bool P, bool L>() {
+// The cell and its variants as template arguments: each combination compiled as its own loop, without branches.
+template <typename T, typename F> void with_cell(const SequenceArgs& a, F&& run) {
+    const int activation = a.activation;
+    if (a.cell == 0) {
+        lstm::dispatch(a.coupled, activation, a.peephole, a.layer_norm, [&]<bool C, bool S, bool P, bool L>() {
             run.template operator()<LSTM<T, C, S, P, L>>();
         });
-    } else if (flags[0] == 1) {
+    } else if (a.cell == 1) {
         auto gru = [&]<bool reset_after>() {
             if (activation == SOFTSIGN) run.template operator()<GRU<T, reset_after, SOFTSIGN>>();
             else run.template operator()<GRU<T, reset_after, TANH>>();
         };
-        if (flags[4]) gru.template operator()<true>();
+        if (a.reset_after) gru.template operator()<true>();
         else gru.template operator()<false>();
     } else {
         if (activation == SOFTSIGN) run.template operator()<RNN<T, SOFTSIGN>>();
@@ -797,20 +807,19 @@ template <typename T, typename F> void with_cell(const int* flags, F&& run) {
     }
 }
 
-template <typename T> void sequence(const int* flags, const int64_t* dims, void* const* bufs, Gemm<T> gemm) {
-    const Sequence<T> q(dims, flags[2], bufs);
-    with_cell<T>(flags, [&]<class Cell>() {
+template <typename T> void sequence(const SequenceArgs& a) {
+    const Sequence<T> q(a);
+    with_cell<T>(a, [&]<class Cell>() {
         Cell cell(q, nullptr);
-        run_forward(q, cell, gemm);
+        run_forward(q, cell, (Gemm<T>)a.gemm);
     });
 }
 
-template <typename T>
-void sequence_backward(const int* flags, const int64_t* dims, void* const* bufs, Gemm<T> gemm, void* const* grads) {
-    const Sequence<T> q(dims, flags[2], bufs);
-    with_cell<T>(flags, [&]<class Cell>() {
-        Cell cell(q, grads);
-        run_backward(q, cell, gemm, (const T*)grads[D_OUT], (T*)grads[D_H], (T*)grads[D_XP]);
+template <typename T> void sequence_backward(const SequenceArgs& a, const BackwardArgs& g) {
+    const Sequence<T> q(a);
+    with_cell<T>(a, [&]<class Cell>() {
+        Cell cell(q, &g);
+        run_backward(q, cell, (Gemm<T>)a.gemm, (const T*)g.d_out, (T*)g.d_h, (T*)g.d_xp);
     });
 }
 
@@ -835,14 +844,10 @@ extern "C" {
         lstm::backward_any<T>(s, d_h, d_c, gates, c, c_new, act_c, stats, d_gates, d_c_prev, d_vec, d_a,     \
                               work, flags[0], flags[1]);                                                    \
     }                                                                                                       \
-    /* Whole sequences of any cell: flags as with_cell's; dims = [T, B, H, P, I, chunk, G]; bufs as Slot,     \
-       grads as Grad (the backward's chunk, for the LSTM's layer norm, is dims[5]). */                      \
-    void sequence_##suffix(const int* flags, const int64_t* dims, void* const* bufs, void* gemm) {         \
-        sequence<T>(flags, dims, bufs, (Gemm<T>)gemm);                                                      \
-    }                                                                                                       \
-    void sequence_backward_##suffix(const int* flags, const int64_t* dims, void* const* bufs, void* gemm,   \
-                                    void* const* grads) {                                                   \
-        sequence_backward<T>(flags, dims, bufs, (Gemm<T>)gemm, grads);                                      \
+    /* Whole sequences of any cell (the backward's chunk, for the LSTM's layer norm, is args->chunk). */   \
+    void sequence_##suffix(const SequenceArgs* args) { sequence<T>(*args); }                                 \
+    void sequence_backward_##suffix(const SequenceArgs* args, const BackwardArgs* grads) {                  \
+        sequence_backward<T>(*args, *grads);                                                                \
     }
 
 RNNKIT_ENTRIES(float, f32)

@@ -21,6 +21,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import random
 import shutil
 import subprocess
 import tempfile
@@ -100,8 +101,9 @@ def _load(lib: ctypes.CDLL) -> ctypes.CDLL:
     for suffix in _DTYPES.values():
         getattr(lib, f"lstm_forward_{suffix}").argtypes = [p] * 9
         getattr(lib, f"lstm_backward_{suffix}").argtypes = [p] * 15
-        getattr(lib, f"sequence_{suffix}").argtypes = [p] * 4
-        getattr(lib, f"sequence_backward_{suffix}").argtypes = [p] * 5
+        getattr(lib, f"sequence_{suffix}").argtypes = [ctypes.POINTER(SequenceArgs)]
+        getattr(lib, f"sequence_backward_{suffix}").argtypes = [ctypes.POINTER(SequenceArgs),
+                                                                ctypes.POINTER(BackwardArgs)]
     return lib
 
 
@@ -225,18 +227,24 @@ _gemm: dict | None = None  # dtype -> address of the Fortran-interface gemm, onc
 
 
 def _check_gemm(address: int, dtype: torch.dtype) -> bool:
-    """Whether the function at `address` computes C = A^T B + C with 32-bit integer arguments, as PyTorch does."""
+    """Whether the function at `address` computes C = A^T B + C with 32-bit integer arguments, as PyTorch does.
+    The operands are ctypes arrays, not tensors: the check may first run under any of PyTorch's modes (torch.func's
+    transforms, a compiler's tracing), where a tensor need not have memory of its own."""
     scalar = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
     c_int = ctypes.POINTER(ctypes.c_int)
     fn = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, c_int, c_int, c_int, ctypes.POINTER(scalar),
                           ctypes.c_void_p, c_int, ctypes.c_void_p, c_int, ctypes.POINTER(scalar), ctypes.c_void_p,
                           c_int)(address)
-    g = torch.Generator().manual_seed(0)
-    a, b, c = (torch.randn(shape, generator=g, dtype=dtype) for shape in ((5, 3), (2, 5), (2, 3)))
-    expected = c + b @ a  # row-major (2, 3) = b (2, 5) a (5, 3): column-major c^T = a^T b^T
+    rng = random.Random(0)
+    a, b, c = ([[rng.uniform(-1, 1) for _ in range(cols)] for _ in range(rows)]
+               for rows, cols in ((5, 3), (2, 5), (2, 3)))
+    # row-major (2, 3) = b (2, 5) a (5, 3): column-major c^T = a^T b^T
+    expected = [[c[i][j] + sum(b[i][k] * a[k][j] for k in range(5)) for j in range(3)] for i in range(2)]
+    a_, b_, c_ = ((scalar * (len(m) * len(m[0])))(*(v for row in m for v in row)) for m in (a, b, c))
     m, n, k, one = ctypes.c_int(3), ctypes.c_int(2), ctypes.c_int(5), scalar(1)
-    fn(b"N", b"N", m, n, k, one, a.data_ptr(), m, b.data_ptr(), k, one, c.data_ptr(), m)
-    return torch.allclose(c, expected, rtol=1e-5, atol=1e-6)
+    fn(b"N", b"N", m, n, k, one, ctypes.addressof(a_), m, ctypes.addressof(b_), k, one, ctypes.addressof(c_), m)
+    got = [[c_[3 * i + j] for j in range(3)] for i in range(2)]
+    return all(abs(g - e) <= 1e-6 + 1e-5 * abs(e) for gr, er in zip(got, expected) for g, e in zip(gr, er))
 
 
 def gemm_address(dtype: torch.dtype) -> int | None:
@@ -272,14 +280,29 @@ BACKWARD_CHUNK_BYTES = 2 << 20  # layer norm: d_a of this many bytes' worth of s
 # W_hh itself, which a large W_hh's copy at every call would cost more than: 0.9 ms at 2048 x 512)
 TRANSPOSED_MIN_BATCH = 8
 
-# The buffers of a sequence call, in the order of `Slot` in fused.cpp: those every cell has, the GRU's, the LSTM's
+# The buffers of a sequence call, in SequenceArgs' order (fused.cpp): those every cell has, the GRU's, the LSTM's
 SLOTS = ("batch_sizes", "w_hh", "w_hh_t", "mask", "xp", "h0", "h", "out", "hr", "x", "w_ih", "b", "ln_w_ih", "work",
          "gates", "extra", "b_hh",
          "c", "act_c", "h_new", "a", "stats", "w_hr", "peep", "ln_w_hh", "ln_w_c", "ln_b_c")
+GRADS = ("d_out", "d_h", "d_c", "d_xp", "d_hout", "d_vec", "d_w_hh", "work", "d_extra")  # BackwardArgs' order
 _CELLS = ("lstm", "gru", "rnn")
 _ACTIVATIONS = ("tanh", "softsign", "relu")
-_Slots, _SequenceDims, _SequenceFlags, _Grads = (ctypes.c_void_p * len(SLOTS), ctypes.c_int64 * 7, ctypes.c_int * 7,
-                                                 ctypes.c_void_p * 9)
+
+
+class SequenceArgs(ctypes.Structure):
+    """fused.cpp's SequenceArgs, field for field: the configuration, the sizes, the gemm, the buffers (SLOTS)."""
+
+    _fields_ = [*((name, ctypes.c_int32) for name in ("cell", "activation", "keep", "coupled", "reset_after",
+                                                       "peephole", "layer_norm")),
+                *((name, ctypes.c_int64) for name in ("steps", "batch", "hidden", "proj", "input", "chunk",
+                                                       "n_gates")),
+                ("gemm", ctypes.c_void_p), *((name, ctypes.c_void_p) for name in SLOTS)]
+
+
+class BackwardArgs(ctypes.Structure):
+    """fused.cpp's BackwardArgs: the backward's own buffers (GRADS)."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in GRADS]
 
 
 class Projection(NamedTuple):
@@ -361,38 +384,31 @@ def _sequence(cell: str, activation: str, xp: Tensor | None, h0: Tensor, w_hh: T
                  x=_contiguous(x), w_ih=_contiguous(w_ih), b=_contiguous(bias),
                  ln_w_ih=_contiguous(ln_w_ih), **buffers(T, B, per_step, summed))
     fn = getattr(library(), f"sequence_{_DTYPES[source.dtype]}")
-    fn(_flags(q), _dims(q, H, x, chunk), _slots(q), gemm_address(source.dtype))
+    fn(ctypes.byref(_args(q, H, 0 if x is None else x.shape[2], chunk)))
     q.xp = q.w_hh_t = q.x = q.w_ih = q.work = None  # the backward needs none of them: kept, they would hold memory
     return q
 
 
-def _flags(q: Sequence):
-    return _SequenceFlags(_CELLS.index(q.cell), _ACTIVATIONS.index(q.activation), q.keep, q.coupled, q.reset_after,
-                          q.peep is not None, q.ln_w_hh is not None)
-
-
-def _dims(q: Sequence, H: int, x: Tensor | None, chunk: int):
+def _args(q: Sequence, H: int, I: int, chunk: int) -> SequenceArgs:
+    """The SequenceArgs of q: I the input's width (inference's projection, else 0), chunk its steps per product (the
+    backward: the LSTM's layer-norm chunk)."""
     T, B, P = q.out.shape
-    return _SequenceDims(T, B, H, P, 0 if x is None else x.shape[2], chunk, q.w_hh.shape[0] // H)
-
-
-def _slots(q: Sequence):
-    return _Slots(*(_ptr(getattr(q, name)) for name in SLOTS))
+    return SequenceArgs(_CELLS.index(q.cell), _ACTIVATIONS.index(q.activation), q.keep, q.coupled, q.reset_after,
+                        q.peep is not None, q.ln_w_hh is not None, T, B, H, P, I, chunk, q.w_hh.shape[0] // H,
+                        gemm_address(q.out.dtype), *(_ptr(getattr(q, name)) for name in SLOTS))
 
 
 def _sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor, chunk: int = 0, **grads) -> tuple[Tensor, Tensor]:
     """The C++ backward loop over a kept sequence: d_xp (T, B, G*H) and d_h0 (B, P) from d_out (T, B, P) and d_h,
-    the gradient of the final h; `grads` the cell's own buffers (names of `Grad` in fused.cpp, lower case)."""
+    the gradient of the final h; `grads` the cell's own buffers (names of GRADS)."""
     T, B, P = q.out.shape
     H = q.c.shape[2] if q.cell == "lstm" else P
     d_out = d_out.contiguous()
     d_h = d_h.clone(memory_format=torch.contiguous_format)
     d_xp = d_out.new_empty(T, B, q.w_hh.shape[0]) if q.batch_sizes is None else d_out.new_zeros(T, B, q.w_hh.shape[0])
-    names = ("d_out", "d_h", "d_c", "d_xp", "d_hout", "d_vec", "d_w_hh", "work", "d_extra")
     grads.update(d_out=d_out, d_h=d_h, d_xp=d_xp)
     fn = getattr(library(), f"sequence_backward_{_DTYPES[d_out.dtype]}")
-    fn(_flags(q), _dims(q, H, None, chunk), _slots(q), gemm_address(d_out.dtype),
-       _Grads(*(_ptr(grads.get(name)) for name in names)))
+    fn(ctypes.byref(_args(q, H, 0, chunk)), ctypes.byref(BackwardArgs(*(_ptr(grads.get(name)) for name in GRADS))))
     return d_xp, d_h
 
 
