@@ -19,8 +19,9 @@ recorded by autograd). Another cell object may run a whole sequence itself (`seq
 engine.triton's does), inside _ExplicitBPTT.
 
 Variable lengths use the layout of torch's PackedSequence: the batch is sorted longest first and
-`batch_sizes[t]` rows are active at step t (a list, or a (T,) int64 tensor: `batch_sizes_of`), so each step runs on a prefix of the batch; a row
-that has ended keeps its state, which becomes its final state; outputs past a row's end are zero.
+`batch_sizes[t]` rows are active at step t (a list, or a (T,) int64 tensor: `batch_sizes_of`), so each step runs
+on a prefix of the batch; a row that has ended keeps its state, which becomes its final state; outputs past a row's
+end are zero.
 """
 from __future__ import annotations
 
@@ -166,7 +167,7 @@ class _ExplicitBPTT(torch.autograd.Function):
     def forward(step, batch_sizes, names, kept, xp, source, mask, *tensors):
         n_states = step.num_states
         state0, params = tensors[:n_states], dict(zip(names, tensors[n_states:]))
-        whole = step.sequence(xp, state0, params, batch_sizes, mask, keep=True) if hasattr(step, "sequence") else None
+        whole = _sequence(step, xp, state0, params, batch_sizes, mask)
         if whole is not None:  # the step ran the sequence itself and keeps what its backward needs
             out, final, (tensors_kept, options) = whole
             kept.whole, kept.tensors, kept.options = True, tensors_kept, options
@@ -208,6 +209,12 @@ class _ExplicitBPTT(torch.autograd.Function):
             grads = _recorded_backward(step, ctx.batch_sizes, source, ctx.from_source, mask, state0, params,
                                        (wanted[0], *wanted[3:]), d_out, d_final)
             return (*nothing, grads[0], None, None, *grads[1:])
+        if ctx.whole and ctx.kept_options is OPS:  # rest: out, then the forward op's kept outputs
+            _, mask, state0, params = _saved_inputs(ctx, inputs)
+            d_final = [torch.zeros_like(s) if d is None else d for s, d in zip(state0, d_final)]
+            d_xp, d_state, grads = ops.backward(step, d_out, d_final, state0, params, mask,
+                                                _sizes_tensor(ctx.batch_sizes), rest[0], rest[1:])
+            return (*nothing, d_xp, None, None, *d_state, *(grads.get(name) for name in names))
         if ctx.whole:
             d_state, kept = list(d_final), (rest, ctx.kept_options)
             d_xp, d_state, grads = step.sequence_backward(kept, d_out, d_state)
@@ -238,6 +245,27 @@ class _ExplicitBPTT(torch.autograd.Function):
             sums.add(t, bs, d_xp_t, grads)
         d_params = [sums.total(name, params[name]) for name in names]
         return (*nothing, d_xp, None, None, *d_state, *d_params)
+
+
+OPS = "ops"  # _ExplicitBPTT's kept options when the forward op ran the sequence
+
+
+def _sequence(step, xp, state0, params, batch_sizes, mask):
+    """_ExplicitBPTT's whole-sequence call, where there is one: the forward op (as a plain kernel here, for torch.func's
+    transforms, which cannot run the op's own autograd formula), or a cell object's own sequence call (engine.triton's).
+    Returns (out, final states, (kept tensors, options)), or None: the loop of steps."""
+    if ops.covers(step, xp, *state0, *params.values()):
+        out, final, kept = ops.sequence(step, xp, state0, params, _sizes_tensor(batch_sizes), mask, None)
+        return out, final, ([out, *kept], OPS)
+    if hasattr(step, "sequence"):
+        return step.sequence(xp, state0, params, batch_sizes, mask, keep=True)
+    return None
+
+
+def _transformed(*tensors: Tensor) -> bool:
+    """Whether torch.func's transforms (grad, vmap, ...) run on these tensors."""
+    return not torch.compiler.is_compiling() and any(torch._C._functorch.is_functorch_wrapped_tensor(t)
+                                                     for t in tensors)
 
 
 def _saved_inputs(ctx, inputs):
@@ -304,8 +332,8 @@ def _register_sequence_autograd(kind: type) -> None:
             return grads[0], grads[1:1 + n], grads[1 + n:], *nothing
         d_out = torch.zeros_like(out) if d_out is None else d_out
         d_final = [torch.zeros_like(s) if d is None else d for s, d in zip(state0, d_final)]
-        d_xp, d_state0, grads = ops.backward(step, d_out, d_final, list(state0), list(params), mask, batch_sizes,
-                                             out, list(kept))
+        d_xp, d_state0, grads = ops.backward(step, d_out, d_final, state0, dict(zip(step.param_shapes(0), params)),
+                                             mask, batch_sizes, out, kept)
         return d_xp, list(d_state0), [grads.get(name) for name in step.param_shapes(0)], *nothing
 
     torch.library.register_autograd(f"rnnkit::{ops.CELLS[kind]}_sequence", backward, setup_context=setup_context)
@@ -396,11 +424,12 @@ def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor]
             return run(step, cast(xp), tuple(map(cast, state0)), {k: cast(v) for k, v in p.items()},
                        batch_sizes, cast(mask), bptt, cast(source))
     recording = records(xp, *state0, *p.values())
-    if bptt == "explicit" and recording and ops.covers(step, xp, *state0, *p.values()):
-        return ops.sequence(step, xp, state0, p, _sizes_tensor(batch_sizes), mask, source)
+    if bptt == "explicit" and recording and ops.covers(step, xp, *state0, *p.values()) \
+            and not _transformed(xp, *state0, *p.values()):
+        return ops.sequence(step, xp, state0, p, _sizes_tensor(batch_sizes), mask, source)[:2]
     # under torch.compile the compiler derives the backward of the loop it traces: the loop recorded by autograd
     if bptt == "autograd" or not recording or torch.compiler.is_compiling():
-        out, final, _ = _forward_loop(step, xp, state0, p, batch_sizes, mask, keep_saved=False)  # inference keeps nothing
+        out, final, _ = _forward_loop(step, xp, state0, p, batch_sizes, mask, keep_saved=False)  # keeping nothing
         return out, final
     names, batch_sizes = tuple(p), _sizes_list(batch_sizes)
     out, *final = _ExplicitBPTT.apply(step, batch_sizes, names, _Kept(), xp, source, mask, *state0, *p.values())

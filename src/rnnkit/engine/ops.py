@@ -182,10 +182,10 @@ def _op(step: Step, suffix: str = ""):
 
 
 def sequence(step: Step, xp: Tensor, state0: tuple, p: dict, batch_sizes: Tensor | None, mask: Tensor | None,
-             source: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """A train step's sequence through the forward op (autograd's formula: loop.py): out, final states."""
+             source: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...], list[Tensor]]:
+    """A train step's sequence through the forward op (autograd's formula: loop.py): out, final states, kept."""
     out, *rest = _op(step)(xp, list(state0), _ordered(step, p), mask, batch_sizes, source, *config(step))
-    return out, tuple(rest[:step.num_states])
+    return out, tuple(rest[:step.num_states]), rest[step.num_states:]
 
 
 def infer(step: Step, x: Tensor, state0: tuple, p: dict, batch_sizes: Tensor | None, mask: Tensor | None,
@@ -195,8 +195,9 @@ def infer(step: Step, x: Tensor, state0: tuple, p: dict, batch_sizes: Tensor | N
     return out, tuple(final)
 
 
-def backward(step: Step, d_out, d_final, state0, params, mask, batch_sizes, out, kept):
-    """The backward op: (d_xp, d_state0, {name: gradient} of sequence_params(step))."""
-    d_xp, d_state0, d_params = _op(step, "_backward")(d_out, d_final, state0, params, mask, batch_sizes, out, kept,
-                                                      *config(step))
+def backward(step: Step, d_out: Tensor, d_final: list, state0, p: dict, mask, batch_sizes, out: Tensor, kept):
+    """The backward op from the gradients of out and the final states: (d_xp, d_state0, {name: gradient} of
+    sequence_params(step))."""
+    d_xp, d_state0, d_params = _op(step, "_backward")(d_out, list(d_final), list(state0), _ordered(step, p), mask,
+                                                      batch_sizes, out, list(kept), *config(step))
     return d_xp, d_state0, dict(zip(sequence_params(step), d_params))

@@ -1,6 +1,6 @@
-"""The engine's side of the Triton kernels: a cell whose whole-sequence call (`sequence` /
-`Step.sequence_backward`, see rnnkit.engine.cells and rnnkit.engine.loop) runs them. Everything else (one step, its backward,
-the input projection, the double backward's recomputation under autograd) is the cell's own, unchanged."""
+"""The engine's side of the Triton kernels: a cell whose whole-sequence call (`sequence` / `sequence_backward`, see
+rnnkit.engine.loop) runs them. Everything else (one step, its backward, the input projection, the double backward's
+recomputation under autograd) is the cell's own, unchanged."""
 from __future__ import annotations
 
 import importlib

@@ -71,7 +71,8 @@ def check_lengths(lengths, T: int, B: int) -> Tensor:
     if lengths.numel() != B:
         raise ValueError(f"lengths has {lengths.numel()} entries; expected one per sequence, batch size {B}")
     if torch.compiler.is_compiling():  # no Python numbers from the data under a compiler: the check is an op
-        torch._assert_async(((lengths >= 0) & (lengths <= T)).all(), f"lengths must lie in [0, {T}] (the input's time steps)")
+        torch._assert_async(((lengths >= 0) & (lengths <= T)).all(),
+                            f"lengths must lie in [0, {T}] (the input's time steps)")
         return lengths.long()
     lo, hi = (int(lengths.min()), int(lengths.max())) if B else (0, 0)
     if lo < 0 or hi > T:
