@@ -4,6 +4,7 @@ against eager), for every cell kind and a representative set of variants, with a
 recurrent-dropout mask; and the layers' use of them."""
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import rnnkit
 from rnnkit.engine import loop, ops
@@ -88,16 +89,42 @@ def test_inference_ops_have_no_autograd_formula():
         out.sum().backward()
 
 
+class _Recording(TorchDispatchMode):
+    """Records the ops dispatched while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
 @pytest.mark.parametrize("grad", [True, False], ids=["train", "inference"])
 def test_layers_call_the_ops(grad, monkeypatch):
-    """A layer on the engine calls one op per direction and layer: the forward op (then the backward op) in a
-    train step, the infer op in inference."""
-    calls = []
-    monkeypatch.setattr(ops, "_op", lambda step, suffix="", op=ops._op: calls.append(suffix) or op(step, suffix))
+    """Seen by a dispatch mode (as by the compilers' tracing), a layer on the engine calls one op per direction and
+    layer: the forward op, then the backward op, in a train step; the infer op in inference. In plain eager mode the
+    engine calls the ops' implementations directly (ops.dispatched), with the same numbers."""
     layer = rnnkit.LSTM(3, 4, 2, bidirectional=True, peephole=True, impl="engine")
-    x = torch.randn(5, 2, 3, requires_grad=grad)
-    with torch.set_grad_enabled(grad):
-        out, _ = layer(x, lengths=torch.tensor([5, 3]))
-        if grad:
-            out.sum().backward()
-    assert calls == (["", "", "", "", "_backward", "_backward", "_backward", "_backward"] if grad else ["_infer"] * 4)
+    x, lengths = torch.randn(5, 2, 3), torch.tensor([5, 3])
+
+    def run():
+        inp = x.detach().requires_grad_(grad)
+        with torch.set_grad_enabled(grad):
+            out, _ = layer(inp, lengths=lengths)
+            grads = torch.autograd.grad(out.square().sum(), [inp, *layer.parameters()]) if grad else ()
+        return out, *grads
+
+    direct = []
+    monkeypatch.setattr(ops, "_op", lambda step, suffix="", op=ops._op: direct.append(suffix) or op(step, suffix))
+    want = run()
+    assert direct == []
+    with _Recording() as mode:
+        got = run()
+    ours = [name.removesuffix(".default") for name in mode.ops if name.startswith("rnnkit.")]
+    expected = ["rnnkit.lstm_sequence"] * 4 + ["rnnkit.lstm_sequence_backward"] * 4 if grad else \
+        ["rnnkit.lstm_sequence_infer"] * 4
+    assert ours == expected
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -12,11 +12,13 @@ One direction of one layer is `run(step, xp, state0, p, batch_sizes, mask, bptt)
     Both are twice differentiable: asked for a graph of its backward (create_graph=True), the
     explicit BPTT recomputes the loop under autograd and differentiates that.
 
-On the CPU, the LSTM, GRU and RNN cells run a whole sequence in C++ (rnnkit.kernels.cpu.fused) through rnnkit's
-custom operators (ops.py): the engine then makes one op call per sequence instead of looping over `step`, and this
-module registers the forward op's autograd formula, the backward op (or, for a double backward, the step loop
-recorded by autograd). Another cell object may run a whole sequence itself (`sequence` / `sequence_backward`, as
-engine.triton's does), inside _ExplicitBPTT.
+On the CPU, the LSTM, GRU and RNN cells run a whole sequence in C++ (rnnkit.kernels.cpu.fused), one call per
+sequence instead of a loop over `step`, as rnnkit's custom operators (ops.py). Where a compiler, a tracer or a
+dispatch mode watches (ops.dispatched), the engine calls the forward op, whose autograd formula this module
+registers: the backward op, or for a double backward the step loop recorded by autograd. In plain eager mode
+_ExplicitBPTT calls the ops' implementations directly, the same functions without the dispatcher's cost. Another
+cell object may run a whole sequence itself (`sequence` / `sequence_backward`, as engine.triton's does), inside
+_ExplicitBPTT.
 
 Variable lengths use the layout of torch's PackedSequence: the batch is sorted longest first and
 `batch_sizes[t]` rows are active at step t (a list, or a (T,) int64 tensor: `batch_sizes_of`), so each step runs
@@ -251,11 +253,12 @@ OPS = "ops"  # _ExplicitBPTT's kept options when the forward op ran the sequence
 
 
 def _sequence(step, xp, state0, params, batch_sizes, mask):
-    """_ExplicitBPTT's whole-sequence call, where there is one: the forward op (as a plain kernel here, for torch.func's
-    transforms, which cannot run the op's own autograd formula), or a cell object's own sequence call (engine.triton's).
-    Returns (out, final states, (kept tensors, options)), or None: the loop of steps."""
+    """_ExplicitBPTT's whole-sequence call, where there is one: the forward op's computation (ops.forward; here in eager
+    mode, and under torch.func's transforms, which cannot run a custom op's autograd formula), or a cell object's own
+    sequence call (engine.triton's). Returns (out, final states, (kept tensors, options)), or None: the loop of
+    steps."""
     if ops.covers(step, xp, *state0, *params.values()):
-        out, final, kept = ops.sequence(step, xp, state0, params, _sizes_tensor(batch_sizes), mask, None)
+        out, final, kept = ops.forward(step, xp, state0, params, _sizes_tensor(batch_sizes), mask)
         return out, final, ([out, *kept], OPS)
     if hasattr(step, "sequence"):
         return step.sequence(xp, state0, params, batch_sizes, mask, keep=True)
@@ -424,9 +427,9 @@ def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor]
             return run(step, cast(xp), tuple(map(cast, state0)), {k: cast(v) for k, v in p.items()},
                        batch_sizes, cast(mask), bptt, cast(source))
     recording = records(xp, *state0, *p.values())
-    if bptt == "explicit" and recording and ops.covers(step, xp, *state0, *p.values()) \
-            and not _transformed(xp, *state0, *p.values()):
-        return ops.sequence(step, xp, state0, p, _sizes_tensor(batch_sizes), mask, source)[:2]
+    if bptt == "explicit" and recording and ops.dispatched() and ops.covers(step, xp, *state0, *p.values()) \
+            and not _transformed(xp, *state0, *p.values()):  # the forward op, with its autograd formula
+        return ops.sequence(step, xp, state0, p, _sizes_tensor(batch_sizes), mask, source)
     # under torch.compile the compiler derives the backward of the loop it traces: the loop recorded by autograd
     if bptt == "autograd" or not recording or torch.compiler.is_compiling():
         out, final, _ = _forward_loop(step, xp, state0, p, batch_sizes, mask, keep_saved=False)  # keeping nothing

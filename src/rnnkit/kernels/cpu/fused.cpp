@@ -445,6 +445,11 @@ template <typename T> struct Sequence {
           w_ih((T*)a.w_ih), b((T*)a.b), ln_w_ih((T*)a.ln_w_ih), work((T*)a.work), bx(x && !ln_w_ih ? b : nullptr) {}
     int64_t rows(int64_t t) const { return batch_sizes ? batch_sizes[t] : B; }
     T* step_of(T* buffer, int64_t t, int64_t width) const { return buffer + (keep ? t * B * width : 0); }
+    // Zeroes rows bs.. (rows that have ended) of step t of a kept per-step buffer: the kept buffers are outputs of
+    // rnnkit's ops, which hold no value as the memory happened to.
+    void clear(T* buffer, int64_t t, int64_t bs, int64_t width) const {
+        std::memset(buffer + (t * B + bs) * width, 0, (B - bs) * width * sizeof(T));
+    }
 
     // C (bs, n) (row stride ldc) = beta * C + h_r (bs, P) times the columns col .. col+n of W_hh^T: from the
     // contiguous W_hh^T where fused.py made one (batches of 8 or more, where the product runs faster from it),
@@ -561,8 +566,12 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
     }
     T* c_at(int64_t t) const { return c + (q.keep ? t : t % 2) * q.B * q.H; }
 
-    void carry(int64_t t, int64_t bs) {  // ended rows: their cell state carries
+    void carry(int64_t t, int64_t bs) {  // ended rows: their cell state carries, their kept values are zero
         std::memcpy(c_at(t + 1) + bs * q.H, c_at(t) + bs * q.H, (q.B - bs) * q.H * sizeof(T));
+        if (!q.keep) return;
+        q.clear(gates, t, bs, q.GH);
+        q.clear(act_c, t, bs, q.H);
+        if (ln) q.clear(a, t, bs, q.GH), q.clear(stats, t, bs, 4);
     }
 
     void forward(int64_t t, int64_t bs, const T* in, const T* hr, const T*, T* out, Gemm<T> gemm) {
@@ -636,7 +645,9 @@ template <typename T, bool reset_after, int kind> struct GRU {
         : q(q), gates((T*)q.args.gates), extra((T*)q.args.extra), d_extra(g ? (T*)g->d_extra : nullptr),
           d_work(g ? (T*)g->work : nullptr), b_hh((T*)q.args.b_hh) {}
 
-    void carry(int64_t, int64_t) {}  // h, the only state, carries in the loop
+    void carry(int64_t t, int64_t bs) {  // h, the only state, carries in the loop; ended rows' kept values are zero
+        if (q.keep) q.clear(gates, t, bs, 3 * q.H), q.clear(extra, t, bs, q.H);
+    }
 
     void forward(int64_t t, int64_t bs, const T* in, const T* hr, const T* h, T* out, Gemm<T> gemm) {
         const int64_t H = q.H, GH = 3 * H;

@@ -372,8 +372,6 @@ def _sequence(cell: str, activation: str, xp: Tensor | None, h0: Tensor, w_hh: T
     new = source.new_empty
     per_step = (lambda *shape: new(T, *shape)) if keep else (lambda *shape: new(*shape))
     summed = (lambda *shape: source.new_zeros(T, *shape)) if keep and batch_sizes is not None else per_step
-    # kept, the per-step buffers are outputs of rnnkit's ops: no entry left as the memory held it (rows past their end)
-    per_step = summed if keep else per_step
     q = Sequence(cell, activation, keep, chunk=chunk, **options,
                  batch_sizes=_batch_sizes(batch_sizes),
                  w_hh=w_hh.contiguous(), w_hh_t=w_hh.T.contiguous() if B >= TRANSPOSED_MIN_BATCH else None,
