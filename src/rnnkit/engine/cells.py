@@ -146,16 +146,17 @@ class Step:
     # math; the same loop for every cell, each supplying its step through `_sequence_call`). The engine calls it
     # through rnnkit's custom ops (engine/ops.py), which autograd and the compilers see.
     def fused_sequence(self, x: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor], batch_sizes, mask,
-                       keep: bool, chunk: int = 0) -> "fused.Sequence":
+                       keep: bool, chunk: int = 0, clear: bool = False) -> "fused.Sequence":
         """The C++ loop over x, the input projections xp (T, B, G*H), or with `chunk` > 0 the input (T, B, I),
         projected `chunk` steps at a time in the loop (inference); `keep`: keep what the backward needs
-        (fused.sequence_backward). batch_sizes: None, or as in rnnkit.engine.loop (a list or an int64 tensor)."""
+        (fused.sequence_backward), `clear`: with zeros past each row's end. batch_sizes: None, or as in
+        rnnkit.engine.loop (a list or an int64 tensor)."""
         projection = None
         if chunk:
             projection = fused.Projection(x, p["weight_ih"], self._input_bias(p), p.get("ln_weight_ih"), chunk)
-        return self._sequence_call(None if chunk else x, state0, p, batch_sizes, mask, keep, projection)
+        return self._sequence_call(None if chunk else x, state0, p, batch_sizes, mask, keep, projection, clear)
 
-    def _sequence_call(self, xp, state0, p, batch_sizes, mask, keep, projection):
+    def _sequence_call(self, xp, state0, p, batch_sizes, mask, keep, projection, clear):
         raise NotImplementedError
 
 
@@ -195,8 +196,9 @@ class RNNStep(Step):
         d_h_prev = _masked(d_pre @ p["weight_hh"], mask)
         return d_pre, (d_h_prev,), {"weight_hh": [(d_pre, hr)]}
 
-    def _sequence_call(self, xp, state0, p, batch_sizes, mask, keep, projection):
-        return fused.rnn_sequence(xp, *state0, p["weight_hh"], mask, batch_sizes, self.nonlinearity, keep, projection)
+    def _sequence_call(self, xp, state0, p, batch_sizes, mask, keep, projection, clear):
+        return fused.rnn_sequence(xp, *state0, p["weight_hh"], mask, batch_sizes, self.nonlinearity, keep, projection,
+                                  clear)
 
 
 @dataclass(frozen=True)
@@ -362,11 +364,11 @@ class LSTMStep(Step):
         d_h_prev = _masked(d_pre @ p["weight_hh"], mask)
         return d_xp, (d_h_prev, d_c_prev), grads
 
-    def _sequence_call(self, xp, state0, p, batch_sizes, mask, keep, projection):
+    def _sequence_call(self, xp, state0, p, batch_sizes, mask, keep, projection, clear):
         ln = (p["ln_weight_hh"], p["ln_weight_c"], p.get("ln_bias_c")) if self.layer_norm else None
         return fused.lstm_sequence(xp, *state0, p["weight_hh"], p.get("weight_hr"), mask, batch_sizes,
                                    p.get("weight_peephole"), ln, self.coupled, self.activation == "softsign", keep,
-                                   projection)
+                                   projection, clear)
 
     # The same equations with the gate math in one C++ pass (fused.py): f = None in the cache marks it,
     # the activated gates (B, G*H) in g's place and the layer-norm moments (B, 4) in mean's.
@@ -480,7 +482,7 @@ class GRUStep(Step):
         d_xp = torch.cat([d_r, d_z, d_n], 1, out=out)  # (B, 3H)
         return d_xp, (d_h_prev + _masked(d_hr, mask),), grads
 
-    def _sequence_call(self, xp, state0, p, batch_sizes, mask, keep, projection):
+    def _sequence_call(self, xp, state0, p, batch_sizes, mask, keep, projection, clear):
         b_hh = p.get("bias_hh") if self.reset_after else None  # hoisted into xp otherwise
         return fused.gru_sequence(xp, *state0, p["weight_hh"], b_hh, mask, batch_sizes, self.reset_after,
-                                  self.activation, keep, projection)
+                                  self.activation, keep, projection, clear)

@@ -111,17 +111,46 @@ def _options(step: Step) -> dict:
     return dict(cell="rnn", activation=step.nonlinearity)
 
 
+def _forward(step: Step, xp, state0, params, mask, batch_sizes, source, op: bool = True):
+    """The forward op's computation (`source` is not read: the op takes it for its autograd formula). Called directly
+    (op=False) by the engine, which keeps the results to itself, it skips what only an op's outputs need: memory of
+    their own (the LSTM's final c is a step of the kept c; empty tensors for what a configuration lacks) and zeros
+    past each row's end in the kept tensors."""
+    q = step.fused_sequence(xp, tuple(state0), _params(step, params), batch_sizes, mask, True, clear=op)
+    kept = [getattr(q, k) for k in KEPT[type(step)]]
+    if not op:
+        return (q.out, *q.final_states(), *kept)
+    return (q.out, *_final(q), *(xp.new_empty(0) if t is None else t for t in kept))
+
+
+def _backward(step: Step, d_out, d_final, state0, params, mask, batch_sizes, out, kept, op: bool = True):
+    p = _params(step, params)
+    shapes = _kept_shapes(step, 1, 1, mask is not None)
+    tensors = {k: t for k, t in zip(KEPT[type(step)], kept) if shapes[k] is not None}
+    # h, the final h, is read for its shape only: h_0's
+    q = fused.Sequence(keep=True, **_options(step), **_slots(step, p, state0, mask, batch_sizes), out=out,
+                       h=state0[0], **tensors)
+    d_xp, d_state0, grads = fused.sequence_backward(q, d_out, list(d_final))
+    names = sequence_params(step)
+    if op:  # the LSTM's vector parameters' gradients are views of one buffer: each becomes its own output
+        return d_xp, list(d_state0), [grads[n].clone() if n in VECTORS else grads[n] for n in names]
+    return d_xp, list(d_state0), [grads[n] for n in names]
+
+
+def _infer(step: Step, x, state0, params, mask, batch_sizes, chunk, op: bool = True):
+    q = step.fused_sequence(x, tuple(state0), _params(step, params), batch_sizes, mask, False, chunk)
+    return (q.out, *(_final(q) if op else q.final_states()))
+
+
+KERNELS = {"": _forward, "_backward": _backward, "_infer": _infer}
+
+
 def _define(kind: type) -> None:
     name = CELLS[kind]
     fields = ", ".join(f"{f.type} {f.name}" for f in dataclasses.fields(kind))
     states = ["Tensor h_n", "Tensor c_n"][:kind.num_states]
     kept = [f"Tensor {k}" for k in KEPT[kind]]
     inputs = "Tensor[] state0, Tensor[] params, Tensor? mask, Tensor? batch_sizes"
-
-    def forward(xp, state0, params, mask, batch_sizes, source, *cfg):
-        step = kind(*cfg)
-        q = step.fused_sequence(xp, tuple(state0), _params(step, params), batch_sizes, mask, True)
-        return (q.out, *_final(q), *(xp.new_empty(0) if getattr(q, k) is None else getattr(q, k) for k in KEPT[kind]))
 
     def forward_fake(xp, state0, params, mask, batch_sizes, source, *cfg):
         step = kind(*cfg)
@@ -130,18 +159,6 @@ def _define(kind: type) -> None:
         return (xp.new_empty(T, B, step.output_size), *(s.new_empty(s.shape) for s in state0),
                 *(xp.new_empty(shapes[k] or (0,)) for k in KEPT[kind]))
 
-    def backward(d_out, d_final, state0, params, mask, batch_sizes, out, kept, *cfg):
-        step = kind(*cfg)
-        p = _params(step, params)
-        shapes = _kept_shapes(step, 1, 1, mask is not None)
-        tensors = {k: t for k, t in zip(KEPT[kind], kept) if shapes[k] is not None}
-        # h, the final h, is read for its shape only: h_0's
-        q = fused.Sequence(keep=True, **_options(step), **_slots(step, p, state0, mask, batch_sizes), out=out,
-                           h=state0[0], **tensors)
-        d_xp, d_state0, grads = fused.sequence_backward(q, d_out, list(d_final))
-        # the LSTM's vector parameters' gradients are views of one buffer: each becomes its own output
-        return d_xp, list(d_state0), [grads[n].clone() if n in VECTORS else grads[n] for n in sequence_params(step)]
-
     def backward_fake(d_out, d_final, state0, params, mask, batch_sizes, out, kept, *cfg):
         step = kind(*cfg)
         p = _params(step, params)
@@ -149,32 +166,27 @@ def _define(kind: type) -> None:
         return (d_out.new_empty(T, B, step.gates * step.hidden_size), [s.new_empty(s.shape) for s in state0],
                 [p[n].new_empty(p[n].shape) for n in sequence_params(step)])
 
-    def infer(x, state0, params, mask, batch_sizes, chunk, *cfg):
-        step = kind(*cfg)
-        q = step.fused_sequence(x, tuple(state0), _params(step, params), batch_sizes, mask, False, chunk)
-        return (q.out, *_final(q))
-
     def infer_fake(x, state0, params, mask, batch_sizes, chunk, *cfg):
         step = kind(*cfg)
         T, B = x.shape[:2]
         return (x.new_empty(T, B, step.output_size), *(s.new_empty(s.shape) for s in state0))
 
-    for suffix, impl, fake, schema in [
-        ("", forward, forward_fake,
+    def implementation(kernel, arguments: int):
+        """The op's implementation: the kernel, on the cell rebuilt from the fields after the tensor arguments."""
+        return lambda *args: kernel(kind(*args[arguments:]), *args[:arguments])
+
+    for suffix, arguments, fake, schema in [
+        ("", 6, forward_fake,
          f"(Tensor xp, {inputs}, Tensor? source, {fields}) -> ({', '.join(['Tensor out', *states, *kept])})"),
-        ("_backward", backward, backward_fake,
+        ("_backward", 8, backward_fake,
          f"(Tensor d_out, Tensor[] d_final, {inputs}, Tensor out, Tensor[] kept, {fields}) "
          f"-> (Tensor d_xp, Tensor[] d_state0, Tensor[] d_params)"),
-        ("_infer", infer, infer_fake,
+        ("_infer", 6, infer_fake,
          f"(Tensor x, {inputs}, int chunk, {fields}) -> ({', '.join(['Tensor out', *states])})"),
     ]:
-        op = torch.library.custom_op(f"rnnkit::{name}_sequence{suffix}", impl, mutates_args=(),
-                                     device_types="cpu", schema=schema)
+        op = torch.library.custom_op(f"rnnkit::{name}_sequence{suffix}", implementation(KERNELS[suffix], arguments),
+                                     mutates_args=(), device_types="cpu", schema=schema)
         op.register_fake(fake)
-        _KERNELS[kind, suffix] = impl
-
-
-_KERNELS = {}  # (cell type, op suffix) -> the op's implementation
 
 
 for _kind in CELLS:
@@ -198,7 +210,7 @@ def dispatched() -> bool:
 def _call(step: Step, suffix: str, *args):
     if dispatched():
         return _op(step, suffix)(*args, *config(step))
-    return _KERNELS[type(step), suffix](*args, *config(step))
+    return KERNELS[suffix](step, *args, op=False)
 
 
 def sequence(step: Step, xp: Tensor, state0: tuple, p: dict, batch_sizes: Tensor | None, mask: Tensor | None,

@@ -23,6 +23,7 @@ struct SequenceArgs {
     int32_t cell;        // 0 LSTM, 1 GRU, 2 RNN
     int32_t activation;  // Activation: TANH, SOFTSIGN, RELU
     int32_t keep;        // keep every step's values for the backward (else one step's, reused)
+    int32_t clear;       // kept, zero the values of rows that have ended (else left as the memory held them)
     int32_t coupled, reset_after, peephole, layer_norm;  // the LSTM's and the GRU's variants
     int64_t steps, batch, hidden, proj, input, chunk, n_gates;  // T, B, H, P (h's size), I (inference's x), chunk, G
     void* gemm;                                                  // the Fortran-interface gemm of this dtype
@@ -425,7 +426,7 @@ template <typename T> INLINE void matmul(Gemm<T> gemm, bool ta, bool tb, int64_t
 // sequence is kept for the backward, else one step, reused (inference keeps nothing).
 template <typename T> struct Sequence {
     int64_t steps, B, H, P, GH, I, chunk;  // P: the size of h (the LSTM's projection, else H); GH: G*H, xp's width
-    bool keep;
+    bool keep, clear;  // clear: kept values of ended rows are zeroed (`zero_rows`)
     const SequenceArgs& args;    // the cells read their own buffers from it
     const int64_t* batch_sizes;  // (T) or null: every row runs every step
     const T *w_hh, *w_hh_t, *mask, *h0;  // (G*H, P); (P, G*H) contiguous or null (see recurrent); (B, P) or null; (B, P)
@@ -440,14 +441,14 @@ template <typename T> struct Sequence {
 
     explicit Sequence(const SequenceArgs& a)
         : steps(a.steps), B(a.batch), H(a.hidden), P(a.proj), GH(a.n_gates * a.hidden), I(a.input), chunk(a.chunk),
-          keep(a.keep != 0), args(a), batch_sizes(a.batch_sizes), w_hh((T*)a.w_hh), w_hh_t((T*)a.w_hh_t),
+          keep(a.keep != 0), clear(a.keep && a.clear), args(a), batch_sizes(a.batch_sizes), w_hh((T*)a.w_hh), w_hh_t((T*)a.w_hh_t),
           mask((T*)a.mask), h0((T*)a.h0), xp((T*)a.xp), h((T*)a.h), out((T*)a.out), hr((T*)a.hr), x((T*)a.x),
           w_ih((T*)a.w_ih), b((T*)a.b), ln_w_ih((T*)a.ln_w_ih), work((T*)a.work), bx(x && !ln_w_ih ? b : nullptr) {}
     int64_t rows(int64_t t) const { return batch_sizes ? batch_sizes[t] : B; }
     T* step_of(T* buffer, int64_t t, int64_t width) const { return buffer + (keep ? t * B * width : 0); }
-    // Zeroes rows bs.. (rows that have ended) of step t of a kept per-step buffer: the kept buffers are outputs of
-    // rnnkit's ops, which hold no value as the memory happened to.
-    void clear(T* buffer, int64_t t, int64_t bs, int64_t width) const {
+    // Zeroes rows bs.. (rows that have ended) of step t of a kept per-step buffer, where the kept buffers are outputs
+    // of rnnkit's ops, which hold no value as the memory happened to (`clear`).
+    void zero_rows(T* buffer, int64_t t, int64_t bs, int64_t width) const {
         std::memset(buffer + (t * B + bs) * width, 0, (B - bs) * width * sizeof(T));
     }
 
@@ -566,12 +567,12 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
     }
     T* c_at(int64_t t) const { return c + (q.keep ? t : t % 2) * q.B * q.H; }
 
-    void carry(int64_t t, int64_t bs) {  // ended rows: their cell state carries, their kept values are zero
+    void carry(int64_t t, int64_t bs) {  // ended rows: their cell state carries (their kept values: see clear)
         std::memcpy(c_at(t + 1) + bs * q.H, c_at(t) + bs * q.H, (q.B - bs) * q.H * sizeof(T));
-        if (!q.keep) return;
-        q.clear(gates, t, bs, q.GH);
-        q.clear(act_c, t, bs, q.H);
-        if (ln) q.clear(a, t, bs, q.GH), q.clear(stats, t, bs, 4);
+        if (!q.clear) return;
+        q.zero_rows(gates, t, bs, q.GH);
+        q.zero_rows(act_c, t, bs, q.H);
+        if (ln) q.zero_rows(a, t, bs, q.GH), q.zero_rows(stats, t, bs, 4);
     }
 
     void forward(int64_t t, int64_t bs, const T* in, const T* hr, const T*, T* out, Gemm<T> gemm) {
@@ -645,8 +646,8 @@ template <typename T, bool reset_after, int kind> struct GRU {
         : q(q), gates((T*)q.args.gates), extra((T*)q.args.extra), d_extra(g ? (T*)g->d_extra : nullptr),
           d_work(g ? (T*)g->work : nullptr), b_hh((T*)q.args.b_hh) {}
 
-    void carry(int64_t t, int64_t bs) {  // h, the only state, carries in the loop; ended rows' kept values are zero
-        if (q.keep) q.clear(gates, t, bs, 3 * q.H), q.clear(extra, t, bs, q.H);
+    void carry(int64_t t, int64_t bs) {  // h, the only state, carries in the loop (ended rows' kept values: clear)
+        if (q.clear) q.zero_rows(gates, t, bs, 3 * q.H), q.zero_rows(extra, t, bs, q.H);
     }
 
     void forward(int64_t t, int64_t bs, const T* in, const T* hr, const T* h, T* out, Gemm<T> gemm) {

@@ -292,8 +292,8 @@ _ACTIVATIONS = ("tanh", "softsign", "relu")
 class SequenceArgs(ctypes.Structure):
     """fused.cpp's SequenceArgs, field for field: the configuration, the sizes, the gemm, the buffers (SLOTS)."""
 
-    _fields_ = [*((name, ctypes.c_int32) for name in ("cell", "activation", "keep", "coupled", "reset_after",
-                                                       "peephole", "layer_norm")),
+    _fields_ = [*((name, ctypes.c_int32) for name in ("cell", "activation", "keep", "clear", "coupled",
+                                                       "reset_after", "peephole", "layer_norm")),
                 *((name, ctypes.c_int64) for name in ("steps", "batch", "hidden", "proj", "input", "chunk",
                                                        "n_gates")),
                 ("gemm", ctypes.c_void_p), *((name, ctypes.c_void_p) for name in SLOTS)]
@@ -317,26 +317,14 @@ class Projection(NamedTuple):
 
 
 class Sequence:
-    """The tensors of a sequence call (SLOTS) and its options; with `keep`, what the backward needs.
-    `tensors()` and `of()` pass them through autograd's saved tensors."""
+    """The tensors of a sequence call (SLOTS) and its options; with `keep`, what the backward needs."""
 
     def __init__(self, cell: str, activation: str, keep: bool, coupled: bool = False, reset_after: bool = False,
-                 chunk: int = 0, **tensors):
-        self.cell, self.activation, self.keep = cell, activation, keep
+                 chunk: int = 0, clear: bool = False, **tensors):
+        self.cell, self.activation, self.keep, self.clear = cell, activation, keep, clear
         self.coupled, self.reset_after, self.chunk = coupled, reset_after, chunk
         for name in SLOTS:
             setattr(self, name, tensors.get(name))
-
-    def tensors(self) -> list[Tensor | None]:
-        return [getattr(self, name) for name in SLOTS]
-
-    def options(self) -> dict:
-        return {"cell": self.cell, "activation": self.activation, "keep": self.keep, "coupled": self.coupled,
-                "reset_after": self.reset_after, "chunk": self.chunk}
-
-    @classmethod
-    def of(cls, tensors, options: dict) -> "Sequence":
-        return cls(**options, **dict(zip(SLOTS, tensors)))
 
     def final_states(self) -> tuple[Tensor, ...]:
         """(h, c) or (h,) at each row's last step (c: every step's kept, or the last two alternating)."""
@@ -391,7 +379,8 @@ def _args(q: Sequence, H: int, I: int, chunk: int) -> SequenceArgs:
     """The SequenceArgs of q: I the input's width (inference's projection, else 0), chunk its steps per product (the
     backward: the LSTM's layer-norm chunk)."""
     T, B, P = q.out.shape
-    return SequenceArgs(_CELLS.index(q.cell), _ACTIVATIONS.index(q.activation), q.keep, q.coupled, q.reset_after,
+    return SequenceArgs(_CELLS.index(q.cell), _ACTIVATIONS.index(q.activation), q.keep, q.clear, q.coupled,
+                        q.reset_after,
                         q.peep is not None, q.ln_w_hh is not None, T, B, H, P, I, chunk, q.w_hh.shape[0] // H,
                         gemm_address(q.out.dtype), *(_ptr(getattr(q, name)) for name in SLOTS))
 
@@ -423,11 +412,12 @@ def _times_h_r(q: Sequence, d_pre: Tensor) -> Tensor:
 
 def lstm_sequence(xp: Tensor | None, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | None, mask: Tensor | None,
                   batch_sizes: list[int] | None, peep: Tensor | None, ln: tuple | None, coupled: bool,
-                  softsign: bool, keep: bool, projection: Projection | None = None) -> Sequence:
+                  softsign: bool, keep: bool, projection: Projection | None = None, clear: bool = False) -> Sequence:
     """One direction of an LSTM layer over a whole sequence: xp (T, B, G*H) the input projections (or None and
     `projection`, for inference), h0 (B, P), c0 (B, H), w_hh (G*H, P), w_hr (P, H) or None, ln (w_ln_hh, w_ln_c,
     b_ln_c or None) or None; the rest as `_sequence`'s. The Sequence's out, h and c[-1] are the outputs and the
-    final states. Needs `gemm_address(dtype)`."""
+    final states. `clear`: with keep, the kept values of rows past their end are zero (else as the memory held them).
+    Needs `gemm_address(dtype)`."""
     H = c0.shape[1]
     ln = (None,) * 3 if ln is None else tuple(_contiguous(t) for t in ln)
     layer_norm = ln[0] is not None
@@ -441,7 +431,7 @@ def lstm_sequence(xp: Tensor | None, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr:
                     w_hr=_contiguous(w_hr), peep=_contiguous(peep), ln_w_hh=ln[0], ln_w_c=ln[1], ln_b_c=ln[2])
 
     return _sequence("lstm", "softsign" if softsign else "tanh", xp, h0, w_hh, mask, batch_sizes, keep, projection,
-                     H, buffers, coupled=coupled)
+                     H, buffers, coupled=coupled, clear=clear)
 
 
 def lstm_sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor, d_c: Tensor) -> tuple:
@@ -469,7 +459,7 @@ def lstm_sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor, d_c: Tensor)
 
 def gru_sequence(xp: Tensor | None, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, mask: Tensor | None,
                  batch_sizes: list[int] | None, reset_after: bool, activation: str, keep: bool,
-                 projection: Projection | None = None) -> Sequence:
+                 projection: Projection | None = None, clear: bool = False) -> Sequence:
     """One direction of a GRU layer over a whole sequence (cells.GRUStep's math): xp (T, B, 3H), h0 (B, H),
     w_hh (3H, H), b_hh (3H) where it is not hoisted into xp (reset_after), else None; activation 'tanh' or
     'softsign'; the rest as `_sequence`'s. Needs `gemm_address(dtype)`."""
@@ -481,7 +471,7 @@ def gru_sequence(xp: Tensor | None, h0: Tensor, w_hh: Tensor, b_hh: Tensor | Non
                     b_hh=_contiguous(b_hh))
 
     return _sequence("gru", activation, xp, h0, w_hh, mask, batch_sizes, keep, projection, H, buffers,
-                     reset_after=reset_after)
+                     reset_after=reset_after, clear=clear)
 
 
 def gru_sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor) -> tuple:
@@ -505,11 +495,11 @@ def gru_sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor) -> tuple:
 
 
 def rnn_sequence(xp: Tensor | None, h0: Tensor, w_hh: Tensor, mask: Tensor | None, batch_sizes: list[int] | None,
-                 nonlinearity: str, keep: bool, projection: Projection | None = None) -> Sequence:
+                 nonlinearity: str, keep: bool, projection: Projection | None = None, clear: bool = False) -> Sequence:
     """One direction of an Elman RNN layer over a whole sequence: xp (T, B, H), h0 (B, H), w_hh (H, H),
     nonlinearity 'tanh', 'relu' or 'softsign'; the rest as `_sequence`'s. Needs `gemm_address(dtype)`."""
     return _sequence("rnn", nonlinearity, xp, h0, w_hh, mask, batch_sizes, keep, projection, h0.shape[1],
-                     lambda T, B, per_step, summed: {})
+                     lambda T, B, per_step, summed: {}, clear=clear)
 
 
 def rnn_sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor) -> tuple:
