@@ -39,20 +39,6 @@ def build(label: str, shape: str):
     return ours, ref, x, CASES[label].train_only
 
 
-def _train(layer, x):
-    def run():
-        layer.zero_grad(set_to_none=True)
-        layer(x)[0].sum().backward()
-    return run
-
-
-def _infer(layer, x):
-    def run():
-        with torch.no_grad():
-            layer(x)
-    return run
-
-
 def timed(fn, repeats: int) -> float:
     """Median milliseconds of `repeats` calls after two warm-up calls (the first compiles the Triton kernels)."""
     for _ in range(2):
@@ -88,15 +74,15 @@ def impls_of(layer) -> list[str]:
 
 def measure(label: str, shape: str, repeats: int) -> list[dict]:
     ours, ref, x, train_only = build(label, shape)
-    ref_train = timed(_train(ref.train(), x), repeats)
-    ref_infer = None if train_only else timed(_infer(ref.eval(), x), repeats)
-    ref_mem = peak_mib(_train(ref.train(), x))
+    ref_train = timed(bench._train_step(ref.train(), x), repeats)
+    ref_infer = None if train_only else timed(bench._inference(ref.eval(), x), repeats)
+    ref_mem = peak_mib(bench._train_step(ref.train(), x))
     rows = []
     for impl in impls_of(ours):
         ours.impl = impl
-        train = timed(_train(ours.train(), x), repeats)
-        infer = None if train_only else timed(_infer(ours.eval(), x), repeats)
-        mem = peak_mib(_train(ours.train(), x))
+        train = timed(bench._train_step(ours.train(), x), repeats)
+        infer = None if train_only else timed(bench._inference(ours.eval(), x), repeats)
+        mem = peak_mib(bench._train_step(ours.train(), x))
         rows.append(dict(case=label, shape=shape, impl=impl, train_ms=train, train_ratio=train / ref_train,
                          infer_ms=infer, infer_ratio=None if infer is None else infer / ref_infer,
                          peak_mib=mem, peak_ratio=mem / ref_mem if ref_mem else None, cudnn_train_ms=ref_train,

@@ -20,20 +20,21 @@ def _clean_env(monkeypatch):
     monkeypatch.delenv(run.RUN_DIR_ENV, raising=False)
 
 
-@pytest.fixture(scope="module")
-def one_epoch(tmp_path_factory):
-    out = tmp_path_factory.mktemp("resume") / "run"
-    code, _, err = rnnkit("train", "mnist", "--out", out, *ORIGINAL, "--max-epochs", "1")
+def trained(out: Path, epochs: int) -> Path:
+    """`out` after the original command ran for `epochs` epochs (the run-directory variable it set cleared)."""
+    code, _, err = rnnkit("train", "mnist", "--out", out, *ORIGINAL, "--max-epochs", str(epochs))
     assert code == 0, err
     os.environ.pop(run.RUN_DIR_ENV, None)
     return out
 
 
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory):
+    return trained(tmp_path_factory.mktemp("resume") / "run", 1)
+
+
 def test_the_original_command_repeated_with_resume_continues_the_run(tmp_path):
-    out = tmp_path / "run"
-    code, _, err = rnnkit("train", "mnist", "--out", out, *ORIGINAL, "--max-epochs", "1")
-    assert code == 0, err
-    os.environ.pop(run.RUN_DIR_ENV, None)
+    out = trained(tmp_path / "run", 1)
     last = out / "checkpoints" / "last.ckpt"
     code, _, err = rnnkit("train", "mnist", "--out", out, *ORIGINAL, "--max-epochs", "2", "--resume")
     assert code == 0, err
@@ -56,10 +57,7 @@ def test_resume_refuses_a_changed_option_naming_old_and_new(one_epoch, flags, na
 
 
 def test_resume_with_fewer_epochs_than_already_trained_is_refused_in_one_line(tmp_path):
-    out = tmp_path / "run"
-    code, _, err = rnnkit("train", "mnist", "--out", out, *ORIGINAL, "--max-epochs", "3")
-    assert code == 0, err
-    os.environ.pop(run.RUN_DIR_ENV, None)
+    out = trained(tmp_path / "run", 3)
     last = out / "checkpoints" / "last.ckpt"
     assert run.epochs_done(run.read_checkpoint(last)) == 2  # the third is finished on resume (Lightning's count)
     before = last.read_bytes()
@@ -70,10 +68,7 @@ def test_resume_with_fewer_epochs_than_already_trained_is_refused_in_one_line(tm
 
 
 def test_a_run_moved_to_another_directory_resumes_with_its_checkpoints_where_they_are_now(tmp_path):
-    first = tmp_path / "first"
-    code, _, err = rnnkit("train", "mnist", "--out", first, *ORIGINAL, "--max-epochs", "1")
-    assert code == 0, err
-    os.environ.pop(run.RUN_DIR_ENV, None)
+    first = trained(tmp_path / "first", 1)
     moved = tmp_path / "moved"
     first.rename(moved)
     code, _, err = rnnkit("train", "mnist", "--out", moved, *ORIGINAL, "--max-epochs", "2", "--resume")
