@@ -62,6 +62,7 @@ def _counting(m, path: str) -> dict:
         m.setattr(fused, "gemm_address", lambda dtype: None)
     if path == "ops":
         m.setattr(fused, "usable", lambda *tensors: False)
+        m.setattr(fused, "sequence_available", lambda dtype=None: False)
     return calls
 
 

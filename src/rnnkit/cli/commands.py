@@ -79,6 +79,7 @@ def cmd_info(args) -> int:
         for device in ("cpu", "cuda"):
             path, why = dispatch.explain(step, device)
             print(f"{label if device == 'cpu' else '':24s} {device:5s} {path:8s} {why}")
+    print("\nAfter a call, a layer's `last_plan` says what ran it and why (rnnkit.engine.dispatch.Plan).")
     return 0
 
 

@@ -13,8 +13,24 @@ size and kind of call (`engine_is_faster`, from measurements). Otherwise, on CUD
 importable (the engine's per-step loop is 10-20 small kernel launches per time step there), and else the engine.
 All give the same numbers (tests/test_layers.py runs the torch.nn parity suite through each; tests/test_triton*.py
 the Triton kernels against the engine's loop of PyTorch ops).
+
+Within the engine, each sequence (one direction of one layer) runs on one of:
+
+  ops       rnnkit's C++ sequence kernels as custom ops (rnnkit::{lstm,gru,rnn}_sequence, engine/ops.py): CPU,
+            float32/float64, the kernels built and PyTorch's BLAS gemm found;
+  triton    one Triton launch forward and one backward (impl="triton");
+  steps     the loop of the cell's steps in PyTorch ops (any device and dtype; also impl="autograd").
+
+`plan` makes both choices for a layer's call and returns them with the reasons as a Plan, which the layer keeps
+(`layer.last_plan`) and the engine follows; `sequence_path` is the second choice alone, for code that calls the
+engine directly. A layer's `step()` (one time step, as in generation) is planned by `plan_step`, MinGRU/MinLSTM's
+forward by `plan_minimal`. No other module asks a backend whether it can run a call (tests/test_plan.py). Below the
+plan, the one choice left is inside the LSTM cell's step: its gate math runs in one C++ pass where no autograd graph
+is recorded through that step (cells.LSTMStep.step, fused.direct), a property of each step call.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -22,6 +38,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..kernels import triton as triton_kernels
 from ..kernels.cpu import fused
+from . import ops
 from . import triton as triton_step
 from .cells import GRUStep, LSTMStep, RNNStep, Step
 
@@ -92,46 +109,155 @@ def why_not_native(step: Step, recurrent_dropout: float, training: bool, lengths
     return None
 
 
-def choose(impl: str, step: Step, device: torch.device, batch: int, recurrent_dropout: float,
-           training: bool, lengths: Tensor | None, recording: bool = True, steps: int | None = None) -> str:
-    """Resolve `impl` to "native", "engine", "autograd" or "triton" for one forward call (`recording`:
-    whether autograd records it, i.e. a backward pass will follow; `steps`: its time steps, if known).
-    impl="triton" without Triton raises ImportError naming the package and the install command."""
-    if impl in ("engine", "autograd"):
-        return impl
+class Plan(NamedTuple):
+    """What runs one call, and why (see the module docstring).
+
+    impl: "native", "engine", "autograd" or "triton" (layers); "cell" (step(): torch's fused cell function) or
+        "engine" (the cell's step); "scan" or "loop" (MinGRU/MinLSTM).
+    sequence: how each sequence runs on the engine: "ops", "triton" or "steps"; "native" when torch's kernel runs
+        the whole stack; "-" where there is no sequence (step(), MinGRU/MinLSTM).
+    reason: why this impl; detail: why this sequence path ("" where it is the fastest there is)."""
+
+    impl: str
+    sequence: str
+    reason: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.impl}/{self.sequence}: {self.reason}" + (f"; {self.detail}" if self.detail else "")
+
+
+def check_impl(impl: str, step: Step) -> str:
+    """A layer's impl= at construction: 'triton' needs Triton (ImportError naming the package and its install
+    command), 'native' a configuration torch.nn has (ValueError)."""
     if impl == "triton":
         triton_kernels.require()
-        return "triton"
+    if impl == "native" and native_kernel(step) is None:
+        raise ValueError(f"impl='native' needs a configuration torch.nn has; {step} is not one")
+    return impl
+
+
+def plan(impl: str, step: Step, device: torch.device, dtype: torch.dtype, batch: int, recurrent_dropout: float,
+         training: bool, lengths: Tensor | None, recording: bool = True, steps: int | None = None) -> Plan:
+    """The plan of one forward call of a layer: `impl` (the layer's impl=) resolved, and the sequence path the
+    engine takes on tensors of this device and dtype (`recording`: whether autograd records the call, i.e. a
+    backward pass will follow; `steps`: its time steps, if known). impl="triton" without Triton raises ImportError
+    naming the package and the install command."""
+    chosen, reason = _choose(impl, step, device, batch, recurrent_dropout, training, lengths, recording, steps)
+    if chosen == "native":
+        return Plan("native", "native", reason)
+    if chosen == "triton":
+        if steps == 0 or batch == 0:
+            return Plan("triton", "steps", reason, "an empty sequence: nothing to launch")
+        return Plan("triton", "triton", reason)
+    if chosen == "autograd":
+        return Plan("autograd", "steps", reason, "impl='autograd' records the loop of steps")
+    path, detail = _engine_path(step, device, dtype, steps)
+    return Plan("engine", path, reason, detail)
+
+
+def sequence_path(step, xp: Tensor, *tensors: Tensor) -> tuple[str, str]:
+    """How the engine runs the sequence xp (T, B, G*H) of `step` with these states and parameters, for a caller
+    without a Plan: ("ops" | "triton" | "steps", why not a faster path or "")."""
+    if isinstance(step, triton_step.TritonStep):
+        return ("triton", "") if xp.shape[0] and xp.shape[1] else ("steps", "an empty sequence: nothing to launch")
+    if any(t.dtype != xp.dtype or t.device != xp.device for t in tensors):
+        return "steps", "the tensors differ in dtype or device"
+    return _engine_path(step, xp.device, xp.dtype, xp.shape[0])
+
+
+def _engine_path(step: Step, device: torch.device, dtype: torch.dtype, steps: int | None) -> tuple[str, str]:
+    reason = ops.why_not(step, device, dtype, steps)
+    return ("steps", reason) if reason else ("ops", "")
+
+
+def choose(impl: str, step: Step, device: torch.device, batch: int, recurrent_dropout: float,
+           training: bool, lengths: Tensor | None, recording: bool = True, steps: int | None = None) -> str:
+    """`plan`'s impl alone: "native", "engine", "autograd" or "triton"."""
+    return _choose(impl, step, device, batch, recurrent_dropout, training, lengths, recording, steps)[0]
+
+
+def _choose(impl, step, device, batch, recurrent_dropout, training, lengths, recording, steps) -> tuple[str, str]:
+    if impl in ("engine", "autograd"):
+        return impl, f"impl={impl!r}"
+    if impl == "triton":
+        triton_kernels.require()
+        return "triton", "impl='triton'"
+    on_cuda = device.type == "cuda"
     if impl == "auto" and lengths is not None and torch.compiler.is_compiling():
         # torch.nn's packed sequences need the lengths as Python numbers, which a compiled graph has not; the
         # engine takes them as a tensor
-        return "triton" if device.type == "cuda" and triton_kernels.available() else "engine"
+        why = "under a compiler torch.nn's packed sequences cannot take the lengths (a tensor)"
+        return _beyond_native(on_cuda, why)
     reason = why_not_native(step, recurrent_dropout, training, lengths, steps)
     if impl == "native":
         if reason:
             raise ValueError(f"impl='native' cannot run this layer: {reason}")
-        return "native"
-    if not reason and not engine_is_faster(device.type, step, batch, recording, steps, packed=lengths is not None):
-        return "native"
-    return "triton" if device.type == "cuda" and triton_kernels.available() else "engine"
+        return "native", "impl='native'"
+    if not reason:
+        if not engine_is_faster(device.type, step, batch, recording, steps, packed=lengths is not None):
+            return "native", "torch.nn has this configuration" + (" (cuDNN)" if on_cuda else "")
+        reason = "torch.nn has it, but the engine measured faster here (dispatch.engine_is_faster)"
+        return "engine", reason
+    return _beyond_native(on_cuda, reason)
+
+
+def _beyond_native(on_cuda: bool, reason: str) -> tuple[str, str]:
+    """Where torch's kernel does not run: the Triton kernels on CUDA when Triton is importable, else the engine."""
+    if on_cuda and triton_kernels.available():
+        return "triton", f"{reason}; Triton is importable"
+    if on_cuda:
+        return "engine", f"{reason}; {triton_kernels.unavailable_reason()}: the engine's per-step PyTorch ops"
+    return "engine", reason
 
 
 def explain(step: Step, device_type: str) -> tuple[str, str]:
-    """(the path impl="auto" takes for a train step of this cell on this device, batch 32, whole sequences, no
-    recurrent dropout; why), for `rnnkit info`."""
-    path = choose("auto", step, torch.device(device_type), 32, 0.0, True, None, recording=True, steps=16)
-    reason = why_not_native(step, 0.0, True, None, 16)
-    if native_kernel(step) is None:
-        reason = "torch.nn has no kernel for this variant"
-    if path == "native":
-        return path, "torch.nn has this configuration" + (" (cuDNN)" if device_type == "cuda" else " (oneDNN)")
-    if reason is None:
-        return path, "torch.nn has it, but the engine measured faster here (dispatch.engine_is_faster)"
-    if path == "triton":
-        return path, f"{reason}; Triton is importable"
-    if device_type == "cuda":
-        return path, f"{reason}; {triton_kernels.unavailable_reason()}: the engine's per-step PyTorch ops"
-    return path, reason
+    """(the path impl="auto" takes for a train step of this cell on this device, batch 32, 16 steps, whole
+    sequences, float32, no recurrent dropout; why), for `rnnkit info`."""
+    chosen = plan("auto", step, torch.device(device_type), torch.float32, 32, 0.0, True, None, recording=True,
+                  steps=16)
+    why = chosen.reason.replace(f"for {step}", "for this variant")
+    if chosen.impl == "native":
+        why += " (oneDNN)" if device_type == "cpu" else ""
+    elif chosen.impl == "engine" and device_type == "cpu":
+        why += "; each sequence " + ("in one C++ call" if chosen.sequence == "ops" else
+                                     f"as a loop of steps ({chosen.detail})")
+    return chosen.impl, why
+
+
+_CELL_FUNCTIONS = {  # native kernel -> one step with PyTorch's fused cell function: (x, state, *weights) -> state
+    "lstm": lambda x, s, *w: torch.lstm_cell(x, s, *w),
+    "gru": lambda x, s, *w: (torch.gru_cell(x, s[0], *w),),
+    "rnn_tanh": lambda x, s, *w: (torch.rnn_tanh_cell(x, s[0], *w),),
+    "rnn_relu": lambda x, s, *w: (torch.rnn_relu_cell(x, s[0], *w),),
+}
+
+
+def plan_step(step: Step):
+    """The plan of one time step of a layer (`step()`, as in generation), and the function that runs it:
+    PyTorch's fused cell function (x, state, *weights in torch's order) -> state where the cell has one, else None
+    (the cell's own step, whose gate math may run in C++: cells.LSTMStep.step)."""
+    kernel = native_kernel(step)
+    if kernel is not None and getattr(step, "proj_size", 0) == 0:
+        return Plan("cell", "-", f"torch.{kernel}_cell computes this cell"), _CELL_FUNCTIONS[kernel]
+    why = "torch has no cell function with a projection" if kernel else f"torch has no cell function for {step}"
+    return Plan("engine", "-", why), None
+
+
+def plan_minimal(mode: str, steps: int, device: torch.device, modes: tuple[str, ...]) -> Plan:
+    """MinGRU/MinLSTM's forward: the log-space parallel scan or the step loop, for their `mode`."""
+    if mode == "parallel":
+        return Plan("scan", "-", "mode='parallel'") if steps > 0 else \
+            Plan("loop", "-", "mode='parallel', but an empty sequence has nothing to scan")
+    if mode == "sequential":
+        return Plan("loop", "-", "mode='sequential'")
+    if mode == "auto":  # torch's logcumsumexp is slow on CPU: there the loop wins
+        if device.type == "cpu":
+            return Plan("loop", "-", "mode='auto' on the CPU, where the loop measured 3-4x faster than the scan")
+        if steps <= 1:
+            return Plan("loop", "-", "mode='auto' with at most one step")
+        return Plan("scan", "-", f"mode='auto' on {device.type}")
+    raise ValueError(f"mode must be one of {', '.join(map(repr, modes))}; got {mode!r}")
 
 
 def run_native(step: Step, weights: list[Tensor], x: Tensor, states: tuple[Tensor, ...],

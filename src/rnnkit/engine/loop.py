@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import ops, precision
+from . import dispatch, ops, precision
 from .cells import Step, Summed
 
 BPTT_MODES = ("explicit", "autograd")
@@ -88,16 +88,16 @@ def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
 PREPARE_MIN_BATCH = 8  # below, Step.prepare's copy of W_hh^T costs more than the per-step products gain
 
 
-def _forward_loop(step: Step, xp, state0, p, batch_sizes, mask, keep_saved: bool):
-    """The time loop shared by both modes. Returns out (T, B, P), final states, per-step saved."""
+def _forward_loop(step: Step, xp, state0, p, batch_sizes, mask, keep_saved: bool, path: str = "steps"):
+    """The time loop shared by both modes. Returns out (T, B, P), final states, per-step saved. Keeping nothing,
+    the sequence runs on `path` (dispatch.sequence_path)."""
     if not keep_saved and not records(xp, *state0, *p.values()):
-        if ops.covers(step, xp, *state0, *p.values()):
+        if path == "ops":
             out, final = ops.infer(step, xp, state0, p, _sizes_tensor(batch_sizes), mask)
             return out, final, []
-        if hasattr(step, "sequence"):  # a cell object with a sequence call of its own (engine.triton's)
-            whole = step.sequence(xp, state0, p, _sizes_list(batch_sizes), mask, keep=False)
-            if whole is not None:
-                return whole[0], whole[1], []
+        if path == "triton":  # a cell object with a sequence call of its own (engine.triton's)
+            out, final, _ = step.sequence(xp, state0, p, _sizes_list(batch_sizes), mask, keep=False)
+            return out, final, []
     T, B = xp.shape[:2]
     if B >= PREPARE_MIN_BATCH:
         p = step.prepare(p)
@@ -166,10 +166,10 @@ class _ExplicitBPTT(torch.autograd.Function):
     alive anyway, so saving them costs no memory), then what the backward keeps."""
 
     @staticmethod
-    def forward(step, batch_sizes, names, kept, xp, source, mask, *tensors):
+    def forward(step, batch_sizes, names, kept, path, xp, source, mask, *tensors):
         n_states = step.num_states
         state0, params = tensors[:n_states], dict(zip(names, tensors[n_states:]))
-        whole = _sequence(step, xp, state0, params, batch_sizes, mask)
+        whole = _sequence(step, xp, state0, params, batch_sizes, mask, path)
         if whole is not None:  # the step ran the sequence itself and keeps what its backward needs
             out, final, (tensors_kept, options) = whole
             kept.whole, kept.tensors, kept.options = True, tensors_kept, options
@@ -185,7 +185,7 @@ class _ExplicitBPTT(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        step, batch_sizes, names, kept, xp, source, mask, *tensors = inputs
+        step, batch_sizes, names, kept, path, xp, source, mask, *tensors = inputs
         ctx.step, ctx.batch_sizes, ctx.names, ctx.xp_shape = step, batch_sizes, names, xp.shape
         # A double backward recomputes the step loop under autograd from `source`, the input the
         # projection was made from (or from xp itself when the caller has no such input).
@@ -204,10 +204,10 @@ class _ExplicitBPTT(torch.autograd.Function):
         n_inputs = 2 + step.num_states + len(names)
         saved = ctx.saved_tensors
         inputs, rest = saved[:n_inputs], saved[n_inputs:]
-        nothing = (None, None, None, None)  # step, batch_sizes, names, kept
+        nothing = (None,) * 5  # step, batch_sizes, names, kept, path
         if torch.is_grad_enabled():  # create_graph=True: a graph of the backward is asked for
             source, mask, state0, params = _saved_inputs(ctx, inputs)
-            wanted = ctx.needs_input_grad[4:]  # xp, source, mask, *state0, *params
+            wanted = ctx.needs_input_grad[5:]  # xp, source, mask, *state0, *params
             grads = _recorded_backward(step, ctx.batch_sizes, source, ctx.from_source, mask, state0, params,
                                        (wanted[0], *wanted[3:]), d_out, d_final)
             return (*nothing, grads[0], None, None, *grads[1:])
@@ -252,15 +252,15 @@ class _ExplicitBPTT(torch.autograd.Function):
 OPS = "ops"  # _ExplicitBPTT's kept options when the forward op ran the sequence
 
 
-def _sequence(step, xp, state0, params, batch_sizes, mask):
-    """_ExplicitBPTT's whole-sequence call, where there is one: the forward op's computation (ops.forward; here in eager
-    mode, and under torch.func's transforms, which cannot run a custom op's autograd formula), or a cell object's own
-    sequence call (engine.triton's). Returns (out, final states, (kept tensors, options)), or None: the loop of
-    steps."""
-    if ops.covers(step, xp, *state0, *params.values()):
+def _sequence(step, xp, state0, params, batch_sizes, mask, path: str):
+    """_ExplicitBPTT's whole-sequence call on `path` (dispatch.sequence_path), where there is one: the forward op's
+    computation (ops.forward; here in eager mode, and under torch.func's transforms, which cannot run a custom op's
+    autograd formula), or a cell object's own sequence call (engine.triton's). Returns (out, final states, (kept
+    tensors, options)), or None: the loop of steps."""
+    if path == "ops":
         out, final, kept = ops.forward(step, xp, state0, params, _sizes_tensor(batch_sizes), mask)
         return out, final, ([out, *kept], OPS)
-    if hasattr(step, "sequence"):
+    if path == "triton":
         return step.sequence(xp, state0, params, batch_sizes, mask, keep=True)
     return None
 
@@ -406,7 +406,8 @@ def records(*tensors: Tensor) -> bool:
 
 def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor],
         batch_sizes: list[int] | Tensor | None = None, mask: Tensor | None = None,
-        bptt: str = "explicit", source: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, ...]]:
+        bptt: str = "explicit", source: Tensor | None = None, path: str | None = None
+        ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Run `step` over time: xp (T, B, G*H), state0 each (B, ·) -> out (T, B, P), final states.
 
     With `batch_sizes`, rows must be sorted longest first (see the module docstring).
@@ -415,6 +416,8 @@ def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor]
     it. The explicit BPTT is twice differentiable: under create_graph=True its backward runs the step
     loop again as recorded PyTorch ops, starting from `source` (which autograd keeps anyway for the
     projection's own backward); without `source` it keeps xp for that.
+    `path`: how the sequence runs, "ops", "triton" or "steps", as a layer's dispatch.Plan says; None: as
+    dispatch.sequence_path says for these tensors.
     """
     if bptt not in BPTT_MODES:
         raise ValueError(f"bptt must be one of {', '.join(map(repr, BPTT_MODES))}; got {bptt!r}")
@@ -426,23 +429,26 @@ def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor]
         with torch.autocast(device_type, enabled=False):
             return run(step, cast(xp), tuple(map(cast, state0)), {k: cast(v) for k, v in p.items()},
                        batch_sizes, cast(mask), bptt, cast(source))
+    if path is None:
+        path = dispatch.sequence_path(step, xp, *state0, *p.values())[0]
+    if bptt == "autograd":
+        path = "steps"
     recording = records(xp, *state0, *p.values())
-    if bptt == "explicit" and recording and ops.dispatched() and ops.covers(step, xp, *state0, *p.values()) \
+    if bptt == "explicit" and recording and ops.dispatched() and path == "ops" \
             and not _transformed(xp, *state0, *p.values()):  # the forward op, with its autograd formula
         return ops.sequence(step, xp, state0, p, _sizes_tensor(batch_sizes), mask, source)
     # under torch.compile the compiler derives the backward of the loop it traces: the loop recorded by autograd
     if bptt == "autograd" or not recording or torch.compiler.is_compiling():
-        out, final, _ = _forward_loop(step, xp, state0, p, batch_sizes, mask, keep_saved=False)  # keeping nothing
+        out, final, _ = _forward_loop(step, xp, state0, p, batch_sizes, mask, keep_saved=False, path=path)
         return out, final
     names, batch_sizes = tuple(p), _sizes_list(batch_sizes)
-    out, *final = _ExplicitBPTT.apply(step, batch_sizes, names, _Kept(), xp, source, mask, *state0, *p.values())
+    out, *final = _ExplicitBPTT.apply(step, batch_sizes, names, _Kept(), path, xp, source, mask, *state0,
+                                      *p.values())
     return out, tuple(final)
 
 
 def infer(step, x: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor], batch_sizes, mask: Tensor | None,
-          chunk: int) -> tuple[Tensor, tuple[Tensor, ...]] | None:
-    """Inference over a whole sequence from the layer's input x (T, B, I), the input projection included (`chunk`
-    steps of it at a time), where the ops run it (ops.covers): (out, final states); else None."""
-    if not ops.covers(step, x, *state0, *p.values()):
-        return None
+          chunk: int) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Inference over a whole sequence on the ops (path "ops") from the layer's input x (T, B, I), the input
+    projection included (`chunk` steps of it at a time): out, final states."""
     return ops.infer(step, x, state0, p, _sizes_tensor(batch_sizes), mask, chunk)

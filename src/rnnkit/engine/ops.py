@@ -38,10 +38,20 @@ def config(step: Step) -> tuple:
     return tuple(getattr(step, f.name) for f in dataclasses.fields(step))
 
 
-def covers(step, xp: Tensor, *tensors: Tensor) -> bool:
-    """Whether the ops run this sequence: one of their cells (not a wrapper such as engine.triton's), at least one
-    step, and tensors the C++ loop takes (CPU, float32/float64, the kernels built and a gemm found)."""
-    return type(step) in CELLS and xp.shape[0] > 0 and _built(xp.dtype) and fused.usable(xp, *tensors)
+def why_not(step, device: torch.device, dtype: torch.dtype, steps: int | None) -> str | None:
+    """Why the ops cannot run a sequence of `steps` steps of this cell on tensors of this device and dtype, or None
+    if they can (asked by rnnkit.engine.dispatch, which decides)."""
+    if type(step) not in CELLS:
+        return f"{type(step).__name__} has no C++ sequence kernel"
+    if device.type != "cpu":
+        return f"the C++ sequence kernels run on the CPU, not {device.type}"
+    if dtype not in (torch.float32, torch.float64):
+        return f"the C++ sequence kernels take float32 and float64, not {dtype}"
+    if steps == 0:
+        return "an empty sequence (T = 0)"
+    if not _built(dtype):
+        return fused.unavailable_reason() or "PyTorch's CPU library exports no BLAS gemm the kernels can call"
+    return None
 
 
 @torch.compiler.assume_constant_result  # a compiler takes it as a constant rather than trace the build and lookup

@@ -31,8 +31,6 @@ class TritonStep:
         return f"TritonStep({self.cell!r})"
 
     def sequence(self, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor], batch_sizes, mask, keep: bool):
-        if xp.shape[0] == 0 or xp.shape[1] == 0:
-            return None  # nothing to launch: the engine's loop returns the initial states
         cell = self.cell
         if isinstance(cell, LSTMStep):
             ln = (p["ln_weight_hh"], p["ln_weight_c"], p.get("ln_bias_c")) if cell.layer_norm else None

@@ -123,11 +123,7 @@ class _Recurrent(nn.Module):
         self.dropout = _check_prob(dropout, "dropout", one=True)
         self.bidirectional = bool(bidirectional)  # torch.nn takes any value here, as its truth value
         self.recurrent_dropout = _check_prob(recurrent_dropout, "recurrent_dropout")
-        self.impl = _check_choice(impl, "impl", dispatch.IMPLS)
-        if impl == "triton":
-            dispatch.triton_kernels.require()  # ImportError naming the package and its install command
-        if impl == "native" and dispatch.native_kernel(step) is None:
-            raise ValueError(f"impl='native' needs a configuration torch.nn has; {step} is not one")
+        self.impl = dispatch.check_impl(_check_choice(impl, "impl", dispatch.IMPLS), step)
         _warn_if_dropout_is_inert(self.dropout, self.num_layers)
         D, P = self.num_directions, step.output_size
         factory = {"device": device, "dtype": dtype}
@@ -142,6 +138,7 @@ class _Recurrent(nn.Module):
                     self.register_parameter(generic + suffix, nn.Parameter(torch.empty(shape, **factory)))
                 self._names.append(named)
         self.forget_bias = forget_bias
+        self.last_plan: dispatch.Plan | None = None  # what ran the last forward() or step(), and why
         self.reset_parameters()
 
     @property
@@ -195,7 +192,7 @@ class _Recurrent(nn.Module):
             a sequence's end are zero, the final state is the one at its last valid step, and the
             reverse direction starts at that step; a zero-length sequence returns its initial state.
         Returns output (T, B, D*P) (batch_first: (B, T, D*P); packed if the input was), and the
-        final state(s) (D*L, B, size).
+        final state(s) (D*L, B, size). What ran, and why, is then in `last_plan` (a dispatch.Plan).
         """
         packed = isinstance(input, PackedSequence)
         perm = unperm = None
@@ -225,16 +222,15 @@ class _Recurrent(nn.Module):
             x = x.index_select(1, perm.to(x.device))
             states = tuple(s.index_select(1, perm.to(s.device)) for s in states)
             lengths = lengths.index_select(0, perm.to(lengths.device))
-        impl = dispatch.choose(self.impl, self.cell, x.device, B, self.recurrent_dropout, self.training, lengths,
-                               recording=torch.is_grad_enabled(), steps=T)
-        if impl == "native":
+        plan = dispatch.plan(self.impl, self.cell, x.device, dtype, B, self.recurrent_dropout, self.training, lengths,
+                             recording=torch.is_grad_enabled(), steps=T)
+        self._record(plan)
+        if plan.impl == "native":
             weights = [w for index in range(len(self._names)) for w in self._weights(index, dtype).values()]
             out, finals = dispatch.run_native(self.cell, weights, x, states, lengths, self.num_layers, self.dropout,
                                               self.training, self.bidirectional)
         else:
-            bptt = "autograd" if impl == "autograd" else "explicit"
-            step = dispatch.triton_step.TritonStep(self.cell) if impl == "triton" else self.cell
-            out, finals = self._run_stack(x, states, lengths, bptt, dtype, step)  # (T, B, D*P), (D*L, B, .)
+            out, finals = self._run_stack(x, states, lengths, plan, dtype)  # (T, B, D*P), (D*L, B, .)
         if unperm is not None:
             finals = tuple(s.index_select(1, unperm.to(s.device)) for s in finals)
         if packed:
@@ -248,9 +244,16 @@ class _Recurrent(nn.Module):
             out = out.transpose(0, 1)
         return out, self._pack_state(finals)
 
-    def _run_stack(self, x, states, lengths, bptt, dtype, step=None):
-        """x (T, B, I) in `dtype`, batch sorted longest first when lengths are given."""
-        step, D = self.cell if step is None else step, self.num_directions  # step: the cell, or TritonStep(cell)
+    def _record(self, plan: dispatch.Plan) -> None:
+        """Keep the plan of this call (`last_plan`), outside a compiler's graph (which has no attribute to set)."""
+        if not torch.compiler.is_compiling():
+            self.last_plan = plan
+
+    def _run_stack(self, x, states, lengths, plan: dispatch.Plan, dtype):
+        """x (T, B, I) in `dtype`, batch sorted longest first when lengths are given; on the engine, as `plan` says."""
+        bptt, path = ("autograd" if plan.impl == "autograd" else "explicit"), plan.sequence
+        step = dispatch.triton_step.TritonStep(self.cell) if path == "triton" else self.cell
+        D = self.num_directions
         T, B = x.shape[:2]
         batch_sizes = None if lengths is None else loop.batch_sizes_of(lengths, T)  # (T,)
         finals = [[] for _ in range(step.num_states)]
@@ -267,9 +270,9 @@ class _Recurrent(nn.Module):
                     mask = torch.bernoulli(x.new_full((B, step.output_size), keep)) / keep
                 if loop.records(inp, *state0, *p.values()):
                     xp = step.project_input(inp, p)  # (T, B, G*H), one product for all steps
-                    out, final = loop.run(step, xp, state0, p, batch_sizes, mask, bptt, source=inp)
+                    out, final = loop.run(step, xp, state0, p, batch_sizes, mask, bptt, source=inp, path=path)
                 else:
-                    out, final = _infer_in_chunks(step, inp, state0, p, batch_sizes, mask)
+                    out, final = _infer_in_chunks(step, inp, state0, p, batch_sizes, mask, path)
                 outs.append(reverse_or_keep(out, lengths, direction))
                 for collected, s in zip(finals, final):
                     collected.append(s)
@@ -299,7 +302,8 @@ class _Recurrent(nn.Module):
 
     def _step(self, x_t: Tensor, hx, dtype: torch.dtype, autocast: bool):
         states = self._check_state(hx, x_t.shape[0], True, x_t, autocast)
-        fused = _FUSED_CELLS.get(dispatch.native_kernel(self.cell)) if self.proj_size == 0 else None
+        plan, fused = dispatch.plan_step(self.cell)
+        self._record(plan)
         finals = [[] for _ in states]  # per state: its (B, H) at each layer
         x = x_t
         for layer in range(len(self._names)):
@@ -359,14 +363,6 @@ class _Recurrent(nn.Module):
         return finals[0]
 
 
-_FUSED_CELLS = {  # native kernel -> one step with PyTorch's fused cell function: (x, state, *weights) -> state
-    "lstm": lambda x, s, *w: torch.lstm_cell(x, s, *w),
-    "gru": lambda x, s, *w: (torch.gru_cell(x, s[0], *w),),
-    "rnn_tanh": lambda x, s, *w: (torch.rnn_tanh_cell(x, s[0], *w),),
-    "rnn_relu": lambda x, s, *w: (torch.rnn_relu_cell(x, s[0], *w),),
-}
-
-
 def _step_repr(step: Step) -> str:
     """The cell options that differ from their defaults, as keyword arguments."""
     return "".join(f", {f.name}={getattr(step, f.name)!r}" for f in dataclasses.fields(step)
@@ -376,22 +372,22 @@ def _step_repr(step: Step) -> str:
 INFERENCE_CHUNK_BYTES = 4 << 20  # see _infer_in_chunks
 
 
-def _infer_in_chunks(step, inp: Tensor, state0: tuple, p: dict, batch_sizes, mask):
+def _infer_in_chunks(step, inp: Tensor, state0: tuple, p: dict, batch_sizes, mask, path: str):
     """Inference on the engine: project the input and run the loop a chunk of time steps at a time (each
     chunk's projection at most INFERENCE_CHUNK_BYTES), carrying the state from chunk to chunk. The same
     numbers as one projection of all steps, which for long sequences is a tensor big enough (over glibc's
     32 MiB mmap threshold) to be page-faulted in afresh at every call: at B=32, T=512, H=128 that took six
     times as long as the matrix product itself. Training keeps the whole projection (BPTT needs it). Where the
-    C++ sequence loop runs (loop.infer), it projects the chunks itself."""
+    C++ sequence loop runs (path "ops": loop.infer), it projects the chunks itself."""
     T, B = inp.shape[:2]
     chunk = max(1, INFERENCE_CHUNK_BYTES // max(1, B * step.gates * step.hidden_size * inp.element_size()))
-    whole = loop.infer(step, inp, state0, p, batch_sizes, mask, chunk)  # the C++ loop, projection included
-    if whole is not None:
-        return whole
+    if path == "ops":
+        return loop.infer(step, inp, state0, p, batch_sizes, mask, chunk)  # the C++ loop, projection included
     outs, state = [], state0
     for start in range(0, max(T, 1), chunk):  # T = 0: one empty run, which returns the initial state
         sizes = None if batch_sizes is None else batch_sizes[start:start + chunk]
-        out, state = loop.run(step, step.project_input(inp[start:start + chunk], p), state, p, sizes, mask)
+        out, state = loop.run(step, step.project_input(inp[start:start + chunk], p), state, p, sizes, mask,
+                              path=path)
         outs.append(out)
     return (outs[0] if len(outs) == 1 else torch.cat(outs)), state
 

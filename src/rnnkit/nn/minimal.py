@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..engine import precision
+from ..engine import dispatch, precision
 from ..errors import ShapeError, StateTypeError
 from .layers import (_check_bool, _check_choice, _check_int, _check_prob, _warn_if_dropout_is_inert, check_lengths,
                      check_sequence_input)
@@ -171,6 +171,7 @@ class _MinimalRNN(nn.Module):
         self.batch_first = _check_bool(batch_first, "batch_first")
         self.dropout = _check_prob(dropout, "dropout", one=True)
         self.mode = _check_choice(mode, "mode", MODES)
+        self.last_plan: dispatch.Plan | None = None
         _warn_if_dropout_is_inert(self.dropout, self.num_layers)
         G, H = cell.gates, self.hidden_size
         factory = {"device": device, "dtype": dtype}
@@ -244,13 +245,10 @@ class _MinimalRNN(nn.Module):
             return self._run(x, h0, lengths, use_scan, dtype)
 
     def _use_scan(self, T: int, device: torch.device) -> bool:
-        if self.mode == "parallel":
-            return T > 0  # an empty sequence has nothing to scan
-        if self.mode == "sequential":
-            return False
-        if self.mode == "auto":  # torch's logcumsumexp is slow on CPU: there the loop wins
-            return T > 1 and device.type != "cpu"
-        raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}; got {self.mode!r}")
+        plan = dispatch.plan_minimal(self.mode, T, device, MODES)
+        if not torch.compiler.is_compiling():
+            self.last_plan = plan  # what ran the last forward(), and why
+        return plan.impl == "scan"
 
     def _run(self, x, h0, lengths, use_scan, dtype):
         """x (T, B, I) time-major; h0 (L, B, H) or None. Returns output (T, B, H), h_n (L, B, H)."""
