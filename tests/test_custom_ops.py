@@ -117,7 +117,7 @@ def test_layers_call_the_ops(grad, monkeypatch):
         return out, *grads
 
     direct = []
-    monkeypatch.setattr(ops, "_op", lambda step, suffix="", op=ops._op: direct.append(suffix) or op(step, suffix))
+    monkeypatch.setattr(ops.CPU, "op", lambda step, suffix="", op=ops.CPU.op: direct.append(suffix) or op(step, suffix))
     want = run()
     assert direct == []
     with _Recording() as mode:

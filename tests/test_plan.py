@@ -1,6 +1,6 @@
 """One decision site (rnnkit.engine.dispatch): a layer's call is planned once (impl and sequence path, with the
 reasons), the plan is kept on the layer (`last_plan`) and is what ran: the C++ sequence kernels run exactly when the
-plan says "ops"; and no module but dispatch asks a backend whether it can run a call."""
+plan says "cpp"; and no module but dispatch asks a backend whether it can run a call."""
 import ast
 from pathlib import Path
 
@@ -30,9 +30,9 @@ def _counting(monkeypatch) -> dict:
 @needs_gemm
 @pytest.mark.parametrize("make,impl,sequence", [
     (lambda dt: rnnkit.LSTM(3, 4, dtype=dt), "native", "native"),
-    (lambda dt: rnnkit.LSTM(3, 4, peephole=True, dtype=dt), "engine", "ops"),
-    (lambda dt: rnnkit.GRU(3, 4, reset_after=False, bidirectional=True, dtype=dt), "engine", "ops"),
-    (lambda dt: rnnkit.RNN(3, 4, nonlinearity="softsign", num_layers=2, dtype=dt), "engine", "ops"),
+    (lambda dt: rnnkit.LSTM(3, 4, peephole=True, dtype=dt), "engine", "cpp"),
+    (lambda dt: rnnkit.GRU(3, 4, reset_after=False, bidirectional=True, dtype=dt), "engine", "cpp"),
+    (lambda dt: rnnkit.RNN(3, 4, nonlinearity="softsign", num_layers=2, dtype=dt), "engine", "cpp"),
     (lambda dt: rnnkit.LSTM(3, 4, layer_norm=True, impl="autograd", dtype=dt), "autograd", "steps"),
 ], ids=["lstm", "peephole", "gru-reset-before", "rnn-softsign", "autograd"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -49,7 +49,7 @@ def test_the_plan_kept_on_the_layer_is_what_ran(make, impl, sequence, dtype, tra
     plan = layer.last_plan
     assert (plan.impl, plan.sequence) == (impl, sequence)
     ran = sum(n for name, n in calls.items() if name != "sequence_backward")
-    assert ran == (layer.num_layers * layer.num_directions if sequence == "ops" else 0)
+    assert ran == (layer.num_layers * layer.num_directions if sequence == "cpp" else 0)
     assert calls.get("sequence_backward", 0) == (ran if train else 0)
     assert plan.reason and str(plan).startswith(f"{impl}/{sequence}: ")
 
@@ -124,7 +124,7 @@ def test_the_engine_asked_directly_plans_for_its_tensors():
     step = LSTMStep(4, peephole=True)
     xp, h, c = torch.randn(5, 2, 16), torch.randn(2, 4), torch.randn(2, 4)
     path = dispatch.sequence_path(step, xp, h, c)
-    assert path == (("ops", "") if fused.sequence_available() else ("steps", path[1]))
+    assert path == (("cpp", "") if fused.sequence_available() else ("steps", path[1]))
     assert dispatch.sequence_path(step, xp, h.double(), c)[0] == "steps"  # mixed dtypes
     assert dispatch.sequence_path(step, xp[:0], h, c) == ("steps", "an empty sequence (T = 0)")
 

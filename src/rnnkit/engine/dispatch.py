@@ -16,9 +16,10 @@ the Triton kernels against the engine's loop of PyTorch ops).
 
 Within the engine, each sequence (one direction of one layer) runs on one of:
 
-  ops       rnnkit's C++ sequence kernels as custom ops (rnnkit::{lstm,gru,rnn}_sequence, engine/ops.py): CPU,
+  cpp       rnnkit's C++ sequence kernels as custom ops (rnnkit::{lstm,gru,rnn}_sequence, engine/ops.py): CPU,
             float32/float64, the kernels built and PyTorch's BLAS gemm found;
-  triton    one Triton launch forward and one backward (impl="triton");
+  triton    one Triton launch forward and one backward (impl="triton"), as the custom ops
+            rnnkit::triton_{lstm,gru,rnn}_sequence (engine/triton.py);
   steps     the loop of the cell's steps in PyTorch ops (any device and dtype; also impl="autograd").
 
 `plan` makes both choices for a layer's call and returns them with the reasons as a Plan, which the layer keeps
@@ -39,7 +40,6 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from ..kernels import triton as triton_kernels
 from ..kernels.cpu import fused
 from . import ops
-from . import triton as triton_step
 from .cells import GRUStep, LSTMStep, RNNStep, Step
 
 IMPLS = ("auto", "native", "engine", "autograd", "triton")
@@ -114,7 +114,7 @@ class Plan(NamedTuple):
 
     impl: "native", "engine", "autograd" or "triton" (layers); "cell" (step(): torch's fused cell function) or
         "engine" (the cell's step); "scan" or "loop" (MinGRU/MinLSTM).
-    sequence: how each sequence runs on the engine: "ops", "triton" or "steps"; "native" when torch's kernel runs
+    sequence: how each sequence runs on the engine: "cpp", "triton" or "steps"; "native" when torch's kernel runs
         the whole stack; "-" where there is no sequence (step(), MinGRU/MinLSTM).
     reason: why this impl; detail: why this sequence path ("" where it is the fastest there is)."""
 
@@ -158,9 +158,8 @@ def plan(impl: str, step: Step, device: torch.device, dtype: torch.dtype, batch:
 
 def sequence_path(step, xp: Tensor, *tensors: Tensor) -> tuple[str, str]:
     """How the engine runs the sequence xp (T, B, G*H) of `step` with these states and parameters, for a caller
-    without a Plan: ("ops" | "triton" | "steps", why not a faster path or "")."""
-    if isinstance(step, triton_step.TritonStep):
-        return ("triton", "") if xp.shape[0] and xp.shape[1] else ("steps", "an empty sequence: nothing to launch")
+    without a Plan: ("cpp" | "steps", why not the C++ kernels or ""). (The Triton kernels run where a plan says
+    so: impl="triton", or "auto" on CUDA.)"""
     if any(t.dtype != xp.dtype or t.device != xp.device for t in tensors):
         return "steps", "the tensors differ in dtype or device"
     return _engine_path(step, xp.device, xp.dtype, xp.shape[0])
@@ -168,7 +167,7 @@ def sequence_path(step, xp: Tensor, *tensors: Tensor) -> tuple[str, str]:
 
 def _engine_path(step: Step, device: torch.device, dtype: torch.dtype, steps: int | None) -> tuple[str, str]:
     reason = ops.why_not(step, device, dtype, steps)
-    return ("steps", reason) if reason else ("ops", "")
+    return ("steps", reason) if reason else ("cpp", "")
 
 
 def choose(impl: str, step: Step, device: torch.device, batch: int, recurrent_dropout: float,
@@ -220,7 +219,7 @@ def explain(step: Step, device_type: str) -> tuple[str, str]:
     if chosen.impl == "native":
         why += " (oneDNN)" if device_type == "cpu" else ""
     elif chosen.impl == "engine" and device_type == "cpu":
-        why += "; each sequence " + ("in one C++ call" if chosen.sequence == "ops" else
+        why += "; each sequence " + ("in one C++ call" if chosen.sequence == "cpp" else
                                      f"as a loop of steps ({chosen.detail})")
     return chosen.impl, why
 

@@ -12,13 +12,12 @@ One direction of one layer is `run(step, xp, state0, p, batch_sizes, mask, bptt)
     Both are twice differentiable: asked for a graph of its backward (create_graph=True), the
     explicit BPTT recomputes the loop under autograd and differentiates that.
 
-On the CPU, the LSTM, GRU and RNN cells run a whole sequence in C++ (rnnkit.kernels.cpu.fused), one call per
-sequence instead of a loop over `step`, as rnnkit's custom operators (ops.py). Where a compiler, a tracer or a
-dispatch mode watches (ops.dispatched), the engine calls the forward op, whose autograd formula this module
-registers: the backward op, or for a double backward the step loop recorded by autograd. In plain eager mode
-_ExplicitBPTT calls the ops' implementations directly, the same functions without the dispatcher's cost. Another
-cell object may run a whole sequence itself (`sequence` / `sequence_backward`, as engine.triton's does), inside
-_ExplicitBPTT.
+The LSTM, GRU and RNN cells run a whole sequence in one call instead of a loop over `step` where the plan says
+(`path`, rnnkit.engine.dispatch): "cpp", the C++ kernels (rnnkit.kernels.cpu.fused, on the CPU), or "triton", the
+Triton kernels, each family as rnnkit's custom operators (ops.Backend: ops.CPU, triton.TRITON). Where a compiler, a
+tracer or a dispatch mode watches (ops.dispatched), the engine calls the forward op, whose autograd formula this
+module registers: the backward op, or for a double backward the step loop recorded by autograd. In plain eager mode
+_ExplicitBPTT calls the ops' implementations directly, the same functions without the dispatcher's cost.
 
 Variable lengths use the layout of torch's PackedSequence: the batch is sorted longest first and
 `batch_sizes[t]` rows are active at step t (a list, or a (T,) int64 tensor: `batch_sizes_of`), so each step runs
@@ -33,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import dispatch, ops, precision
+from . import dispatch, ops, precision, triton
 from .cells import Step, Summed
 
 BPTT_MODES = ("explicit", "autograd")
@@ -92,11 +91,8 @@ def _forward_loop(step: Step, xp, state0, p, batch_sizes, mask, keep_saved: bool
     """The time loop shared by both modes. Returns out (T, B, P), final states, per-step saved. Keeping nothing,
     the sequence runs on `path` (dispatch.sequence_path)."""
     if not keep_saved and not records(xp, *state0, *p.values()):
-        if path == "ops":
-            out, final = ops.infer(step, xp, state0, p, _sizes_tensor(batch_sizes), mask)
-            return out, final, []
-        if path == "triton":  # a cell object with a sequence call of its own (engine.triton's)
-            out, final, _ = step.sequence(xp, state0, p, _sizes_list(batch_sizes), mask, keep=False)
+        if path in BACKENDS:
+            out, final = BACKENDS[path].infer(step, xp, state0, p, _sizes_tensor(batch_sizes), mask)
             return out, final, []
     T, B = xp.shape[:2]
     if B >= PREPARE_MIN_BATCH:
@@ -211,15 +207,11 @@ class _ExplicitBPTT(torch.autograd.Function):
             grads = _recorded_backward(step, ctx.batch_sizes, source, ctx.from_source, mask, state0, params,
                                        (wanted[0], *wanted[3:]), d_out, d_final)
             return (*nothing, grads[0], None, None, *grads[1:])
-        if ctx.whole and ctx.kept_options is OPS:  # rest: out, then the forward op's kept outputs
+        if ctx.whole:  # rest: out, then the forward op's kept outputs; kept_options: the backend's path
             _, mask, state0, params = _saved_inputs(ctx, inputs)
             d_final = [torch.zeros_like(s) if d is None else d for s, d in zip(state0, d_final)]
-            d_xp, d_state, grads = ops.backward(step, d_out, d_final, state0, params, mask,
-                                                _sizes_tensor(ctx.batch_sizes), rest[0], rest[1:])
-            return (*nothing, d_xp, None, None, *d_state, *(grads.get(name) for name in names))
-        if ctx.whole:
-            d_state, kept = list(d_final), (rest, ctx.kept_options)
-            d_xp, d_state, grads = step.sequence_backward(kept, d_out, d_state)
+            d_xp, d_state, grads = BACKENDS[ctx.kept_options].backward(
+                step, d_out, d_final, state0, params, mask, _sizes_tensor(ctx.batch_sizes), rest[0], rest[1:])
             return (*nothing, d_xp, None, None, *d_state, *(grads.get(name) for name in names))
         batch_sizes, k = ctx.batch_sizes, ctx.cache_size
         _, mask, state0, params = _saved_inputs(ctx, inputs)
@@ -249,20 +241,17 @@ class _ExplicitBPTT(torch.autograd.Function):
         return (*nothing, d_xp, None, None, *d_state, *d_params)
 
 
-OPS = "ops"  # _ExplicitBPTT's kept options when the forward op ran the sequence
+BACKENDS = {"cpp": ops.CPU, "triton": triton.TRITON}  # the sequence paths that run as rnnkit's custom ops
 
 
 def _sequence(step, xp, state0, params, batch_sizes, mask, path: str):
-    """_ExplicitBPTT's whole-sequence call on `path` (dispatch.sequence_path), where there is one: the forward op's
-    computation (ops.forward; here in eager mode, and under torch.func's transforms, which cannot run a custom op's
-    autograd formula), or a cell object's own sequence call (engine.triton's). Returns (out, final states, (kept
-    tensors, options)), or None: the loop of steps."""
-    if path == "ops":
-        out, final, kept = ops.forward(step, xp, state0, params, _sizes_tensor(batch_sizes), mask)
-        return out, final, ([out, *kept], OPS)
-    if path == "triton":
-        return step.sequence(xp, state0, params, batch_sizes, mask, keep=True)
-    return None
+    """_ExplicitBPTT's whole-sequence call on `path` (dispatch.sequence_path), where it is a backend's: the forward
+    op's computation (Backend.forward; here in eager mode, and under torch.func's transforms, which cannot run a
+    custom op's autograd formula). Returns (out, final states, (kept tensors, path)), or None: the loop of steps."""
+    if path not in BACKENDS:
+        return None
+    out, final, kept = BACKENDS[path].forward(step, xp, state0, params, _sizes_tensor(batch_sizes), mask)
+    return out, final, ([out, *kept], path)
 
 
 def _transformed(*tensors: Tensor) -> bool:
@@ -306,8 +295,8 @@ def _recorded_backward(step, batch_sizes, source, from_source: bool, mask, state
     return grads
 
 
-def _register_sequence_autograd(kind: type) -> None:
-    """The forward op's autograd formula (ops.py): the backward op over what the forward kept, or under
+def _register_sequence_autograd(backend: ops.Backend, kind: type) -> None:
+    """The forward op's autograd formula (ops.Backend): the backward op over what the forward kept, or under
     create_graph=True the step loop recorded by autograd, as _ExplicitBPTT's."""
 
     def setup_context(ctx, inputs, output):
@@ -335,15 +324,16 @@ def _register_sequence_autograd(kind: type) -> None:
             return grads[0], grads[1:1 + n], grads[1 + n:], *nothing
         d_out = torch.zeros_like(out) if d_out is None else d_out
         d_final = [torch.zeros_like(s) if d is None else d for s, d in zip(state0, d_final)]
-        d_xp, d_state0, grads = ops.backward(step, d_out, d_final, state0, dict(zip(step.param_shapes(0), params)),
-                                             mask, batch_sizes, out, kept)
+        d_xp, d_state0, grads = backend.backward(step, d_out, d_final, state0,
+                                                 dict(zip(step.param_shapes(0), params)), mask, batch_sizes, out, kept)
         return d_xp, list(d_state0), [grads.get(name) for name in step.param_shapes(0)], *nothing
 
-    torch.library.register_autograd(f"rnnkit::{ops.CELLS[kind]}_sequence", backward, setup_context=setup_context)
+    torch.library.register_autograd(f"rnnkit::{backend.name(kind)}", backward, setup_context=setup_context)
 
 
-for _kind in ops.CELLS:
-    _register_sequence_autograd(_kind)
+for _backend in BACKENDS.values():
+    for _kind in ops.CELLS:
+        _register_sequence_autograd(_backend, _kind)
 
 
 class _TimeSums:
@@ -416,7 +406,7 @@ def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor]
     it. The explicit BPTT is twice differentiable: under create_graph=True its backward runs the step
     loop again as recorded PyTorch ops, starting from `source` (which autograd keeps anyway for the
     projection's own backward); without `source` it keeps xp for that.
-    `path`: how the sequence runs, "ops", "triton" or "steps", as a layer's dispatch.Plan says; None: as
+    `path`: how the sequence runs, "cpp", "triton" or "steps", as a layer's dispatch.Plan says; None: as
     dispatch.sequence_path says for these tensors.
     """
     if bptt not in BPTT_MODES:
@@ -434,9 +424,9 @@ def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor]
     if bptt == "autograd":
         path = "steps"
     recording = records(xp, *state0, *p.values())
-    if bptt == "explicit" and recording and ops.dispatched() and path == "ops" \
+    if bptt == "explicit" and recording and ops.dispatched() and path in BACKENDS \
             and not _transformed(xp, *state0, *p.values()):  # the forward op, with its autograd formula
-        return ops.sequence(step, xp, state0, p, _sizes_tensor(batch_sizes), mask, source)
+        return BACKENDS[path].sequence(step, xp, state0, p, _sizes_tensor(batch_sizes), mask, source)
     # under torch.compile the compiler derives the backward of the loop it traces: the loop recorded by autograd
     if bptt == "autograd" or not recording or torch.compiler.is_compiling():
         out, final, _ = _forward_loop(step, xp, state0, p, batch_sizes, mask, keep_saved=False, path=path)
@@ -449,6 +439,6 @@ def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor]
 
 def infer(step, x: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor], batch_sizes, mask: Tensor | None,
           chunk: int) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """Inference over a whole sequence on the ops (path "ops") from the layer's input x (T, B, I), the input
+    """Inference over a whole sequence on the C++ ops (path "cpp") from the layer's input x (T, B, I), the input
     projection included (`chunk` steps of it at a time): out, final states."""
-    return ops.infer(step, x, state0, p, _sizes_tensor(batch_sizes), mask, chunk)
+    return ops.CPU.infer(step, x, state0, p, _sizes_tensor(batch_sizes), mask, chunk)

@@ -152,59 +152,10 @@ def _infer(step: Step, x, state0, params, mask, batch_sizes, chunk, op: bool = T
     return (q.out, *(_final(q) if op else q.final_states()))
 
 
-KERNELS = {"": _forward, "_backward": _backward, "_infer": _infer}
-
-
-def _define(kind: type) -> None:
-    name = CELLS[kind]
-    fields = ", ".join(f"{f.type} {f.name}" for f in dataclasses.fields(kind))
-    states = ["Tensor h_n", "Tensor c_n"][:kind.num_states]
-    kept = [f"Tensor {k}" for k in KEPT[kind]]
-    inputs = "Tensor[] state0, Tensor[] params, Tensor? mask, Tensor? batch_sizes"
-
-    def forward_fake(xp, state0, params, mask, batch_sizes, source, *cfg):
-        step = kind(*cfg)
-        T, B = xp.shape[:2]
-        shapes = _kept_shapes(step, T, B, mask is not None)
-        return (xp.new_empty(T, B, step.output_size), *(s.new_empty(s.shape) for s in state0),
-                *(xp.new_empty(shapes[k] or (0,)) for k in KEPT[kind]))
-
-    def backward_fake(d_out, d_final, state0, params, mask, batch_sizes, out, kept, *cfg):
-        step = kind(*cfg)
-        p = _params(step, params)
-        T, B = out.shape[:2]
-        return (d_out.new_empty(T, B, step.gates * step.hidden_size), [s.new_empty(s.shape) for s in state0],
-                [p[n].new_empty(p[n].shape) for n in sequence_params(step)])
-
-    def infer_fake(x, state0, params, mask, batch_sizes, chunk, *cfg):
-        step = kind(*cfg)
-        T, B = x.shape[:2]
-        return (x.new_empty(T, B, step.output_size), *(s.new_empty(s.shape) for s in state0))
-
-    def implementation(kernel, arguments: int):
-        """The op's implementation: the kernel, on the cell rebuilt from the fields after the tensor arguments."""
-        return lambda *args: kernel(kind(*args[arguments:]), *args[:arguments])
-
-    for suffix, arguments, fake, schema in [
-        ("", 6, forward_fake,
-         f"(Tensor xp, {inputs}, Tensor? source, {fields}) -> ({', '.join(['Tensor out', *states, *kept])})"),
-        ("_backward", 8, backward_fake,
-         f"(Tensor d_out, Tensor[] d_final, {inputs}, Tensor out, Tensor[] kept, {fields}) "
-         f"-> (Tensor d_xp, Tensor[] d_state0, Tensor[] d_params)"),
-        ("_infer", 6, infer_fake,
-         f"(Tensor x, {inputs}, int chunk, {fields}) -> ({', '.join(['Tensor out', *states])})"),
-    ]:
-        op = torch.library.custom_op(f"rnnkit::{name}_sequence{suffix}", implementation(KERNELS[suffix], arguments),
-                                     mutates_args=(), device_types="cpu", schema=schema)
-        op.register_fake(fake)
-
-
-for _kind in CELLS:
-    _define(_kind)
-
-
-def _op(step: Step, suffix: str = ""):
-    return getattr(torch.ops.rnnkit, f"{CELLS[type(step)]}_sequence{suffix}")
+def _kept_fake(step: Step, xp: Tensor, mask) -> list[Tensor]:
+    T, B = xp.shape[:2]
+    shapes = _kept_shapes(step, T, B, mask is not None)
+    return [xp.new_empty(shapes[k] or (0,)) for k in KEPT[type(step)]]
 
 
 def dispatched() -> bool:
@@ -217,36 +168,99 @@ def dispatched() -> bool:
         or torch._C._len_torch_dispatch_stack() > 0
 
 
-def _call(step: Step, suffix: str, *args):
-    if dispatched():
-        return _op(step, suffix)(*args, *config(step))
-    return KERNELS[suffix](step, *args, op=False)
+class Backend:
+    """One family of whole-sequence kernels as custom ops, rnnkit::{prefix}{cell}_sequence, _sequence_backward and
+    _sequence_infer for cell in lstm, gru, rnn, with the schemas of this module's docstring (the C++ kernels here,
+    engine.triton's Triton kernels). `kernels` maps "", "_backward", "_infer" to the three implementations, each
+    kernel(cell, *tensor arguments, op=...) (op=False: called directly by the engine, see `_forward`); `kept` names
+    the forward op's kept outputs per cell kind and `kept_fake(cell, xp, mask)` allocates them for a compiler's
+    tracing. The forward op's autograd formula is registered by rnnkit.engine.loop."""
+
+    def __init__(self, prefix: str, kernels: dict, kept: dict, kept_fake, device_types):
+        self.prefix, self.kernels, self.kept, self.kept_fake = prefix, kernels, kept, kept_fake
+        for kind in CELLS:
+            self._define(kind, device_types)
+
+    def name(self, kind: type, suffix: str = "") -> str:
+        return f"{self.prefix}{CELLS[kind]}_sequence{suffix}"
+
+    def _define(self, kind: type, device_types) -> None:
+        fields = ", ".join(f"{f.type} {f.name}" for f in dataclasses.fields(kind))
+        states = ["Tensor h_n", "Tensor c_n"][:kind.num_states]
+        kept = [f"Tensor {k}" for k in self.kept[kind]]
+        inputs = "Tensor[] state0, Tensor[] params, Tensor? mask, Tensor? batch_sizes"
+
+        def forward_fake(xp, state0, params, mask, batch_sizes, source, *cfg):
+            step = kind(*cfg)
+            T, B = xp.shape[:2]
+            return (xp.new_empty(T, B, step.output_size), *(s.new_empty(s.shape) for s in state0),
+                    *self.kept_fake(step, xp, mask))
+
+        def backward_fake(d_out, d_final, state0, params, mask, batch_sizes, out, kept, *cfg):
+            step = kind(*cfg)
+            p = _params(step, params)
+            T, B = out.shape[:2]
+            return (d_out.new_empty(T, B, step.gates * step.hidden_size), [s.new_empty(s.shape) for s in state0],
+                    [p[n].new_empty(p[n].shape) for n in sequence_params(step)])
+
+        def infer_fake(x, state0, params, mask, batch_sizes, chunk, *cfg):
+            step = kind(*cfg)
+            T, B = x.shape[:2]
+            return (x.new_empty(T, B, step.output_size), *(s.new_empty(s.shape) for s in state0))
+
+        def implementation(kernel, arguments: int):
+            """The op's implementation: the kernel, on the cell rebuilt from the fields after the tensor arguments."""
+            return lambda *args: kernel(kind(*args[arguments:]), *args[:arguments])
+
+        for suffix, arguments, fake, schema in [
+            ("", 6, forward_fake,
+             f"(Tensor xp, {inputs}, Tensor? source, {fields}) -> ({', '.join(['Tensor out', *states, *kept])})"),
+            ("_backward", 8, backward_fake,
+             f"(Tensor d_out, Tensor[] d_final, {inputs}, Tensor out, Tensor[] kept, {fields}) "
+             f"-> (Tensor d_xp, Tensor[] d_state0, Tensor[] d_params)"),
+            ("_infer", 6, infer_fake,
+             f"(Tensor x, {inputs}, int chunk, {fields}) -> ({', '.join(['Tensor out', *states])})"),
+        ]:
+            op = torch.library.custom_op(f"rnnkit::{self.name(kind, suffix)}",
+                                         implementation(self.kernels[suffix], arguments), mutates_args=(),
+                                         device_types=device_types, schema=schema)
+            op.register_fake(fake)
+
+    def op(self, step: Step, suffix: str = ""):
+        return getattr(torch.ops.rnnkit, self.name(type(step), suffix))
+
+    def _call(self, step: Step, suffix: str, *args):
+        if dispatched():
+            return self.op(step, suffix)(*args, *config(step))
+        return self.kernels[suffix](step, *args, op=False)
+
+    def sequence(self, step: Step, xp: Tensor, state0: tuple, p: dict, batch_sizes: Tensor | None,
+                 mask: Tensor | None, source: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """A train step's sequence through the forward op and its autograd formula (loop.py): out, final states."""
+        out, *rest = self.op(step)(xp, list(state0), _ordered(step, p), mask, batch_sizes, source, *config(step))
+        return out, tuple(rest[:step.num_states])
+
+    def forward(self, step: Step, xp: Tensor, state0: tuple, p: dict, batch_sizes: Tensor | None,
+                mask: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...], list[Tensor]]:
+        """The forward op's computation, for a caller that does autograd's part itself: out, final states, kept."""
+        out, *rest = self._call(step, "", xp, list(state0), _ordered(step, p), mask, batch_sizes, None)
+        return out, tuple(rest[:step.num_states]), list(rest[step.num_states:])
+
+    def infer(self, step: Step, x: Tensor, state0: tuple, p: dict, batch_sizes: Tensor | None, mask: Tensor | None,
+              chunk: int = 0) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Inference (the infer op): x the projection xp (chunk 0), or the input projected inside (chunk > 0, where
+        the kernels do that)."""
+        out, *final = self._call(step, "_infer", x, list(state0), _ordered(step, p), mask, batch_sizes, chunk)
+        return out, tuple(final)
+
+    def backward(self, step: Step, d_out: Tensor, d_final: list, state0, p: dict, mask, batch_sizes, out: Tensor,
+                 kept):
+        """The backward op from the gradients of out and the final states: (d_xp, d_state0, {name: gradient} of
+        sequence_params(step))."""
+        d_xp, d_state0, d_params = self._call(step, "_backward", d_out, list(d_final), list(state0),
+                                              _ordered(step, p), mask, batch_sizes, out, list(kept))
+        return d_xp, d_state0, dict(zip(sequence_params(step), d_params))
 
 
-def sequence(step: Step, xp: Tensor, state0: tuple, p: dict, batch_sizes: Tensor | None, mask: Tensor | None,
-             source: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """A train step's sequence through the forward op and its autograd formula (loop.py): out, final states."""
-    out, *rest = _op(step)(xp, list(state0), _ordered(step, p), mask, batch_sizes, source, *config(step))
-    return out, tuple(rest[:step.num_states])
-
-
-def forward(step: Step, xp: Tensor, state0: tuple, p: dict, batch_sizes: Tensor | None, mask: Tensor | None
-            ) -> tuple[Tensor, tuple[Tensor, ...], list[Tensor]]:
-    """The forward op's computation, for a caller that does autograd's part itself: out, final states, kept."""
-    out, *rest = _call(step, "", xp, list(state0), _ordered(step, p), mask, batch_sizes, None)
-    return out, tuple(rest[:step.num_states]), list(rest[step.num_states:])
-
-
-def infer(step: Step, x: Tensor, state0: tuple, p: dict, batch_sizes: Tensor | None, mask: Tensor | None,
-          chunk: int = 0) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """Inference (the infer op): x the projection xp (chunk 0), or the input projected inside."""
-    out, *final = _call(step, "_infer", x, list(state0), _ordered(step, p), mask, batch_sizes, chunk)
-    return out, tuple(final)
-
-
-def backward(step: Step, d_out: Tensor, d_final: list, state0, p: dict, mask, batch_sizes, out: Tensor, kept):
-    """The backward op from the gradients of out and the final states: (d_xp, d_state0, {name: gradient} of
-    sequence_params(step))."""
-    d_xp, d_state0, d_params = _call(step, "_backward", d_out, list(d_final), list(state0), _ordered(step, p), mask,
-                                     batch_sizes, out, list(kept))
-    return d_xp, d_state0, dict(zip(sequence_params(step), d_params))
+CPU = Backend("", {"": _forward, "_backward": _backward, "_infer": _infer}, KEPT, _kept_fake, "cpu")
+_op = CPU.op

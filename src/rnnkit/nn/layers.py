@@ -252,8 +252,7 @@ class _Recurrent(nn.Module):
     def _run_stack(self, x, states, lengths, plan: dispatch.Plan, dtype):
         """x (T, B, I) in `dtype`, batch sorted longest first when lengths are given; on the engine, as `plan` says."""
         bptt, path = ("autograd" if plan.impl == "autograd" else "explicit"), plan.sequence
-        step = dispatch.triton_step.TritonStep(self.cell) if path == "triton" else self.cell
-        D = self.num_directions
+        step, D = self.cell, self.num_directions
         T, B = x.shape[:2]
         batch_sizes = None if lengths is None else loop.batch_sizes_of(lengths, T)  # (T,)
         finals = [[] for _ in range(step.num_states)]
@@ -378,10 +377,10 @@ def _infer_in_chunks(step, inp: Tensor, state0: tuple, p: dict, batch_sizes, mas
     numbers as one projection of all steps, which for long sequences is a tensor big enough (over glibc's
     32 MiB mmap threshold) to be page-faulted in afresh at every call: at B=32, T=512, H=128 that took six
     times as long as the matrix product itself. Training keeps the whole projection (BPTT needs it). Where the
-    C++ sequence loop runs (path "ops": loop.infer), it projects the chunks itself."""
+    C++ sequence loop runs (path "cpp": loop.infer), it projects the chunks itself."""
     T, B = inp.shape[:2]
     chunk = max(1, INFERENCE_CHUNK_BYTES // max(1, B * step.gates * step.hidden_size * inp.element_size()))
-    if path == "ops":
+    if path == "cpp":
         return loop.infer(step, inp, state0, p, batch_sizes, mask, chunk)  # the C++ loop, projection included
     outs, state = [], state0
     for start in range(0, max(T, 1), chunk):  # T = 0: one empty run, which returns the initial state
