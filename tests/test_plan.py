@@ -63,6 +63,15 @@ def test_a_dtype_the_kernels_lack_runs_the_steps_and_says_why(dtype, monkeypatch
     assert str(dtype) in layer.last_plan.detail and not calls
 
 
+def test_the_measured_advantage_of_the_engine_holds_only_where_its_cpp_kernels_run():
+    """A standard GRU on the CPU runs the engine's C++ loop, measured faster than torch.nn's; in bfloat16, which
+    those kernels do not take, torch.nn's kernel stays."""
+    for dtype, impl in ((torch.float32, "engine"), (torch.bfloat16, "native")):
+        layer = rnnkit.GRU(3, 4, dtype=dtype)
+        layer(torch.randn(8, 2, 3, dtype=dtype))
+        assert layer.last_plan.impl == impl, dtype
+
+
 def test_kernels_that_are_not_built_run_the_steps_and_say_why(monkeypatch):
     monkeypatch.setattr(fused, "sequence_available", lambda dtype=None: False)
     monkeypatch.setattr(fused, "unavailable_reason", lambda: "no C++ compiler found")

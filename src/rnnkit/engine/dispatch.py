@@ -38,7 +38,6 @@ from torch import Tensor
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..kernels import triton as triton_kernels
-from ..kernels.cpu import fused
 from . import ops
 from .cells import GRUStep, LSTMStep, RNNStep, Step
 
@@ -46,11 +45,11 @@ IMPLS = ("auto", "native", "engine", "autograd", "triton")
 
 
 def engine_is_faster(device_type: str, step: Step, batch: int, recording: bool, steps: int | None = None,
-                     packed: bool = False) -> bool:
+                     packed: bool = False, dtype: torch.dtype = torch.float32) -> bool:
     """Where both can run, whether the engine beat PyTorch's kernel in `rnnkit bench` and benchmarks/bench_layers.py
     and bench_batches.py (2-core CPU, torch 2.13; the README's speed tables). Only on CPU, where some of PyTorch's
     kernels are not oneDNN's fused ones or carry a fixed cost per call:
-      - GRU (torch's CPU GRU runs per-step aten ops): the engine's C++ sequence loop (fused.sequence_available)
+      - GRU (torch's CPU GRU runs per-step aten ops): the engine's C++ sequence loop (ops.why_not is None)
         measured 0.2-0.9x in train steps and 0.35-0.9x in inference at batches 1-256, from 5 steps on (0.9x at
         T=5, B=1); a single step costs it 1.5-1.7x (a fixed cost per call), so below GRU_MIN_STEPS torch's kernel
         stays;
@@ -66,7 +65,7 @@ def engine_is_faster(device_type: str, step: Step, batch: int, recording: bool, 
     if device_type != "cpu":
         return False
     kernel = native_kernel(step)
-    sequence = fused.sequence_available()
+    sequence = ops.why_not(step, torch.device(device_type), dtype, steps) is None  # the C++ sequence kernels
     if kernel == "gru" and sequence and (steps is None or steps >= GRU_MIN_STEPS):
         return True
     if kernel in ("rnn_tanh", "rnn_relu") and recording and sequence and (steps is None or steps >= RNN_MIN_STEPS):
@@ -143,7 +142,8 @@ def plan(impl: str, step: Step, device: torch.device, dtype: torch.dtype, batch:
     engine takes on tensors of this device and dtype (`recording`: whether autograd records the call, i.e. a
     backward pass will follow; `steps`: its time steps, if known). impl="triton" without Triton raises ImportError
     naming the package and the install command."""
-    chosen, reason = _choose(impl, step, device, batch, recurrent_dropout, training, lengths, recording, steps)
+    chosen, reason = _choose(impl, step, device, batch, recurrent_dropout, training, lengths, recording, steps,
+                             dtype)
     if chosen == "native":
         return Plan("native", "native", reason)
     if chosen == "triton":
@@ -176,7 +176,8 @@ def choose(impl: str, step: Step, device: torch.device, batch: int, recurrent_dr
     return _choose(impl, step, device, batch, recurrent_dropout, training, lengths, recording, steps)[0]
 
 
-def _choose(impl, step, device, batch, recurrent_dropout, training, lengths, recording, steps) -> tuple[str, str]:
+def _choose(impl, step, device, batch, recurrent_dropout, training, lengths, recording, steps,
+            dtype=torch.float32) -> tuple[str, str]:
     if impl in ("engine", "autograd"):
         return impl, f"impl={impl!r}"
     if impl == "triton":
@@ -194,7 +195,7 @@ def _choose(impl, step, device, batch, recurrent_dropout, training, lengths, rec
             raise ValueError(f"impl='native' cannot run this layer: {reason}")
         return "native", "impl='native'"
     if not reason:
-        if not engine_is_faster(device.type, step, batch, recording, steps, packed=lengths is not None):
+        if not engine_is_faster(device.type, step, batch, recording, steps, lengths is not None, dtype):
             return "native", "torch.nn has this configuration" + (" (cuDNN)" if on_cuda else "")
         reason = "torch.nn has it, but the engine measured faster here (dispatch.engine_is_faster)"
         return "engine", reason
