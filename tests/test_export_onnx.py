@@ -4,6 +4,9 @@ Each model is exported once (T=5, B=3) and run at other T and B: a graph that un
 time loop or baked in the batch size would fail there. The graph must use ONNX's RNN/GRU/LSTM
 operator where one expresses the cell, and a Loop over time where none does.
 """
+import logging
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -296,9 +299,73 @@ def test_export_forms_compute_the_layer(cls, kwargs):
     torch.testing.assert_close(flat(got), flat(expected), rtol=0, atol=1e-5)
 
 
-def test_export_logs_no_warning(tmp_path, capfd):
+@pytest.mark.parametrize("cls, kwargs", [(rnnkit.GRU, {}), (rnnkit.LSTM, {"layer_norm": True, "peephole": True})],
+                         ids=["operator", "loop"])
+def test_export_logs_no_warning(cls, kwargs, tmp_path, capfd, caplog):
     """torch's exporter notes every torchvision op it cannot find (on its own stderr handler); rnnkit uses none,
-    so nothing is said."""
-    layer = rnnkit.GRU(3, 4)
-    export_onnx(layer, (torch.randn(5, 2, 3),), tmp_path / "gru.onnx", ["input"], ["output", "h_n"])
+    so nothing is said. Nor does the optimizer (it would of a Split of the weights it cannot fold), nor the
+    trace of a Loop's step."""
+    layer = cls(3, 4, **kwargs)
+    outputs = ["output", "h_n", "c_n"] if cls is rnnkit.LSTM else ["output", "h_n"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        export_onnx(layer, (torch.randn(5, 2, 3),), tmp_path / "m.onnx", ["input"], outputs)
     assert capfd.readouterr().err == ""
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]  # pytest holds the logs
+
+
+LOOP_VARIANTS = {
+    "ln-proj-peephole": {"layer_norm": True, "proj_size": 2, "peephole": True},
+    "ln-peephole-softsign": {"layer_norm": True, "peephole": True, "activation": "softsign"},
+    "ln-coupled-peephole-proj": {"layer_norm": True, "coupled": True, "peephole": True, "proj_size": 3},
+    "proj-coupled-softsign-nobias": {"proj_size": 2, "coupled": True, "activation": "softsign", "bias": False},
+}
+
+
+@pytest.mark.parametrize("kwargs", LOOP_VARIANTS.values(), ids=list(LOOP_VARIANTS))
+def test_loop_variants_bidirectional_with_empty_rows(kwargs, tmp_path):
+    """The Loop's body is the cell's own step (traced): layer norm, projection, peepholes (the input gate's
+    included), the coupled gate and softsign together, 2 layers both ways, an initial state, and lengths with
+    a zero (that row's outputs are zeros, its final state the initial one)."""
+    layer = rnnkit.LSTM(I, H, num_layers=2, bidirectional=True, **kwargs).eval()
+    assert operator_for(layer.cell) == "Loop"
+    P = layer.proj_size or H
+    model = Encoder(layer).eval()
+
+    def sample(T, B, lengths):
+        return torch.randn(T, B, I), torch.tensor(lengths), torch.randn(4, B, P), torch.randn(4, B, H)
+
+    axes = {"x": {0: "T", 1: "B"}, "lengths": {0: "B"}, "h0": {1: "B"}, "c0": {1: "B"}, "y": {0: "T", 1: "B"},
+            "h": {1: "B"}, "c": {1: "B"}}
+    names = ["x", "lengths", "h0", "c0"]
+    session, ops = export(model, sample(5, 3, [5, 0, 3]), names, ["y", "h", "c"], axes, tmp_path)
+    assert ops.count("Loop") == 4 and not {"LSTM", "Transpose"} & set(ops), ops  # 2 layers x 2 directions;
+    # the weights' transposes are folded into initializers, not computed in the graph
+    for T, lengths in ((7, [0, 7, 2, 0]), (1, [1, 0])):
+        inputs = sample(T, len(lengths), lengths)
+        with torch.no_grad():
+            expected = list(model(*inputs))
+        assert max_diff(session, dict(zip(names, inputs)), expected) <= TOL
+
+
+@pytest.mark.parametrize("cls, kwargs", [(rnnkit.LSTM, {}), (rnnkit.LSTM, {"peephole": True, "coupled": True}),
+                                         (rnnkit.GRU, {}), (rnnkit.GRU, {"reset_after": False}),
+                                         (rnnkit.RNN, {"nonlinearity": "relu"})],
+                         ids=["lstm", "lstm-coupled-peephole", "gru", "gru-reset-before", "rnn-relu"])
+def test_loop_runs_any_cell(cls, kwargs, tmp_path, monkeypatch):
+    """The Loop translation is generic over cells: with ONNX's own operators set aside, every cell's step
+    (traced, not written for it) runs in the Loop with the layer's numbers."""
+    from rnnkit.export import onnx as onnx_export
+
+    monkeypatch.setattr(onnx_export, "operator_for", lambda step: "Loop")
+    layer = cls(I, H, num_layers=2, bidirectional=True, **kwargs).eval()
+    outputs = ["output", "h_n", "c_n"] if cls is rnnkit.LSTM else ["output", "h_n"]
+    axes = {"input": {0: "time", 1: "batch"}, "lengths": {0: "batch"}, "output": {0: "time", 1: "batch"},
+            **{state: {1: "batch"} for state in outputs[1:]}}
+    session, ops = export(layer, (torch.randn(5, 3, I), torch.tensor([5, 2, 4])), ["input", "lengths"], outputs,
+                          axes, tmp_path)
+    assert ops.count("Loop") == 4 and not {"RNN", "GRU", "LSTM"} & set(ops), ops
+    x, lengths = torch.randn(8, 4, I), torch.tensor([8, 0, 5, 3])
+    with torch.no_grad():
+        expected = flat(layer(x, lengths=lengths))
+    assert max_diff(session, {"input": x, "lengths": lengths}, expected) <= TOL

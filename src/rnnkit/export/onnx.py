@@ -15,9 +15,13 @@ for any T and B; its translation (onnxscript, given to the exporter as `custom_t
     peepholes (input `P`), coupled input-forget gate (`input_forget`), softsign, any biases
     (forget_bias is only an init). `lengths=` becomes `sequence_lens`.
   - an ONNX `Loop` over time otherwise (LSTM with layer_norm or proj_size; minGRU/minLSTM), one per
-    layer and direction, its body the cell's step (cells.LSTMStep.step's equations), the input
-    projection hoisted out of it; the backward direction reverses each sequence within its length
-    (`ReverseSequence`).
+    layer and direction; the backward direction reverses each sequence within its length
+    (`ReverseSequence`). For a cell, nothing of its math is written here: torch's exporter traces the
+    cell's own `project_input` and `step` once (`_traced_step`, one step at a small size, batch, time and
+    input size dynamic), and that graph is inlined (`_inline`), its time-independent part (the input
+    projection, the weights' transposes and splits) before the Loop, the rest as the Loop's body. The
+    translation is generic over cells (tested with GRU and RNN cells too); a new cell or a changed
+    equation needs no change here.
 Either way the graph holds no trace-time T or B. Recurrent and inter-layer dropout are training
 only: the graph is the inference model. Semantics are the layer's: outputs past a sequence's length
 are zero, final states are those at its last valid step.
@@ -34,6 +38,7 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import itertools
 import json
 import logging
 import warnings
@@ -45,7 +50,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from ..engine import loop
-from ..engine.cells import LN_EPS, GRUStep, LSTMStep, RNNStep, Step
+from ..engine.cells import GRUStep, LSTMStep, RNNStep, Step
 
 OPSET = 18  # the opset torch's ONNX translations are written for (lower ones would be version-converted)
 _CELLS = {cls.__name__: cls for cls in (RNNStep, LSTMStep, GRUStep)}
@@ -197,16 +202,22 @@ def _onnxscript():
     return onnxscript, op, ir
 
 
+def _recorded_nodes() -> list:
+    """The list where the exporter collects the translation's nodes (appending an ir.Node records it)."""
+    onnxscript, _, _ = _onnxscript()
+    nodes = getattr(onnxscript.evaluator.default(), "nodes", None)
+    if not isinstance(nodes, list):
+        raise RuntimeError(f"torch {torch.__version__}'s ONNX exporter records nodes differently; rnnkit's Loop "
+                           "translation needs updating")
+    return nodes
+
+
 def _record(op_type: str, inputs: list, num_outputs: int, **attributes):
     """A node with `num_outputs` outputs, recorded where the exporter collects the translation's nodes: an onnxscript
     op call gives a variadic output (Loop's) a single value."""
-    onnxscript, _, ir = _onnxscript()
-    recorder = onnxscript.evaluator.default()
-    if not isinstance(getattr(recorder, "nodes", None), list):
-        raise RuntimeError(f"torch {torch.__version__}'s ONNX exporter records nodes differently; rnnkit's Loop "
-                           "translation needs updating")
+    _, _, ir = _onnxscript()
     node = ir.Node("", op_type, inputs, ir.convenience.convert_attributes(attributes), num_outputs=num_outputs)
-    recorder.nodes.append(node)
+    _recorded_nodes().append(node)
     return node.outputs
 
 
@@ -263,81 +274,176 @@ def _operator_layer(step: Step, x, p_dirs: list[dict], lengths, h0, c0):
     return [op.Reshape(op.Transpose(y, perm=[0, 2, 1, 3]), [0, 0, -1]), *finals]
 
 
-def _act(op, v, name: str):
-    return op.Softsign(v) if name == "softsign" else op.Tanh(v)
+class _OneStep(nn.Module):
+    """What a Loop over time needs of a cell, as one module for torch's exporter: forward(x, xp_t, state, params)
+    -> (xp, state'), xp = cell.project_input(x, p) for the whole sequence (T, B, I) -> (T, B, G*H), state' =
+    cell.step(xp_t, state, p)'s new state from one step's xp_t (B, G*H) and state ((B, P)(, (B, H)))."""
+
+    def __init__(self, step: Step, names: list):
+        super().__init__()
+        self.cell, self.names = step, names
+
+    def forward(self, x, xp_t, state: list, params: list):
+        p = dict(zip(self.names, params))
+        return self.cell.project_input(x, p), self.cell.step(xp_t, tuple(state), p)[0]
 
 
-def _layer_norm(op, v, weight, bias=None):
-    """LN over the last axis (cells.layer_norm). The exporter's op calls return all three outputs (Y, mean,
-    1/std) where the subgraph builder's return Y alone."""
-    y = op.LayerNormalization(v, weight, bias, axis=-1, epsilon=LN_EPS)
-    return y[0] if isinstance(y, (tuple, list)) else y
+_TRACE_SIZES = {"time": 3, "batch": 2, "input": 5}  # distinct, and > 1 (torch.export fixes a size of 0 or 1)
+# a number for each inlined copy of a traced step, its names' prefix: unique in any graph (a translation sees
+# only its inputs, which two layers may share)
+_LOOPS = itertools.count()
 
 
-def _loop_layer(step: LSTMStep, x, p_dirs: list[dict], lengths, h0, c0):
-    """One LSTM layer (layer norm, projection: what ONNX's LSTM lacks) as one Loop over time per direction:
-    [out (T, B, D*P), h_n (D, B, P), c_n (D, B, H)]."""
+def _torch_dtype(dtype):
+    """The torch dtype of an ONNX (onnx_ir) floating-point type."""
+    _, _, ir = _onnxscript()
+    dtypes = {ir.DataType.FLOAT: torch.float32, ir.DataType.DOUBLE: torch.float64, ir.DataType.FLOAT16: torch.float16,
+              ir.DataType.BFLOAT16: torch.bfloat16}
+    if dtype not in dtypes:
+        raise ValueError(f"no ONNX Loop export for input dtype {dtype}")
+    return dtypes[dtype]
+
+
+@functools.lru_cache(maxsize=None)
+def _traced_step(cell: str, dtype: torch.dtype):
+    """The ONNX graph of _OneStep for the cell (a _spec), traced by torch's exporter from the cell's own
+    project_input and step at _TRACE_SIZES, time, batch and input size dynamic: inputs x, xp_t, *state,
+    *params (the cell's order), outputs xp, *state'. One trace per cell and dtype in a process (a layer's
+    directions and layers share it, ~1 s on a CPU); the caller clones it.
+
+    Why a trace and not onnxscript written for the cell: the Loop then computes what the cell computes, by
+    construction, for every variant, present and future (a second hand-written copy of the equations drifts).
+    It runs inside the enclosing export's translation, after torch.export has captured the model, so it is
+    an ordinary export of its own."""
+    step = _cell(cell)
+    T, B, I = _TRACE_SIZES.values()
+    shapes, wider = step.param_shapes(I), step.param_shapes(I + 1)
+    dims = {name: torch.export.Dim(name) for name in _TRACE_SIZES}
+    params = [torch.zeros(shape, dtype=dtype) for shape in shapes.values()]
+    args = (torch.zeros(T, B, I, dtype=dtype), torch.zeros(B, step.gates * step.hidden_size, dtype=dtype),
+            [torch.zeros(B, size, dtype=dtype) for size in step.state_sizes()], params)
+    dynamic = ({0: dims["time"], 1: dims["batch"], 2: dims["input"]}, {0: dims["batch"]},
+               [{0: dims["batch"]}] * step.num_states,
+               [{a: dims["input"] for a, (n, m) in enumerate(zip(shapes[name], wider[name])) if n != m}
+                for name in shapes])  # the axes that follow the input size (weight_ih's second)
+    # the cell's step takes its C++ kernel only where no tracer or compiler watches (fused.direct): here it
+    # runs as torch ops, which the exporter translates
+    with torch.no_grad():
+        program = torch.export.export(_OneStep(step, list(shapes)), args, dynamic_shapes=dynamic)
+    model = torch.onnx.export(program, dynamo=True, opset_version=OPSET, optimize=False, verbose=False).model
+    import onnxscript.optimizer
+
+    onnxscript.optimizer.optimize(model)  # e.g. chunk's SplitToSequence -> Split, while its sizes are known
+    graph = model.graph
+    if len(graph.inputs) != 2 + step.num_states + len(shapes):
+        raise RuntimeError(f"the traced step of {cell} has inputs {[v.name for v in graph.inputs]}")
+    foreign = {(n.domain, n.op_type) for n in graph.all_nodes() if n.domain not in ("", "ai.onnx")}
+    if foreign:
+        raise RuntimeError(f"the traced step of {cell} holds nodes outside ONNX's default domain {foreign}; "
+                           "rnnkit's Loop translation cannot inline them")
+    return graph
+
+
+def _inline(graph, values: list, prefix: str):
+    """A clone of `graph`'s nodes with its inputs replaced by `values` where one is given: (hoisted, body,
+    placeholders, outputs). body holds the nodes that depend on an input left as None (a placeholder, the
+    Loop body's: its value is set later), hoisted the others (time-independent: emitted once, outside the
+    Loop). Every value and node name gets `prefix` (unique in the model), symbolic shapes are dropped (their
+    names are the trace's)."""
+    _, _, ir = _onnxscript()
+    graph = graph.clone()
+    constants = [ir.Node("", "Constant", [], [ir.AttrTensor("value", v.const_value)], outputs=[ir.Value(name=name)])
+                 for name, v in graph.initializers.items()]
+    for node, name in zip(constants, list(graph.initializers)):
+        ir.convenience.replace_all_uses_with(graph.initializers[name], node.outputs[0])
+    placeholders = [v for v, given in zip(graph.inputs, values) if given is None]
+    for v, given in zip(graph.inputs, values):
+        if given is not None:
+            ir.convenience.replace_all_uses_with(v, given)
+    outputs, nodes = list(graph.outputs), list(graph)
+    graph.outputs.clear()
+    graph.remove(nodes)
+    looped, hoisted, body = set(placeholders), list(constants), []
+    for node in nodes:  # in topological order
+        node.name = f"{prefix}{node.name or node.op_type}"
+        for v in node.outputs:
+            v.name = f"{prefix}{v.name}"
+            if v.shape is not None and not all(isinstance(d, int) for d in v.shape):
+                v.shape = None
+        if any(v in looped for v in node.inputs if v is not None):
+            body.append(node)
+            looped.update(node.outputs)
+        else:
+            hoisted.extend(_as_slices(node) or [node])
+    return hoisted, body, placeholders, outputs
+
+
+def _as_slices(node) -> list:
+    """A Split of statically known sizes as one Slice per output, else []. The exporter's optimizer folds only
+    nodes of one output into initializers: a hoisted Split of the weights (a cell's `chunk` of its peepholes)
+    would stay in the graph, and the optimizer would warn of it at every export."""
+    _, _, ir = _onnxscript()
+    if node.op_type != "Split" or node.inputs[0].shape is None:
+        return []
+    axis = node.attributes.get_int("axis", 0)
+    size = node.inputs[0].shape[axis]
+    split = node.inputs[1] if len(node.inputs) > 1 else None
+    if split is None:  # num_outputs equal parts, the last smaller (ONNX's Split)
+        n = len(node.outputs)
+        part = -(-size // n) if isinstance(size, int) else None
+        sizes = None if part is None else [part] * (n - 1) + [size - part * (n - 1)]
+    else:
+        constant = split.const_value
+        if constant is None and split.producer() is not None and split.producer().op_type == "Constant":
+            constant = split.producer().attributes["value"].as_tensor()
+        sizes = None if constant is None else [int(k) for k in constant.numpy().reshape(-1)]
+    if sizes is None:
+        return []
+    slices, start = [], 0
+    for n, out in zip(sizes, node.outputs):
+        bounds = [ir.Value(name=f"{out.name}_{b}") for b in ("start", "end", "axis")]
+        slices += [ir.Node("", "Constant", [], [ir.AttrTensor("value", ir.tensor([v], dtype=ir.DataType.INT64))],
+                           outputs=[b]) for b, v in zip(bounds, (start, start + n, axis))]
+        slices.append(ir.Node("", "Slice", [node.inputs[0], *bounds], name=f"{node.name}_{len(slices)}"))
+        ir.convenience.replace_all_uses_with(out, slices[-1].outputs[0])
+        slices[-1].outputs[0].name = out.name
+        start += n
+    node.resize_inputs(0)  # the Split is dropped
+    return slices
+
+
+def _loop_layer(step: Step, x, p_dirs: list[dict], lengths, h0, c0):
+    """One layer as one Loop over time per direction (LSTM with layer norm or projection: what ONNX's LSTM
+    lacks), made from the cell's own code (_traced_step): the input projection hoisted out of the Loop, its body
+    one step; [out (T, B, D*P), h_n (D, B, P)(, c_n (D, B, H))]."""
     _, op, _ = _onnxscript()
     T = op.Shape(x, start=0, end=1)  # (1,)
     batch = op.Shape(x, start=1, end=2)  # (1,)
     lengths = None if lengths is None else op.Cast(lengths, to=_INT64)
     seq_lens = op.Expand(T, batch) if lengths is None else lengths  # (B,), for ReverseSequence
-    outs, finals = [], [[], []]
+    traced = _traced_step(_spec(step), _torch_dtype(x.dtype))
+    outs, finals = [], [[] for _ in range(step.num_states)]
     for d, p in enumerate(p_dirs):
         inp = op.ReverseSequence(x, seq_lens, batch_axis=1, time_axis=0) if d else x
-        xp = _lstm_projection(op, step, inp, p)  # (T, B, G*H), hoisted out of the loop
-        # the weights' transposes, hoisted too
-        p = {**p, **{name: op.Transpose(p[name], perm=[1, 0]) for name in ("weight_hh", "weight_hr") if name in p}}
+        hoisted, body, placeholders, (xp, *new) = _inline(
+            traced, [inp, None, *[None] * step.num_states, *p.values()], f"rnnkit_loop{next(_LOOPS)}_")
+        _recorded_nodes().extend(hoisted)  # xp (T, B, G*H) and the weights' reshapes, once per direction
         state = [op.Gather(s, d, axis=0) if s is not None else
                  op.CastLike(op.ConstantOfShape(op.Concat(batch, op.Constant(value_ints=[size]), axis=0)), x)
-                 for s, size in zip((h0, c0), step.state_sizes())]  # (B, P), (B, H)
-        out, h, c = _loop(x, lambda o, t, h, c, p=p, xp=xp: _lstm_body(o, step, p, o.Gather(xp, t, axis=0), h, c),
-                          op.Squeeze(T, [0]), state, lengths)
+                 for s, size in zip((h0, c0), step.state_sizes())]  # (B, P)(, (B, H))
+
+        def one_step(o, t, *carried, xp=xp, body=body, placeholders=placeholders, new=new):
+            _, _, ir = _onnxscript()
+            ir.convenience.replace_all_uses_with(placeholders, [o.Gather(xp, t, axis=0), *carried])
+            for node in body:
+                o.builder.add_node(node)
+            return new
+
+        out, *final = _loop(x, one_step, op.Squeeze(T, [0]), state, lengths)
         outs.append(op.ReverseSequence(out, seq_lens, batch_axis=1, time_axis=0) if d else out)
-        finals[0].append(op.Unsqueeze(h, [0]))
-        finals[1].append(op.Unsqueeze(c, [0]))
+        for f, s in zip(finals, final):
+            f.append(op.Unsqueeze(s, [0]))
     return [op.Concat(*outs, axis=2), *(op.Concat(*f, axis=0) for f in finals)]
-
-
-def _lstm_projection(op, step: LSTMStep, x, p: dict):
-    """cells.LSTMStep.project_input: x (T, B, I) -> (T, B, G*H), b_ih + b_hh added (as LN_ih's bias)."""
-    a = op.MatMul(x, op.Transpose(p["weight_ih"], perm=[1, 0]))
-    bias = op.Add(p["bias_ih"], p["bias_hh"]) if step.bias else None
-    if step.layer_norm:
-        return _layer_norm(op, a, p["ln_weight_ih"], bias)
-    return a if bias is None else op.Add(a, bias)
-
-
-def _lstm_body(op, step: LSTMStep, p: dict, xp, h, c):
-    """cells.LSTMStep.step in ONNX ops: xp (B, G*H), h (B, P), c (B, H) -> h', c'; p holds W_hh and W_hr
-    transposed."""
-    H = step.hidden_size
-    rec = op.MatMul(h, p["weight_hh"])  # (B, G*H)
-    if step.layer_norm:
-        rec = _layer_norm(op, rec, p["ln_weight_hh"])
-    gates = op.Add(xp, rec)
-    gate = lambda k: op.Slice(gates, [k * H], [(k + 1) * H], [1])  # noqa: E731  (B, H)
-    peep = lambda k: op.Slice(p["weight_peephole"], [k * H], [(k + 1) * H], [0])  # noqa: E731  (H,)
-    if step.coupled:  # gates f, g, o; peepholes p_f, p_o
-        f, g, o = (gate(k) for k in range(3))
-    else:  # gates i, f, g, o; peepholes p_i, p_f, p_o
-        i, f, g, o = (gate(k) for k in range(4))
-        i = op.Sigmoid(op.Add(i, op.Mul(peep(0), c)) if step.peephole else i)
-    n = step.gates - 1  # peephole blocks
-    f = op.Sigmoid(op.Add(f, op.Mul(peep(n - 2), c)) if step.peephole else f)
-    g = _act(op, g, step.activation)
-    if step.coupled:
-        c_new = op.Add(op.Mul(f, c), op.Mul(op.Sub(op.CastLike(1.0, f), f), g))  # f * c + (1 - f) * g
-    else:
-        c_new = op.Add(op.Mul(f, c), op.Mul(i, g))
-    o = op.Sigmoid(op.Add(o, op.Mul(peep(n - 1), c_new)) if step.peephole else o)
-    c_out = c_new
-    if step.layer_norm:
-        c_out = _layer_norm(op, c_new, p["ln_weight_c"], p.get("ln_bias_c"))
-    h_new = op.Mul(o, _act(op, c_out, step.activation))  # (B, H)
-    if step.proj_size:
-        h_new = op.MatMul(h_new, p["weight_hr"])  # (B, P)
-    return h_new, c_new
 
 
 def _loop(like, body, trip_count, state: list, lengths):
