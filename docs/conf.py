@@ -2,11 +2,13 @@
 
 Everything is built offline from this folder and the installed package: Markdown pages (myst-parser),
 the course's tutorials (sphinx-gallery runs each script in docs/tutorials/ and renders it with its output
-and pictures, downloadable as .py and .ipynb) and the API reference (autodoc + autosummary, generated
+and pictures, downloadable as .py and .ipynb), the recipes' pictures (_ext/recipefigures.py runs each recipe's
+command at a small size and shows what it drew) and the API reference (autodoc + autosummary, generated
 from the package, with viewcode's [source] links). See contributing.md for why these tools.
 """
 from __future__ import annotations
 
+import os
 import sys
 import types
 from pathlib import Path
@@ -34,12 +36,13 @@ extensions = [
     "sphinx.ext.viewcode",
     "sphinx_gallery.gen_gallery",
     "plaindocstrings",  # _ext/: rnnkit's plain-text docstrings rendered safely as reST
+    "recipefigures",  # _ext/: the recipes' pictures, drawn by small runs of their commands
     "sphinx.ext.mathjax",
     "sphinx-mathjax-offline",  # MathJax from the site itself (its module's name has dashes)
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build", "tutorials/*.md", "tutorials/GALLERY_HEADER.rst", "**.ipynb", "**.py.md5",
-                    "**.codeobj.json", "sg_execution_times.rst"]
+exclude_patterns = ["_build", "recipes/_runs", "tutorials/*.md", "tutorials/GALLERY_HEADER.rst", "**.ipynb",
+                    "**.py.md5", "**.codeobj.json", "sg_execution_times.rst"]
 templates_path = ["_templates"]
 suppress_warnings = []
 nitpicky = True  # a reference to an object that is not documented fails the build (-W)
@@ -65,6 +68,11 @@ nitpick_ignore_regex = [
 # docstrings keep their plain-text equations (they are read in a terminal too).
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
+
+# -- Recipes ----------------------------------------------------------------------------------------
+# The data sets the recipes' small runs read: $RNNKIT_DATA (as `--data-dir` defaults to), else ../shared/data
+# beside the repository, as the tests find them.
+recipe_data_dir = os.environ.get("RNNKIT_DATA") or str(HERE.parents[1] / "shared" / "data")
 
 # -- API reference ----------------------------------------------------------------------------------
 autosummary_generate = True

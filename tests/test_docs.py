@@ -1,9 +1,11 @@
-"""The documentation builds offline with warnings as errors, running every tutorial of the course.
+"""The documentation builds offline with warnings as errors, running every tutorial of the course and the
+recipes' small runs.
 
-The build runs in a temporary copy of docs/, so nothing is written into the source tree: a broken link or
-cross-reference, a reference to an object the API reference lacks, a malformed docstring, a missing image or a
-tutorial that raises fails it (Sphinx -W --keep-going). Then the site is checked for what the pages promise:
-a page per tutorial with its downloads, a page per module, and no test named in the docs that does not exist.
+The build runs in a temporary copy of docs/ without a single PNG file, so nothing is written into the source
+tree and every picture on the site is one the build drew: a broken link or cross-reference, a reference to an
+object the API reference lacks, a malformed docstring, a missing image, a tutorial or a recipe's run that raises
+fails it (Sphinx -W --keep-going). Then the site is checked for what the pages promise: a page per tutorial with
+its downloads, each recipe page's pictures, a page per module, and no test named in the docs that does not exist.
 """
 import importlib
 import os
@@ -20,8 +22,10 @@ import rnnkit
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-GENERATED = ("_build", "api", "course", "sg_execution_times.rst")  # written by a build, never sources
+GENERATED = ("_build", "api", "course", "sg_execution_times.rst", "_runs")  # written by a build, never sources
 TUTORIALS = sorted((DOCS / "tutorials").glob("[0-9][0-9]_*.py"))
+RECIPES = sorted(p for p in (DOCS / "recipes").glob("*.md") if p.stem not in ("index", "training"))
+DATA = ROOT.parent / "shared" / "data"  # the recipes' small runs read the real data sets from there
 TEST_NAME = re.compile(r"tests/(test_\w+\.py)::(test_\w+)")
 
 
@@ -31,10 +35,9 @@ def site(tmp_path_factory):
     work = tmp_path_factory.mktemp("docs")
     source = work / "docs"
     shutil.copytree(DOCS, source, ignore=shutil.ignore_patterns(*GENERATED, "*.png", "__pycache__"))
-    shutil.copytree(DOCS / "images", source / "images", dirs_exist_ok=True)  # the recipes' pictures
     shutil.copy(ROOT / "README.md", work / "README.md")  # the install page quotes its quick start
     out = work / "html"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "RNNKIT_DATA": str(DATA)}
     result = subprocess.run([sys.executable, "-m", "sphinx", "-b", "html", "-W", "--keep-going", "-j", "1", "-q",
                              "-d", str(work / "doctrees"), str(source), str(out)],
                             capture_output=True, text=True, env=env, timeout=900)
@@ -50,6 +53,31 @@ def test_the_site_builds_with_every_tutorial_run_and_downloadable(site):
         page = (site / "course" / f"{tutorial.stem}.html").read_text()
         assert "sphx-glr-single-img" in page or "sphx-glr-multi-img" in page, f"{tutorial.name} drew no picture"
         assert f"{tutorial.stem}.py" in downloads and f"{tutorial.stem}.ipynb" in downloads, tutorial.name
+
+
+def test_every_recipe_figure_is_drawn_by_the_build(site):
+    """Each recipe page shows the pictures its `rnnkit-run` commands wrote during this build (the source copy
+    held no PNG), with a caption that says what ran; no PNG is kept in docs/ at all."""
+    assert len(RECIPES) >= 9
+    runs = site.parent / "docs" / "recipes" / "_runs"
+    for recipe in RECIPES:
+        wanted = re.findall(r"^:figure: (\S+)$", recipe.read_text(), re.M)
+        assert wanted, f"{recipe.name} draws no picture"
+        page = (site / "recipes" / f"{recipe.stem}.html").read_text()
+        figures = re.findall(r'<figure[^>]*>\s*<img[^>]+src="\.\./(_images/[^"]+)".*?<figcaption>(.*?)</figcaption>',
+                             page, re.S)
+        assert len(figures) == len(wanted), recipe.name
+        for (image, caption), name in zip(figures, wanted):
+            drawn = (site / image).read_bytes()
+            assert drawn.startswith(b"\x89PNG"), image
+            written = [p for p in (runs / recipe.stem).rglob(name) if p.read_bytes() == drawn]
+            assert written, f"{recipe.name}: {image} is not a file its runs wrote in this build"
+            assert "in this build by the command above" in caption, f"{recipe.name}: {caption}"
+        assert "../images/" not in recipe.read_text(), recipe.name
+    assert not (DOCS / "images").exists()
+    listed = subprocess.run(["git", "ls-files", "docs"], cwd=ROOT, capture_output=True, text=True)
+    if listed.returncode == 0:
+        assert [f for f in listed.stdout.split() if f.endswith(".png")] == []
 
 
 def test_the_api_reference_has_a_page_for_every_module(site):
