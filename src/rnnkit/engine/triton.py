@@ -74,10 +74,20 @@ def _launch(step: Step, xp: Tensor, state0, params, mask, batch_sizes, keep: boo
 
 
 def _forward(step: Step, xp, state0, params, mask, batch_sizes, source, op: bool = True):
+    """The forward op's computation. Called directly (op=False) by the engine, which keeps the results to itself,
+    it leaves the kept values past each row's end as the kernels left them (unwritten, never read); as an op's
+    outputs they are zeros there, so that the op is a function of its inputs."""
     out, final, saved = _launch(step, xp, state0, params, mask, batch_sizes, keep=True)
     kept = [saved[k] for k in KEPT[type(step)]]
     if not op:
         return (out, *final, *kept)
+    if batch_sizes is not None:
+        lengths = saved["lengths"].long()
+        for name, t in zip(KEPT[type(step)], kept):
+            if t is not None and name != "lengths":
+                first = 1 if name == "cs" else 0  # cs[0] is c_0, cs[t + 1] the state after step t
+                steps = torch.arange(t.shape[0], device=t.device).unsqueeze(1) - first  # (n, 1)
+                t.masked_fill_((steps >= lengths.unsqueeze(0)).unsqueeze(-1), 0)
     return (out, *final, *(xp.new_empty(0) if t is None else t for t in kept))
 
 
