@@ -2,6 +2,8 @@
 registration, the fake implementation against the real one, and the op under the compiler's autograd tracing
 against eager), for every cell kind and a representative set of variants, with and without lengths and a
 recurrent-dropout mask; and the layers' use of them."""
+import contextlib
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -67,7 +69,7 @@ def test_the_backward_op_is_the_forward_ops_gradient(step):
     formula, with lengths and a mask."""
     args, _ = _inputs(step, [4, 2, 0], True)
     xp, state0, params, mask, batch_sizes, source, *config = args
-    n, m = len(state0), len(params)
+    n = len(state0)
 
     def f(xp, *tensors):
         out, *rest = ops._op(step)(xp, list(tensors[:n]), list(tensors[n:]), mask, batch_sizes, None, *config)
@@ -101,14 +103,10 @@ class _Recording(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("grad", [True, False], ids=["train", "inference"])
-def test_layers_call_the_ops(grad, monkeypatch):
-    """Seen by a dispatch mode (as by the compilers' tracing), a layer on the engine calls one op per direction and
-    layer: the forward op, then the backward op, in a train step; the infer op in inference. In plain eager mode the
-    engine calls the ops' implementations directly (ops.dispatched), with the same numbers."""
-    layer = rnnkit.LSTM(3, 4, 2, bidirectional=True, peephole=True, impl="engine")
-    x, lengths = torch.randn(5, 2, 3), torch.tensor([5, 3])
-
+def run_seen_by_a_dispatch_mode(layer, x, lengths, grad: bool, op: str, eager=None):
+    """Runs `layer` (a train step, or inference) in eager mode and seen by a dispatch mode: asserts that the mode
+    sees one call of rnnkit::{op} per direction and layer (then as many of its backward op in a train step; its
+    infer op in inference) and that both give the same numbers. `eager`, if given, runs around the eager run."""
     def run():
         inp = x.detach().requires_grad_(grad)
         with torch.set_grad_enabled(grad):
@@ -116,15 +114,30 @@ def test_layers_call_the_ops(grad, monkeypatch):
             grads = torch.autograd.grad(out.square().sum(), [inp, *layer.parameters()]) if grad else ()
         return out, *grads
 
-    direct = []
-    monkeypatch.setattr(ops.CPU, "op", lambda step, suffix="", op=ops.CPU.op: direct.append(suffix) or op(step, suffix))
-    want = run()
-    assert direct == []
+    with eager or contextlib.nullcontext():
+        want = run()
     with _Recording() as mode:
         got = run()
     ours = [name.removesuffix(".default") for name in mode.ops if name.startswith("rnnkit.")]
-    expected = ["rnnkit.lstm_sequence"] * 4 + ["rnnkit.lstm_sequence_backward"] * 4 if grad else \
-        ["rnnkit.lstm_sequence_infer"] * 4
-    assert ours == expected
+    n = layer.num_layers * layer.num_directions
+    assert ours == ([f"rnnkit.{op}"] * n + [f"rnnkit.{op}_backward"] * n if grad else [f"rnnkit.{op}_infer"] * n)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["train", "inference"])
+def test_layers_call_the_ops(grad, monkeypatch):
+    """Seen by a dispatch mode (as by the compilers' tracing), a layer on the engine calls one op per direction and
+    layer: the forward op, then the backward op, in a train step; the infer op in inference. In plain eager mode the
+    engine calls the ops' implementations directly (ops.dispatched), with the same numbers."""
+    layer = rnnkit.LSTM(3, 4, 2, bidirectional=True, peephole=True, impl="engine")
+    direct = []
+
+    @contextlib.contextmanager
+    def counting():
+        with monkeypatch.context() as m:
+            m.setattr(ops.CPU, "op", lambda step, suffix="", op=ops.CPU.op: direct.append(suffix) or op(step, suffix))
+            yield
+
+    run_seen_by_a_dispatch_mode(layer, torch.randn(5, 2, 3), torch.tensor([5, 3]), grad, "lstm_sequence", counting())
+    assert direct == []

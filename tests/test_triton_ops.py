@@ -19,7 +19,7 @@ from rnnkit.engine.cells import GRUStep, LSTMStep, RNNStep  # noqa: E402
 from rnnkit.kernels.triton import _common  # noqa: E402
 from test_cells import step_id  # noqa: E402
 from test_compile import _ops_in, _recording  # noqa: E402
-from test_custom_ops import _Recording, _detached, _inputs  # noqa: E402
+from test_custom_ops import _detached, _inputs, run_seen_by_a_dispatch_mode  # noqa: E402
 
 if not _common.INTERPRETED:
     pytest.skip("Triton's kernels are compiled, not interpreted, in this process", allow_module_level=True)
@@ -78,24 +78,8 @@ def test_layers_call_the_ops_where_the_dispatcher_watches(grad):
     in a train step, one infer op in inference; with eager's numbers (which call the kernels directly)."""
     layer = rnnkit.GRU(3, 4, 2, bidirectional=True, reset_after=False, impl="triton", dtype=torch.float64)
     x, lengths = torch.randn(5, 2, 3, dtype=torch.float64), torch.tensor([5, 3])
-
-    def run():
-        inp = x.detach().requires_grad_(grad)
-        with torch.set_grad_enabled(grad):
-            out, _ = layer(inp, lengths=lengths)
-            grads = torch.autograd.grad(out.square().sum(), [inp, *layer.parameters()]) if grad else ()
-        return out, *grads
-
-    want = run()
+    run_seen_by_a_dispatch_mode(layer, x, lengths, grad, "triton_gru_sequence")
     assert (layer.last_plan.impl, layer.last_plan.sequence) == ("triton", "triton")
-    with _Recording() as mode:
-        got = run()
-    ours = [name.removesuffix(".default") for name in mode.ops if name.startswith("rnnkit.")]
-    expected = ["rnnkit.triton_gru_sequence"] * 4 + ["rnnkit.triton_gru_sequence_backward"] * 4 if grad else \
-        ["rnnkit.triton_gru_sequence_infer"] * 4
-    assert ours == expected
-    for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("make", [
