@@ -419,10 +419,10 @@ def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor]
         with torch.autocast(device_type, enabled=False):
             return run(step, cast(xp), tuple(map(cast, state0)), {k: cast(v) for k, v in p.items()},
                        batch_sizes, cast(mask), bptt, cast(source))
-    if path is None:
-        path = dispatch.sequence_path(step, xp, *state0, *p.values())[0]
     if bptt == "autograd":
         path = "steps"
+    elif path is None:
+        path = dispatch.sequence_path(step, xp, *state0, *p.values())[0]
     recording = records(xp, *state0, *p.values())
     if bptt == "explicit" and recording and ops.dispatched() and path in BACKENDS \
             and not _transformed(xp, *state0, *p.values()):  # the forward op, with its autograd formula

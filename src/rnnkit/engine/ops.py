@@ -124,16 +124,13 @@ def _options(step: Step) -> dict:
 def _forward(step: Step, xp, state0, params, mask, batch_sizes, source, op: bool = True):
     """The forward op's computation (`source` is not read: the op takes it for its autograd formula). Called directly
     (op=False) by the engine, which keeps the results to itself, it skips what only an op's outputs need: memory of
-    their own (the LSTM's final c is a step of the kept c; empty tensors for what a configuration lacks) and zeros
-    past each row's end in the kept tensors."""
+    their own for the final states (the LSTM's final c is a step of the kept c) and zeros past each row's end in the
+    kept tensors. None for what a configuration does not keep (see _as_op_outputs)."""
     q = step.fused_sequence(xp, tuple(state0), _params(step, params), batch_sizes, mask, True, clear=op)
-    kept = [getattr(q, k) for k in KEPT[type(step)]]
-    if not op:
-        return (q.out, *q.final_states(), *kept)
-    return (q.out, *_final(q), *(xp.new_empty(0) if t is None else t for t in kept))
+    return (q.out, *(_final(q) if op else q.final_states()), *(getattr(q, k) for k in KEPT[type(step)]))
 
 
-def _backward(step: Step, d_out, d_final, state0, params, mask, batch_sizes, out, kept, op: bool = True):
+def _backward(step: Step, d_out, d_final, state0, params, mask, batch_sizes, out, kept):
     p = _params(step, params)
     shapes = _kept_shapes(step, 1, 1, mask is not None)
     tensors = {k: t for k, t in zip(KEPT[type(step)], kept) if shapes[k] is not None}
@@ -141,10 +138,7 @@ def _backward(step: Step, d_out, d_final, state0, params, mask, batch_sizes, out
     q = fused.Sequence(keep=True, **_options(step), **_slots(step, p, state0, mask, batch_sizes), out=out,
                        h=state0[0], **tensors)
     d_xp, d_state0, grads = fused.sequence_backward(q, d_out, list(d_final))
-    names = sequence_params(step)
-    if op:  # the LSTM's vector parameters' gradients are views of one buffer: each becomes its own output
-        return d_xp, list(d_state0), [grads[n].clone() if n in VECTORS else grads[n] for n in names]
-    return d_xp, list(d_state0), [grads[n] for n in names]
+    return d_xp, list(d_state0), [grads[n] for n in sequence_params(step)]
 
 
 def _infer(step: Step, x, state0, params, mask, batch_sizes, chunk, op: bool = True):
@@ -156,6 +150,21 @@ def _kept_fake(step: Step, xp: Tensor, mask) -> list[Tensor]:
     T, B = xp.shape[:2]
     shapes = _kept_shapes(step, T, B, mask is not None)
     return [xp.new_empty(shapes[k] or (0,)) for k in KEPT[type(step)]]
+
+
+def _as_op_outputs(step: Step, suffix: str, result: tuple, like: Tensor) -> tuple:
+    """A kernel's results as an op's outputs, whichever family computed them: the kept values a configuration lacks
+    as empty tensors (an op returns no None), and the LSTM's vector parameters' gradients, views of one buffer in
+    both families' backward, each as its own tensor (an op's outputs never alias each other)."""
+    if suffix == "":
+        return tuple(like.new_empty(0) if t is None else t for t in result)
+    if suffix == "_backward":
+        d_xp, d_state0, d_params = result
+        return d_xp, d_state0, [g.clone() if n in VECTORS else g for n, g in zip(sequence_params(step), d_params)]
+    return result
+
+
+_DIRECT = {"": {"op": False}, "_infer": {"op": False}, "_backward": {}}  # the direct calls' arguments (see _forward)
 
 
 def dispatched() -> bool:
@@ -172,7 +181,8 @@ class Backend:
     """One family of whole-sequence kernels as custom ops, rnnkit::{prefix}{cell}_sequence, _sequence_backward and
     _sequence_infer for cell in lstm, gru, rnn, with the schemas of this module's docstring (the C++ kernels here,
     engine.triton's Triton kernels). `kernels` maps "", "_backward", "_infer" to the three implementations, each
-    kernel(cell, *tensor arguments, op=...) (op=False: called directly by the engine, see `_forward`); `kept` names
+    kernel(cell, *tensor arguments) (the forward and infer kernels also take op=False: called directly by the
+    engine, see `_forward`), their results made op outputs by _as_op_outputs; `kept` names
     the forward op's kept outputs per cell kind and `kept_fake(cell, xp, mask)` allocates them for a compiler's
     tracing. The forward op's autograd formula is registered by rnnkit.engine.loop."""
 
@@ -208,9 +218,12 @@ class Backend:
             T, B = x.shape[:2]
             return (x.new_empty(T, B, step.output_size), *(s.new_empty(s.shape) for s in state0))
 
-        def implementation(kernel, arguments: int):
+        def implementation(suffix: str, arguments: int):
             """The op's implementation: the kernel, on the cell rebuilt from the fields after the tensor arguments."""
-            return lambda *args: kernel(kind(*args[arguments:]), *args[:arguments])
+            def run(*args):
+                step = kind(*args[arguments:])
+                return _as_op_outputs(step, suffix, self.kernels[suffix](step, *args[:arguments]), args[0])
+            return run
 
         for suffix, arguments, fake, schema in [
             ("", 6, forward_fake,
@@ -222,7 +235,7 @@ class Backend:
              f"(Tensor x, {inputs}, int chunk, {fields}) -> ({', '.join(['Tensor out', *states])})"),
         ]:
             op = torch.library.custom_op(f"rnnkit::{self.name(kind, suffix)}",
-                                         implementation(self.kernels[suffix], arguments), mutates_args=(),
+                                         implementation(suffix, arguments), mutates_args=(),
                                          device_types=device_types, schema=schema)
             op.register_fake(fake)
 
@@ -232,7 +245,7 @@ class Backend:
     def _call(self, step: Step, suffix: str, *args):
         if dispatched():
             return self.op(step, suffix)(*args, *config(step))
-        return self.kernels[suffix](step, *args, op=False)
+        return self.kernels[suffix](step, *args, **_DIRECT[suffix])
 
     def sequence(self, step: Step, xp: Tensor, state0: tuple, p: dict, batch_sizes: Tensor | None,
                  mask: Tensor | None, source: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]]:

@@ -79,29 +79,24 @@ def _forward(step: Step, xp, state0, params, mask, batch_sizes, source, op: bool
     outputs they are zeros there, so that the op is a function of its inputs."""
     out, final, saved = _launch(step, xp, state0, params, mask, batch_sizes, keep=True)
     kept = [saved[k] for k in KEPT[type(step)]]
-    if not op:
-        return (out, *final, *kept)
-    if batch_sizes is not None:
+    if op and batch_sizes is not None:
         lengths = saved["lengths"].long()
         for name, t in zip(KEPT[type(step)], kept):
             if t is not None and name != "lengths":
                 first = 1 if name == "cs" else 0  # cs[0] is c_0, cs[t + 1] the state after step t
                 steps = torch.arange(t.shape[0], device=t.device).unsqueeze(1) - first  # (n, 1)
                 t.masked_fill_((steps >= lengths.unsqueeze(0)).unsqueeze(-1), 0)
-    return (out, *final, *(xp.new_empty(0) if t is None else t for t in kept))
+    return (out, *final, *kept)
 
 
-def _backward(step: Step, d_out, d_final, state0, params, mask, batch_sizes, out, kept, op: bool = True):
+def _backward(step: Step, d_out, d_final, state0, params, mask, batch_sizes, out, kept):
     p = ops._params(step, params)
     named = {**_inputs(step, p, state0, mask), "out": out,
              **{k: None if _absent(step, k) else t for k, t in zip(KEPT[type(step)], kept)}}
     saved = ([named[k] for k in _SAVED[type(step)]], _options(step, batch_sizes))
     backward = getattr(_kernels(step), f"{ops.CELLS[type(step)]}_sequence_backward")
     d_xp, d_state0, grads = backward(saved, d_out, *d_final)
-    names = ops.sequence_params(step)
-    if op:  # the LSTM's vector parameters' gradients are views of one buffer: each becomes its own output
-        return d_xp, list(d_state0), [grads[n].clone() if n in ops.VECTORS else grads[n] for n in names]
-    return d_xp, list(d_state0), [grads[n] for n in names]
+    return d_xp, list(d_state0), [grads[n] for n in ops.sequence_params(step)]
 
 
 def _absent(step: Step, name: str) -> bool:

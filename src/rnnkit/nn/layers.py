@@ -80,6 +80,13 @@ def check_lengths(lengths, T: int, B: int) -> Tensor:
     return lengths.long()
 
 
+def record_plan(module: nn.Module, plan: dispatch.Plan) -> None:
+    """Keep the plan of a layer's call as its `last_plan`, outside a compiler's graph (which has no attribute to
+    set)."""
+    if not torch.compiler.is_compiling():
+        module.last_plan = plan
+
+
 def check_sequence_input(input: Tensor, input_size: int) -> None:
     """A sequence tensor: (T, B, I) or (B, T, I) batched, (T, I) unbatched."""
     if input.dim() not in (2, 3):
@@ -224,7 +231,7 @@ class _Recurrent(nn.Module):
             lengths = lengths.index_select(0, perm.to(lengths.device))
         plan = dispatch.plan(self.impl, self.cell, x.device, dtype, B, self.recurrent_dropout, self.training, lengths,
                              recording=torch.is_grad_enabled(), steps=T)
-        self._record(plan)
+        record_plan(self, plan)
         if plan.impl == "native":
             weights = [w for index in range(len(self._names)) for w in self._weights(index, dtype).values()]
             out, finals = dispatch.run_native(self.cell, weights, x, states, lengths, self.num_layers, self.dropout,
@@ -243,11 +250,6 @@ class _Recurrent(nn.Module):
         if self.batch_first:
             out = out.transpose(0, 1)
         return out, self._pack_state(finals)
-
-    def _record(self, plan: dispatch.Plan) -> None:
-        """Keep the plan of this call (`last_plan`), outside a compiler's graph (which has no attribute to set)."""
-        if not torch.compiler.is_compiling():
-            self.last_plan = plan
 
     def _run_stack(self, x, states, lengths, plan: dispatch.Plan, dtype):
         """x (T, B, I) in `dtype`, batch sorted longest first when lengths are given; on the engine, as `plan` says."""
@@ -302,7 +304,7 @@ class _Recurrent(nn.Module):
     def _step(self, x_t: Tensor, hx, dtype: torch.dtype, autocast: bool):
         states = self._check_state(hx, x_t.shape[0], True, x_t, autocast)
         plan, fused = dispatch.plan_step(self.cell)
-        self._record(plan)
+        record_plan(self, plan)
         finals = [[] for _ in states]  # per state: its (B, H) at each layer
         x = x_t
         for layer in range(len(self._names)):

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from ..engine import dispatch, precision
 from ..errors import ShapeError, StateTypeError
 from .layers import (_check_bool, _check_choice, _check_int, _check_prob, _warn_if_dropout_is_inert, check_lengths,
-                     check_sequence_input)
+                     check_sequence_input, record_plan)
 
 MODES = ("auto", "parallel", "sequential")
 
@@ -171,7 +171,7 @@ class _MinimalRNN(nn.Module):
         self.batch_first = _check_bool(batch_first, "batch_first")
         self.dropout = _check_prob(dropout, "dropout", one=True)
         self.mode = _check_choice(mode, "mode", MODES)
-        self.last_plan: dispatch.Plan | None = None
+        self.last_plan: dispatch.Plan | None = None  # what ran the last forward(), and why
         _warn_if_dropout_is_inert(self.dropout, self.num_layers)
         G, H = cell.gates, self.hidden_size
         factory = {"device": device, "dtype": dtype}
@@ -246,8 +246,7 @@ class _MinimalRNN(nn.Module):
 
     def _use_scan(self, T: int, device: torch.device) -> bool:
         plan = dispatch.plan_minimal(self.mode, T, device, MODES)
-        if not torch.compiler.is_compiling():
-            self.last_plan = plan  # what ran the last forward(), and why
+        record_plan(self, plan)
         return plan.impl == "scan"
 
     def _run(self, x, h0, lengths, use_scan, dtype):
