@@ -415,3 +415,34 @@ def test_a_gemm_that_fails_its_check_is_not_used(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_the_exported_gemm_passes_its_check(dtype):
     assert fused._check_gemm(fused.gemm_address(dtype), dtype)
+
+
+# (m, k, n): a batch of one, edge tiles in both directions (rows past the last block of rows, columns past the last
+# panel), k = 1, and sizes large enough for the panels to be split among threads
+PRODUCT_SHAPES = [(1, 7, 5), (1, 512, 300), (3, 1, 17), (9, 33, 45), (64, 96, 130), (33, 128, 512)]
+
+
+@needs_gemm
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m, k, n", PRODUCT_SHAPES)
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("packed", [True, False])
+def test_the_repeated_products_equal_matmul(dtype, m, k, n, transposed, packed):
+    """A sequence's products with the right operand packed into panels once (or through the gemm), against
+    torch.matmul in float64: from strided rows (a view inside a wider tensor), written and accumulated, repeated."""
+    g = torch.Generator().manual_seed(m * 1000 + k * 10 + n)
+    a = torch.randn(m, k + 3, generator=g, dtype=torch.float64)[:, 2:2 + k]
+    b = torch.randn(n, k + 1, generator=g, dtype=torch.float64)[:, :k] if transposed else \
+        torch.randn(k, n + 2, generator=g, dtype=torch.float64)[:, 1:1 + n]
+    c0 = torch.randn(m, n + 4, generator=g, dtype=torch.float64)
+    expected = a @ (b.T if transposed else b)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5 * k ** 0.5)
+    out = c0.to(dtype, copy=True)[:, :n]
+    fused.repeated_product(a.to(dtype), b.to(dtype), out, transposed=transposed, packed=packed)
+    torch.testing.assert_close(out.double(), expected, **tol)
+    full = c0.to(dtype, copy=True)
+    out = full[:, :n]
+    fused.repeated_product(a.to(dtype), b.to(dtype), out, transposed=transposed, packed=packed, accumulate=True,
+                           times=3)
+    torch.testing.assert_close(out.double(), c0[:, :n] + 3 * expected, **tol)
+    assert torch.equal(full[:, n:], c0.to(dtype)[:, n:])  # the columns past n: untouched

@@ -28,7 +28,7 @@ struct SequenceArgs {
     int64_t steps, batch, hidden, proj, input, chunk, n_gates;  // T, B, H, P (h's size), I (inference's x), chunk, G
     void* gemm;                                                  // the Fortran-interface gemm of this dtype
     const int64_t* batch_sizes;                                  // every cell's buffers (see Sequence)
-    void *w_hh, *w_hh_t, *mask, *xp, *h0, *h, *out, *hr, *x, *w_ih, *b, *ln_w_ih, *work;
+    void *w_hh, *mask, *xp, *h0, *h, *out, *hr, *x, *w_ih, *b, *ln_w_ih, *work;
     void *gates, *extra, *b_hh;                                                  // GRU (gates also LSTM)
     void *c, *act_c, *h_new, *a, *stats, *w_hr, *peep, *ln_w_hh, *ln_w_c, *ln_b_c;  // LSTM
 };
@@ -421,6 +421,98 @@ template <typename T> INLINE void matmul(Gemm<T> gemm, bool ta, bool tb, int64_t
     matmul(gemm, ta, tb, m, n, k, A, ta ? m : k, B, tb ? k : n, beta, C, n);
 }
 
+// The right operand B (k, n) of a product repeated at every step (W_hh^T in the forward, W_hh in the backward, the
+// projection's W_hr), stored as (k, n), or (n, k) if tb, with row stride ldb. Where more than one product will use
+// it (`pack`), it is packed once into panels of NR columns (k rows of NR contiguous values each, the last panel
+// zero-padded), which this file's own kernel (`panel`) multiplies with: a step's product then reads its operand in
+// the order the kernel uses it, and each thread the same panels at every step (static schedule: they stay in its
+// cache), instead of the gemm packing its operand again at each call. Otherwise every product is the gemm's.
+template <typename T> class Repeated {
+  public:
+    // the widest vector of the build (-march=native), MR rows by NR = 2 vectors of accumulators in registers
+#if defined(__AVX512F__)
+    static constexpr int VEC_BYTES = 64, MR = 8;
+#elif defined(__AVX__)
+    static constexpr int VEC_BYTES = 32, MR = 6;
+#else
+    static constexpr int VEC_BYTES = 16, MR = 6;
+#endif
+    static constexpr int V = VEC_BYTES / sizeof(T), NR = 2 * V;
+    typedef T vec __attribute__((vector_size(VEC_BYTES), aligned(sizeof(T))));  // loads and stores unaligned
+
+    Repeated(Gemm<T> gemm, bool tb, int64_t k, int64_t n, const T* B, int64_t ldb, bool pack)
+        : gemm_(gemm), tb_(tb), k_(k), n_(n), B_(B), ldb_(ldb) {
+        if (!pack || !B || k == 0 || n == 0) return;
+        panels_ = (n + NR - 1) / NR;
+        packed_.assign(panels_ * k * NR, T(0));
+        for (int64_t p = 0; p < panels_; ++p)
+            for (int64_t j = p * NR; j < std::min(n, (p + 1) * NR); ++j)
+                for (int64_t l = 0; l < k; ++l) packed_[(p * k + l) * NR + j - p * NR] = tb ? B[j * ldb + l] : B[l * ldb + j];
+    }
+    Repeated(const Repeated&) = delete;
+    Repeated& operator=(const Repeated&) = delete;
+
+    // C (m, n) (row stride ldc) = A (m, k) (row stride lda) B + beta * C, beta 0 or 1
+    void times(int64_t m, const T* A, int64_t lda, T beta, T* C, int64_t ldc) const {
+        if (m == 0 || n_ == 0) return;
+        if (packed_.empty()) return matmul(gemm_, false, tb_, m, n_, k_, A, lda, B_, ldb_, beta, C, ldc);
+        const int64_t blocks = (m + MR - 1) / MR;
+#pragma omp parallel for collapse(2) if (m * n_ * k_ >= (1 << 16)) schedule(static)
+        for (int64_t p = 0; p < panels_; ++p)
+            for (int64_t r = 0; r < blocks; ++r) panel(p, r * MR, std::min<int64_t>(MR, m - r * MR), A, lda, beta, C, ldc);
+    }
+
+  private:
+    // rows row .. row+rows (rows <= MR) of C's panel p: in registers, over all of k; an edge tile (rows < MR, or the
+    // last panel's padding) through a local tile
+    void panel(int64_t p, int64_t row, int64_t rows, const T* A, int64_t lda, T beta, T* C, int64_t ldc) const {
+        const T* b = packed_.data() + p * k_ * NR;
+        const T* a = A + row * lda;
+        vec acc[MR][2] = {};
+        if (rows == MR) {
+            for (int64_t l = 0; l < k_; ++l) {
+                const vec b0 = *(const vec*)(b + l * NR), b1 = *(const vec*)(b + l * NR + V);
+#pragma GCC unroll 16
+                for (int i = 0; i < MR; ++i) {
+                    const T x = a[i * lda + l];
+                    acc[i][0] += x * b0, acc[i][1] += x * b1;
+                }
+            }
+        } else {
+            for (int64_t l = 0; l < k_; ++l) {
+                const vec b0 = *(const vec*)(b + l * NR), b1 = *(const vec*)(b + l * NR + V);
+                for (int i = 0; i < rows; ++i) {
+                    const T x = a[i * lda + l];
+                    acc[i][0] += x * b0, acc[i][1] += x * b1;
+                }
+            }
+        }
+        const int64_t col = p * NR, cols = std::min<int64_t>(NR, n_ - col);
+        for (int i = 0; i < rows; ++i) {
+            T* c = C + (row + i) * ldc + col;
+            if (cols == NR) {
+                vec* c0 = (vec*)c;
+                vec* c1 = (vec*)(c + V);
+                if (beta != T(0)) *c0 += acc[i][0], *c1 += acc[i][1];
+                else *c0 = acc[i][0], *c1 = acc[i][1];
+            } else {
+                T tile[NR];
+                std::memcpy(tile, &acc[i][0], sizeof(vec));
+                std::memcpy(tile + V, &acc[i][1], sizeof(vec));
+                for (int64_t j = 0; j < cols; ++j) c[j] = beta != T(0) ? c[j] + tile[j] : tile[j];
+            }
+        }
+    }
+
+    Gemm<T> gemm_;
+    bool tb_;
+    int64_t k_, n_;
+    const T* B_;
+    int64_t ldb_;
+    int64_t panels_ = 0;
+    std::vector<T> packed_;
+};
+
 // A sequence: T steps, B rows, sorted longest first when batch_sizes is given (step t runs the first
 // batch_sizes[t] rows; a row that has ended keeps its state). A per-step buffer holds all T steps when the
 // sequence is kept for the backward, else one step, reused (inference keeps nothing).
@@ -429,7 +521,7 @@ template <typename T> struct Sequence {
     bool keep, clear;  // clear: kept values of ended rows are zeroed (`zero_rows`)
     const SequenceArgs& args;    // the cells read their own buffers from it
     const int64_t* batch_sizes;  // (T) or null: every row runs every step
-    const T *w_hh, *w_hh_t, *mask, *h0;  // (G*H, P); (P, G*H) contiguous or null (see recurrent); (B, P) or null; (B, P)
+    const T *w_hh, *mask, *h0;  // (G*H, P); (B, P) or null; (B, P)
     T *xp, *h, *out, *hr;  // (T, B, G*H) the input projections; (B, P): h_0 on entry, the final h on exit;
                            // (T, B, P): zero past a row's end; h masked (mask only)
     // Inference may project the input here instead (x non-null): xp is then a buffer of `chunk` steps, filled with
@@ -441,7 +533,7 @@ template <typename T> struct Sequence {
 
     explicit Sequence(const SequenceArgs& a)
         : steps(a.steps), B(a.batch), H(a.hidden), P(a.proj), GH(a.n_gates * a.hidden), I(a.input), chunk(a.chunk),
-          keep(a.keep != 0), clear(a.keep && a.clear), args(a), batch_sizes(a.batch_sizes), w_hh((T*)a.w_hh), w_hh_t((T*)a.w_hh_t),
+          keep(a.keep != 0), clear(a.keep && a.clear), args(a), batch_sizes(a.batch_sizes), w_hh((T*)a.w_hh),
           mask((T*)a.mask), h0((T*)a.h0), xp((T*)a.xp), h((T*)a.h), out((T*)a.out), hr((T*)a.hr), x((T*)a.x),
           w_ih((T*)a.w_ih), b((T*)a.b), ln_w_ih((T*)a.ln_w_ih), work((T*)a.work), bx(x && !ln_w_ih ? b : nullptr) {}
     int64_t rows(int64_t t) const { return batch_sizes ? batch_sizes[t] : B; }
@@ -452,12 +544,15 @@ template <typename T> struct Sequence {
         std::memset(buffer + (t * B + bs) * width, 0, (B - bs) * width * sizeof(T));
     }
 
-    // C (bs, n) (row stride ldc) = beta * C + h_r (bs, P) times the columns col .. col+n of W_hh^T: from the
-    // contiguous W_hh^T where fused.py made one (batches of 8 or more, where the product runs faster from it),
-    // else from W_hh itself (a batch of one: as fast, and the copy of a large W_hh would cost more).
-    void recurrent(Gemm<T> gemm, int64_t bs, int64_t col, int64_t n, const T* hr, T beta, T* C, int64_t ldc) const {
-        if (w_hh_t) matmul(gemm, false, false, bs, n, P, hr, P, w_hh_t + col, GH, beta, C, ldc);
-        else matmul(gemm, false, true, bs, n, P, hr, P, w_hh + col * P, P, beta, C, ldc);
+    // The right operands of the recurrent products, packed where there is more than one step and `pack` (a cell
+    // builds its forward's operands in the forward, its backward's in the backward; see Repeated):
+    // the forward's, of h_r (bs, P): the columns col .. col+n of W_hh^T;
+    Repeated<T> w_hh_t_columns(int64_t col, int64_t n, bool pack) const {
+        return Repeated<T>((Gemm<T>)args.gemm, true, P, n, w_hh + col * P, P, pack && steps > 1);
+    }
+    // the backward's: the rows row .. row+k of W_hh (k, P), whose products d (bs, k) W_hh[row:row+k] reach h_r.
+    Repeated<T> w_hh_rows(int64_t row, int64_t k, bool pack) const {
+        return Repeated<T>((Gemm<T>)args.gemm, false, k, P, w_hh + row * P, P, pack && steps > 1);
     }
 };
 
@@ -555,12 +650,16 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
     const T* w_hr;
     T *gates, *c, *act_c, *h_new, *a, *stats;
     T *d_c, *d_hout, *d_vec, *d_w_hh, *d_hn, *d_cp, *row_work, *d_a_chunk;  // the backward's
+    // the right operands: h_r's W_hh^T and h's W_hr^T (forward), the backward's W_hh and W_hr
+    Repeated<T> by_w_hh_t, by_w_hr_t, by_w_hh, by_w_hr;
 
     LSTM(const Sequence<T>& q, const BackwardArgs* g)
         : q(q), s{q.B, q.H, (T*)q.args.peep, nullptr, (T*)q.args.ln_w_hh, (T*)q.args.ln_w_c, (T*)q.args.ln_b_c,
                   T(1e-5)},
           w_hr((T*)q.args.w_hr), gates((T*)q.args.gates), c((T*)q.args.c), act_c((T*)q.args.act_c),
-          h_new((T*)q.args.h_new), a((T*)q.args.a), stats((T*)q.args.stats) {
+          h_new((T*)q.args.h_new), a((T*)q.args.a), stats((T*)q.args.stats), by_w_hh_t(q.w_hh_t_columns(0, q.GH, !g)),
+          by_w_hr_t((Gemm<T>)q.args.gemm, true, q.H, q.P, w_hr, q.H, !g && q.steps > 1), by_w_hh(q.w_hh_rows(0, q.GH, g)),
+          by_w_hr((Gemm<T>)q.args.gemm, false, q.P, q.H, w_hr, q.H, g && q.steps > 1) {
         if (!g) return;
         d_c = (T*)g->d_c, d_hout = (T*)g->d_hout, d_vec = (T*)g->d_vec, d_w_hh = (T*)g->d_w_hh;
         d_hn = (T*)g->work, d_cp = d_hn + q.B * q.H, row_work = d_cp + q.B * q.H, d_a_chunk = row_work + q.GH;
@@ -582,15 +681,15 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
         s.bx = q.bx;
         if (ln) {
             s.a = q.step_of(a, t, GH);
-            q.recurrent(gemm, bs, 0, GH, hr, T(0), (T*)s.a, GH);
+            by_w_hh_t.times(bs, hr, P, T(0), (T*)s.a, GH);
         } else {
-            q.recurrent(gemm, bs, 0, GH, hr, T(0), g, GH);
+            by_w_hh_t.times(bs, hr, P, T(0), g, GH);
         }
         s.B = bs;
         T* hn = w_hr ? q.step_of(h_new, t, H) : out;
         lstm::forward<T, coupled, softsign, has_peep, ln>(s, g, c_at(t), c_at(t + 1), q.step_of(act_c, t, H), hn,
                                                           ln ? q.step_of(stats, t, 4) : nullptr);
-        if (w_hr) matmul(gemm, false, true, bs, P, H, hn, w_hr, T(0), out);  // h W_hr^T
+        if (w_hr) by_w_hr_t.times(bs, hn, H, T(0), out, P);  // h W_hr^T
     }
 
     void backward(int64_t t, int64_t bs, const T*, const T*, T* d_h, T* dx, Gemm<T> gemm) {
@@ -598,7 +697,7 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
         const T* dh = d_h;
         if (w_hr) {
             std::memcpy(d_hout + t * B * P, d_h, bs * P * sizeof(T));
-            matmul(gemm, false, false, bs, H, P, d_h, w_hr, T(0), d_hn);  // d_hn (bs, H) = d_h (bs, P) W_hr
+            by_w_hr.times(bs, d_h, P, T(0), d_hn, H);  // d_hn (bs, H) = d_h (bs, P) W_hr
             dh = d_hn;
         }
         s.B = bs;
@@ -608,7 +707,7 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
                                                            act_c + t * B * H, ln ? stats + t * B * 4 : nullptr, dx,
                                                            d_cp, d_vec, d_a, row_work);
         std::memcpy(d_c, d_cp, bs * H * sizeof(T));
-        matmul(gemm, false, false, bs, P, GH, ln ? d_a : dx, q.w_hh, T(0), d_h);  // d_h = d_pre (bs, G*H) W_hh
+        by_w_hh.times(bs, ln ? d_a : dx, GH, T(0), d_h, P);  // d_h = d_pre (bs, G*H) W_hh
         apply_mask(q, bs, d_h);
     }
 
@@ -641,10 +740,15 @@ template <typename T, bool reset_after, int kind> struct GRU {
     const Sequence<T>& q;
     T *gates, *extra, *d_extra, *d_work;
     const T* b_hh;
+    // W_hh^T's columns for h_r (reset_after: all 3H; else r, z's and n's apart) and the backward's W_hh rows
+    Repeated<T> by_w_hh_t, by_w_hn_t, by_w_hh, by_w_hn;
 
     GRU(const Sequence<T>& q, const BackwardArgs* g)
         : q(q), gates((T*)q.args.gates), extra((T*)q.args.extra), d_extra(g ? (T*)g->d_extra : nullptr),
-          d_work(g ? (T*)g->work : nullptr), b_hh((T*)q.args.b_hh) {}
+          d_work(g ? (T*)g->work : nullptr), b_hh((T*)q.args.b_hh),
+          by_w_hh_t(q.w_hh_t_columns(0, reset_after ? 3 * q.H : 2 * q.H, !g)),
+          by_w_hn_t(q.w_hh_t_columns(2 * q.H, reset_after ? 0 : q.H, !g)),
+          by_w_hh(q.w_hh_rows(0, reset_after ? 3 * q.H : 2 * q.H, g)), by_w_hn(q.w_hh_rows(2 * q.H, reset_after ? 0 : q.H, g)) {}
 
     void carry(int64_t t, int64_t bs) {  // h, the only state, carries in the loop (ended rows' kept values: clear)
         if (q.clear) q.zero_rows(gates, t, bs, 3 * q.H), q.zero_rows(extra, t, bs, q.H);
@@ -655,7 +759,7 @@ template <typename T, bool reset_after, int kind> struct GRU {
         T *g = q.step_of(gates, t, GH), *e = q.step_of(extra, t, H), *rec = q.work;
         const T* bx = q.bx;
         if (reset_after) {
-            q.recurrent(gemm, bs, 0, GH, hr, T(0), rec, GH);  // (bs, 3H) = h_r W_hh^T
+            by_w_hh_t.times(bs, hr, H, T(0), rec, GH);  // (bs, 3H) = h_r W_hh^T
 #pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
             for (int64_t b = 0; b < bs; ++b) {
                 const T *x = in + b * GH, *rc = rec + b * GH, *hb = h + b * H;
@@ -671,7 +775,7 @@ template <typename T, bool reset_after, int kind> struct GRU {
                 }
             }
         } else {
-            q.recurrent(gemm, bs, 0, 2 * H, hr, T(0), rec, 2 * H);  // h_r W_h{r,z}^T
+            by_w_hh_t.times(bs, hr, H, T(0), rec, 2 * H);  // h_r W_h{r,z}^T
 #pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
             for (int64_t b = 0; b < bs; ++b) {
                 const T *x = in + b * GH, *rc = rec + b * 2 * H, *hb = hr + b * H;
@@ -682,7 +786,7 @@ template <typename T, bool reset_after, int kind> struct GRU {
                     gb[j] = r, gb[H + j] = sigmoid(x[H + j] + rc[H + j] + (bx ? bx[H + j] : T(0))), eb[j] = r * hb[j];
                 }
             }
-            q.recurrent(gemm, bs, 2 * H, H, e, T(0), rec, H);  // (r * h_r) W_hn^T
+            by_w_hn_t.times(bs, e, H, T(0), rec, H);  // (r * h_r) W_hn^T
 #pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
             for (int64_t b = 0; b < bs; ++b) {
                 const T *x = in + b * GH, *rc = rec + b * H, *hb = h + b * H;
@@ -721,10 +825,10 @@ template <typename T, bool reset_after, int kind> struct GRU {
                 }
             }
             if (q.mask) {
-                matmul(gemm, false, false, bs, H, GH, d_rec, q.w_hh, T(0), d_hr);  // d_rec (bs, 3H) W_hh
+                by_w_hh.times(bs, d_rec, GH, T(0), d_hr, H);  // d_rec (bs, 3H) W_hh
                 for (int64_t k = 0; k < bs * H; ++k) d_h[k] += q.mask[k] * d_hr[k];
             } else {
-                matmul(gemm, false, false, bs, H, GH, d_rec, q.w_hh, T(1), d_h);
+                by_w_hh.times(bs, d_rec, GH, T(1), d_h, H);
             }
             return;
         }
@@ -741,7 +845,7 @@ template <typename T, bool reset_after, int kind> struct GRU {
             }
         }
         // d_rh (bs, H) = d_n W_hn, W_hn the last H rows of W_hh (3H, H)
-        matmul(gemm, false, false, bs, H, H, dx + 2 * H, GH, q.w_hh + 2 * H * H, H, T(0), d_hr, H);
+        by_w_hn.times(bs, dx + 2 * H, GH, T(0), d_hr, H);
 #pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
         for (int64_t b = 0; b < bs; ++b) {
             const T *gb = g + b * GH, *hb = hr + b * H;
@@ -753,7 +857,7 @@ template <typename T, bool reset_after, int kind> struct GRU {
                 drh[j] *= r;
             }
         }
-        matmul(gemm, false, false, bs, H, 2 * H, dx, GH, q.w_hh, H, T(1), d_hr, H);  // + d_{r,z} W_h{r,z}
+        by_w_hh.times(bs, dx, GH, T(1), d_hr, H);  // + d_{r,z} W_h{r,z}
         if (q.mask)
             for (int64_t k = 0; k < bs * H; ++k) d_h[k] += q.mask[k] * d_hr[k];
         else
@@ -766,14 +870,16 @@ template <typename T, bool reset_after, int kind> struct GRU {
 // ---- Elman RNN (cells.RNNStep): h' = act(xp + h_r W_hh^T); it keeps nothing but the outputs ----
 template <typename T, int kind> struct RNN {
     const Sequence<T>& q;
+    Repeated<T> by_w_hh_t, by_w_hh;  // W_hh^T (forward), W_hh (backward)
 
-    RNN(const Sequence<T>& q, const BackwardArgs*) : q(q) {}
+    RNN(const Sequence<T>& q, const BackwardArgs* g)
+        : q(q), by_w_hh_t(q.w_hh_t_columns(0, q.H, !g)), by_w_hh(q.w_hh_rows(0, q.H, g)) {}
 
     void carry(int64_t, int64_t) {}
 
     void forward(int64_t, int64_t bs, const T* in, const T* hr, const T*, T* out, Gemm<T> gemm) {
         const int64_t H = q.H;
-        q.recurrent(gemm, bs, 0, H, hr, T(0), out, H);
+        by_w_hh_t.times(bs, hr, H, T(0), out, H);
 #pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
         for (int64_t b = 0; b < bs; ++b) {
             T* ob = out + b * H;
@@ -791,7 +897,7 @@ template <typename T, int kind> struct RNN {
 #pragma GCC ivdep
             for (int64_t j = 0; j < H; ++j) dx[b * H + j] = act_backward<kind>(d_h[b * H + j], y[b * H + j]);
         }
-        matmul(gemm, false, false, bs, H, H, dx, q.w_hh, T(0), d_h);  // d_h = d_pre W_hh
+        by_w_hh.times(bs, dx, H, T(0), d_h, H);  // d_h = d_pre W_hh
         apply_mask(q, bs, d_h);
     }
 
@@ -855,6 +961,14 @@ extern "C" {
                         (const T*)params[3], (const T*)params[4], T(1e-5)};                                 \
         lstm::backward_any<T>(s, d_h, d_c, gates, c, c_new, act_c, stats, d_gates, d_c_prev, d_vec, d_a,     \
                               work, flags[0], flags[1]);                                                    \
+    }                                                                                                       \
+    /* C (m, n) = A (m, k) B (+ C if accumulate), B (k, n) or (n, k) if tb, as a sequence's repeated operand */ \
+    /* (packed if pack); dims = [m, n, k, lda, ldb, ldc, times]: the product repeated `times` times, as over */ \
+    /* a sequence's steps (fused.repeated_product, for the tests and benchmarks/bench_kernels.py) */           \
+    void repeated_product_##suffix(const int64_t* dims, int tb, int accumulate, int pack, const T* A,          \
+                                   const T* B, T* C, void* gemm) {                                          \
+        const Repeated<T> b((Gemm<T>)gemm, tb, dims[2], dims[1], B, dims[4], pack);                         \
+        for (int64_t i = 0; i < dims[6]; ++i) b.times(dims[0], A, dims[3], T(accumulate), C, dims[5]);      \
     }                                                                                                       \
     /* Whole sequences of any cell (the backward's chunk, for the LSTM's layer norm, is args->chunk). */   \
     void sequence_##suffix(const SequenceArgs* args) { sequence<T>(*args); }                                 \

@@ -104,6 +104,8 @@ def _load(lib: ctypes.CDLL) -> ctypes.CDLL:
         getattr(lib, f"sequence_{suffix}").argtypes = [ctypes.POINTER(SequenceArgs)]
         getattr(lib, f"sequence_backward_{suffix}").argtypes = [ctypes.POINTER(SequenceArgs),
                                                                 ctypes.POINTER(BackwardArgs)]
+        getattr(lib, f"repeated_product_{suffix}").argtypes = [p, ctypes.c_int, ctypes.c_int, ctypes.c_int, p, p, p,
+                                                               p]
     return lib
 
 
@@ -276,12 +278,9 @@ def sequence_available(dtype: torch.dtype = torch.float32) -> bool:
 
 
 BACKWARD_CHUNK_BYTES = 2 << 20  # layer norm: d_a of this many bytes' worth of steps per W_hh product
-# from this batch on the forward's products read a contiguous copy of W_hh^T (faster there; below, as fast from
-# W_hh itself, which a large W_hh's copy at every call would cost more than: 0.9 ms at 2048 x 512)
-TRANSPOSED_MIN_BATCH = 8
 
 # The buffers of a sequence call, in SequenceArgs' order (fused.cpp): those every cell has, the GRU's, the LSTM's
-SLOTS = ("batch_sizes", "w_hh", "w_hh_t", "mask", "xp", "h0", "h", "out", "hr", "x", "w_ih", "b", "ln_w_ih", "work",
+SLOTS = ("batch_sizes", "w_hh", "mask", "xp", "h0", "h", "out", "hr", "x", "w_ih", "b", "ln_w_ih", "work",
          "gates", "extra", "b_hh",
          "c", "act_c", "h_new", "a", "stats", "w_hr", "peep", "ln_w_hh", "ln_w_c", "ln_b_c")
 GRADS = ("d_out", "d_h", "d_c", "d_xp", "d_hout", "d_vec", "d_w_hh", "work", "d_extra")  # BackwardArgs' order
@@ -362,7 +361,7 @@ def _sequence(cell: str, activation: str, xp: Tensor | None, h0: Tensor, w_hh: T
     summed = (lambda *shape: source.new_zeros(T, *shape)) if keep and batch_sizes is not None else per_step
     q = Sequence(cell, activation, keep, chunk=chunk, **options,
                  batch_sizes=_batch_sizes(batch_sizes),
-                 w_hh=w_hh.contiguous(), w_hh_t=w_hh.T.contiguous() if B >= TRANSPOSED_MIN_BATCH else None,
+                 w_hh=w_hh.contiguous(),
                  mask=_contiguous(mask),
                  xp=new(min(chunk, T), B, GH) if x is not None else xp.contiguous(),
                  h0=h0.contiguous(), h=h0.clone(memory_format=torch.contiguous_format), out=new(T, B, P),
@@ -371,7 +370,7 @@ def _sequence(cell: str, activation: str, xp: Tensor | None, h0: Tensor, w_hh: T
                  ln_w_ih=_contiguous(ln_w_ih), **buffers(T, B, per_step, summed))
     fn = getattr(library(), f"sequence_{_DTYPES[source.dtype]}")
     fn(ctypes.byref(_args(q, H, 0 if x is None else x.shape[2], chunk)))
-    q.xp = q.w_hh_t = q.x = q.w_ih = q.work = None  # the backward needs none of them: kept, they would hold memory
+    q.xp = q.x = q.w_ih = q.work = None  # the backward needs none of them: kept, they would hold memory
     return q
 
 
@@ -397,6 +396,26 @@ def _sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor, chunk: int = 0, 
     fn = getattr(library(), f"sequence_backward_{_DTYPES[d_out.dtype]}")
     fn(ctypes.byref(_args(q, H, 0, chunk)), ctypes.byref(BackwardArgs(*(_ptr(grads.get(name)) for name in GRADS))))
     return d_xp, d_h
+
+
+def repeated_product(a: Tensor, b: Tensor, out: Tensor, transposed: bool = False, accumulate: bool = False,
+                     times: int = 1, packed: bool = True) -> Tensor:
+    """out = a @ b (+ out if accumulate) through a sequence call's products with a repeated right operand: b packed
+    once into the loops' own panel layout (packed) or the gemm at each product, `times` times (out is then
+    a @ b + times * out, accumulating). b is (k, n), or (n, k) with `transposed` (b.T is then multiplied); every
+    tensor on the CPU, of one dtype (float32 or float64), with rows of stride(1) == 1. Needs `gemm_address(dtype)`:
+    for the tests and benchmarks/bench_kernels.py."""
+    (m, k), n = a.shape, b.shape[0] if transposed else b.shape[1]
+    if out.shape != (m, n) or (b.shape[1] if transposed else b.shape[0]) != k:
+        raise ValueError(f"repeated_product: shapes {tuple(a.shape)}, {tuple(b.shape)} (transposed={transposed}), "
+                         f"out {tuple(out.shape)} do not match")
+    if any(t.stride(1) != 1 for t in (a, b, out)) or len({a.dtype, b.dtype, out.dtype}) != 1:
+        raise ValueError("repeated_product: needs rows of stride 1 and one dtype, got strides "
+                         f"{a.stride()}, {b.stride()}, {out.stride()} and {a.dtype}, {b.dtype}, {out.dtype}")
+    dims = (ctypes.c_int64 * 7)(m, n, k, a.stride(0), b.stride(0), out.stride(0), times)
+    getattr(library(), f"repeated_product_{_DTYPES[a.dtype]}")(dims, transposed, accumulate, packed, _ptr(a),
+                                                                 _ptr(b), _ptr(out), gemm_address(a.dtype))
+    return out
 
 
 def _times_h_r(q: Sequence, d_pre: Tensor) -> Tensor:
