@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 #ifdef _OPENMP
 #include <omp.h>
@@ -422,7 +423,7 @@ template <typename T> INLINE void matmul(Gemm<T> gemm, bool ta, bool tb, int64_t
 }
 
 // The right operand B (k, n) of a product repeated at every step (W_hh^T in the forward, W_hh in the backward, the
-// projection's W_hr), stored as (k, n), or (n, k) if tb, with row stride ldb. Where more than one product will use
+// projection's W_hr) or chunk of steps (inference's W_ih^T), stored as (k, n), or (n, k) if tb, with row stride ldb. Where more than one product will use
 // it (`pack`), it is packed once into panels of NR columns (k rows of NR contiguous values each, the last panel
 // zero-padded), which this file's own kernel (`panel`) multiplies with: a step's product then reads its operand in
 // the order the kernel uses it, and each thread the same panels at every step (static schedule: they stay in its
@@ -457,42 +458,34 @@ template <typename T> class Repeated {
         if (m == 0 || n_ == 0) return;
         if (packed_.empty()) return matmul(gemm_, false, tb_, m, n_, k_, A, lda, B_, ldb_, beta, C, ldc);
         const int64_t blocks = (m + MR - 1) / MR;
-#pragma omp parallel for collapse(2) if (m * n_ * k_ >= (1 << 16)) schedule(static)
-        for (int64_t p = 0; p < panels_; ++p)
-            for (int64_t r = 0; r < blocks; ++r) panel(p, r * MR, std::min<int64_t>(MR, m - r * MR), A, lda, beta, C, ldc);
+        const bool parallel = m * n_ * k_ >= (1 << 16);
+        if (blocks > 2 * panels_) {  // many rows (a chunk's input projection): each thread its rows, all of B
+#pragma omp parallel for if (parallel) schedule(static)
+            for (int64_t r = 0; r < blocks; ++r)
+                for (int64_t p = 0; p < panels_; ++p)
+                    panel(p, r * MR, std::min<int64_t>(MR, m - r * MR), A, lda, beta, C, ldc);
+        } else {  // a step's rows: each thread its panels, the same at every step
+#pragma omp parallel for collapse(2) if (parallel) schedule(static)
+            for (int64_t p = 0; p < panels_; ++p)
+                for (int64_t r = 0; r < blocks; ++r)
+                    panel(p, r * MR, std::min<int64_t>(MR, m - r * MR), A, lda, beta, C, ldc);
+        }
     }
 
   private:
-    // rows row .. row+rows (rows <= MR) of C's panel p: in registers, over all of k; an edge tile (rows < MR, or the
-    // last panel's padding) through a local tile
+    // rows row .. row+rows (rows <= MR) of C's panel p, in registers over all of k, then stored (the last panel's
+    // columns past n dropped)
     void panel(int64_t p, int64_t row, int64_t rows, const T* A, int64_t lda, T beta, T* C, int64_t ldc) const {
-        const T* b = packed_.data() + p * k_ * NR;
-        const T* a = A + row * lda;
-        vec acc[MR][2] = {};
-        if (rows == MR) {
-            for (int64_t l = 0; l < k_; ++l) {
-                const vec b0 = *(const vec*)(b + l * NR), b1 = *(const vec*)(b + l * NR + V);
-#pragma GCC unroll 16
-                for (int i = 0; i < MR; ++i) {
-                    const T x = a[i * lda + l];
-                    acc[i][0] += x * b0, acc[i][1] += x * b1;
-                }
-            }
-        } else {
-            for (int64_t l = 0; l < k_; ++l) {
-                const vec b0 = *(const vec*)(b + l * NR), b1 = *(const vec*)(b + l * NR + V);
-                for (int i = 0; i < rows; ++i) {
-                    const T x = a[i * lda + l];
-                    acc[i][0] += x * b0, acc[i][1] += x * b1;
-                }
-            }
-        }
+        vec acc[MR][2];
+        const T *b = packed_.data() + p * k_ * NR, *a = A + row * lda;
+        [&]<int... R>(std::integer_sequence<int, R...>) {  // tile<rows>: every row count its own unrolled loop
+            ((rows == R + 1 ? tile<R + 1>(b, a, lda, acc) : void()), ...);
+        }(std::make_integer_sequence<int, MR>{});
         const int64_t col = p * NR, cols = std::min<int64_t>(NR, n_ - col);
         for (int i = 0; i < rows; ++i) {
             T* c = C + (row + i) * ldc + col;
             if (cols == NR) {
-                vec* c0 = (vec*)c;
-                vec* c1 = (vec*)(c + V);
+                vec *c0 = (vec*)c, *c1 = (vec*)(c + V);
                 if (beta != T(0)) *c0 += acc[i][0], *c1 += acc[i][1];
                 else *c0 = acc[i][0], *c1 = acc[i][1];
             } else {
@@ -501,6 +494,33 @@ template <typename T> class Repeated {
                 std::memcpy(tile + V, &acc[i][1], sizeof(vec));
                 for (int64_t j = 0; j < cols; ++j) c[j] = beta != T(0) ? c[j] + tile[j] : tile[j];
             }
+        }
+    }
+
+    // acc[0 .. R) = R rows of A (row stride lda) times a packed panel b (k, NR). With one or two rows the sums over
+    // k run as 4 or 2 interleaved partial sums, which keep the FMAs from waiting on each other's results.
+    template <int R> INLINE void tile(const T* b, const T* a, int64_t lda, vec (&acc)[MR][2]) const {
+        constexpr int KS = R == 1 ? 4 : R == 2 ? 2 : 1;
+        vec part[KS][R][2] = {};
+        int64_t l = 0;
+        for (; l + KS <= k_; l += KS) {
+#pragma GCC unroll 4
+            for (int s = 0; s < KS; ++s) {
+                const vec b0 = *(const vec*)(b + (l + s) * NR), b1 = *(const vec*)(b + (l + s) * NR + V);
+#pragma GCC unroll 16
+                for (int i = 0; i < R; ++i) {
+                    const T x = a[i * lda + l + s];
+                    part[s][i][0] += x * b0, part[s][i][1] += x * b1;
+                }
+            }
+        }
+        for (; l < k_; ++l) {
+            const vec b0 = *(const vec*)(b + l * NR), b1 = *(const vec*)(b + l * NR + V);
+            for (int i = 0; i < R; ++i) part[0][i][0] += a[i * lda + l] * b0, part[0][i][1] += a[i * lda + l] * b1;
+        }
+        for (int i = 0; i < R; ++i) {
+            acc[i][0] = part[0][i][0], acc[i][1] = part[0][i][1];
+            for (int s = 1; s < KS; ++s) acc[i][0] += part[s][i][0], acc[i][1] += part[s][i][1];
         }
     }
 
@@ -559,12 +579,12 @@ template <typename T> struct Sequence {
 // Step t's input pre-activations (bs, G*H): xp's step, or with the input projected here (q.x) the chunk's step,
 // projected with the chunk's first step and then, with the LSTM's layer norm, its rows normalised (and the bias
 // added) in place, all of the chunk's at once; else the cell adds q.bx to them.
-template <typename T> const T* step_input(const Sequence<T>& q, int64_t t, Gemm<T> gemm, T eps) {
+template <typename T> const T* step_input(const Sequence<T>& q, int64_t t, const Repeated<T>& w_ih_t, T eps) {
     const int64_t B = q.B, GH = q.GH;
     if (!q.x) return q.xp + t * B * GH;
     if (t % q.chunk == 0) {  // project the next chunk of steps (rows past their end included)
         const int64_t rows = std::min(q.chunk, q.steps - t) * B;
-        matmul(gemm, false, true, rows, GH, q.I, q.x + t * B * q.I, q.w_ih, T(0), q.xp);
+        w_ih_t.times(rows, q.x + t * B * q.I, q.I, T(0), q.xp, GH);
         if (q.ln_w_ih) {
 #pragma omp parallel for if (rows >= PARALLEL_ROWS) schedule(static)
             for (int64_t r = 0; r < rows; ++r) {
@@ -592,6 +612,7 @@ template <typename T> INLINE void apply_mask(const Sequence<T>& q, int64_t bs, T
 template <typename T, class Cell> void run_forward(const Sequence<T>& q, Cell& cell, Gemm<T> gemm) {
     const int64_t B = q.B, P = q.P;
     int64_t active = B;  // the rows that ran the previous step
+    const Repeated<T> w_ih_t(gemm, true, q.I, q.GH, q.w_ih, q.I, q.x && q.steps > 1);  // inference's
     for (int64_t t = 0; t < q.steps; ++t) {
         const int64_t bs = q.rows(t);
         const T* h = t ? q.out + (t - 1) * B * P : q.h0;
@@ -611,7 +632,7 @@ template <typename T, class Cell> void run_forward(const Sequence<T>& q, Cell& c
             for (int64_t k = 0; k < bs * P; ++k) m[k] = h[k] * q.mask[k];
             hr = m;
         }
-        cell.forward(t, bs, step_input(q, t, gemm, T(1e-5)), hr, h, out, gemm);
+        cell.forward(t, bs, step_input(q, t, w_ih_t, T(1e-5)), hr, h, out, gemm);
     }
     if (q.steps > 0) std::memcpy(q.h, q.out + (q.steps - 1) * B * P, active * P * sizeof(T));
 }
