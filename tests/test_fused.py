@@ -150,12 +150,15 @@ SPLIT_CASES += [case(cell, v, "sequence") for cell, v in [("GRU", {}), ("GRU", d
 
 
 @needs_fused
+@pytest.mark.parametrize("hidden", [8, 32])
 @pytest.mark.parametrize("cell, variant, path", SPLIT_CASES)
-def test_rows_split_among_threads_give_the_same_gradients(cell, variant, path, monkeypatch):
+def test_rows_split_among_threads_give_the_same_gradients(cell, variant, path, hidden, monkeypatch):
     """A batch of 37 rows (above the kernels' PARALLEL_ROWS, not a multiple of the thread count): the rows
-    split among threads agree with the PyTorch ops, and two runs agree bit for bit."""
+    split among threads agree with the PyTorch ops, and two runs agree bit for bit. With hidden size 32 the
+    recurrent products are large enough to be split among threads too (by panels of columns, see Repeated)."""
     torch.manual_seed(0)
-    layer = LAYERS[cell](5, 8, batch_first=True, bidirectional=True, impl="engine", dtype=torch.float64, **variant)
+    layer = LAYERS[cell](5, hidden, batch_first=True, bidirectional=True, impl="engine", dtype=torch.float64,
+                         **variant)
     layer.train("recurrent_dropout" in variant)
     x = torch.randn(37, 6, 5, dtype=torch.float64)
     lengths = torch.randint(1, 7, (37,))
