@@ -43,12 +43,16 @@ def test_auto_decisions():
     assert dispatch.choose("auto", gru, torch.device("cuda"), 1, 0.0, True, None) == "native"
     rnn = RNNStep(4, "tanh")
     assert dispatch.choose("auto", rnn, CPU, 64, 0.0, True, None, steps=100) == seq
-    assert dispatch.choose("auto", rnn, CPU, 64, 0.0, False, None, recording=False, steps=100) == "native"
+    assert dispatch.choose("auto", rnn, CPU, 64, 0.0, False, None, recording=False, steps=100) == seq
+    assert dispatch.choose("auto", rnn, CPU, 1, 0.0, False, None, recording=False, steps=16) == seq
     assert dispatch.choose("auto", rnn, CPU, 64, 0.0, True, None, steps=5) == "native"
-    # LSTM with a projection on CPU: oneDNN has none, and the engine's train step measured faster
+    assert dispatch.choose("auto", rnn, CPU, 64, 0.0, False, None, recording=False, steps=5) == "native"
+    # LSTM with a projection on CPU: oneDNN has none, and the engine's train step measured faster, its inference
+    # from a few steps on
     proj = LSTMStep(4, proj_size=2)
     assert dispatch.choose("auto", proj, CPU, 64, 0.0, True, None) == "engine"
-    assert dispatch.choose("auto", proj, CPU, 64, 0.0, False, None, recording=False) == "native"
+    assert dispatch.choose("auto", proj, CPU, 64, 0.0, False, None, recording=False, steps=100) == seq
+    assert dispatch.choose("auto", proj, CPU, 64, 0.0, False, None, recording=False, steps=5) == "native"
     # single LSTM steps (generation): oneDNN's per-call cost loses to the engine's matrix products
     assert dispatch.choose("auto", lstm, CPU, 1, 0.0, False, None, recording=False, steps=1) == "engine"
     assert dispatch.choose("auto", lstm, CPU, 128, 0.0, False, None, recording=False, steps=1) == "native"

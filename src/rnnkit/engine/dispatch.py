@@ -53,22 +53,27 @@ def engine_is_faster(device_type: str, step: Step, batch: int, recording: bool, 
         measured 0.2-0.9x in train steps and 0.35-0.9x in inference at batches 1-256, from 5 steps on (0.9x at
         T=5, B=1); a single step costs it 1.5-1.7x (a fixed cost per call), so below GRU_MIN_STEPS torch's kernel
         stays;
-      - RNN train steps: the same loop measured 0.3-0.9x at T=28-512 (1.2x at T=5; inference is even: oneDNN's
-        kernel stays);
-      - LSTM with proj_size (oneDNN has no projection) train steps: the engine is 0.44-1.01x;
+      - RNN: the same loop measured 0.3-0.9x in train steps at T=28-512 (1.2x at T=5) and, with the recurrent
+        products on packed weights, 0.3-0.8x in inference at T=16-512 and batches 1-256 (0.95x at T=16, B=1;
+        1.6-2.1x at T=1-5, B=1): from RNN_MIN_STEPS steps on;
+      - LSTM with proj_size (oneDNN has no projection, torch runs its per-step aten loop): train steps 0.44-1.01x;
+        inference 0.27-0.76x from 16 steps on (1.2-1.9x at T=1-5, B=1): from RNN_MIN_STEPS steps on;
       - LSTM train steps with lengths (`packed`: torch runs its packed-sequence kernel, not oneDNN's):
         the engine's C++ sequence loop is 0.26-0.61x;
       - LSTM single steps (T=1, as in generation): oneDNN's call costs 0.2-3.6 ms, the engine's
         matrix products 0.12-0.73 ms at B=1 (H=128-512), and they are even at B=64-128.
-    Otherwise PyTorch's kernel wins or they are even (LSTM train steps of whole batches: the engine is
-    0.83-1.12x; inference 1.0-1.15x)."""
+    Otherwise PyTorch's kernel wins or they are even (standard LSTM, whole batches, `impl="engine"` against
+    oneDNN's kernel: train steps 1.0-1.2x, inference 0.95-1.17x at shapes A-D)."""
     if device_type != "cpu":
         return False
     kernel = native_kernel(step)
     sequence = ops.why_not(step, torch.device(device_type), dtype, steps) is None  # the C++ sequence kernels
     if kernel == "gru" and sequence and (steps is None or steps >= GRU_MIN_STEPS):
         return True
-    if kernel in ("rnn_tanh", "rnn_relu") and recording and sequence and (steps is None or steps >= RNN_MIN_STEPS):
+    long_enough = steps is None or steps >= RNN_MIN_STEPS
+    if kernel in ("rnn_tanh", "rnn_relu") and sequence and long_enough:
+        return True
+    if kernel == "lstm" and step.proj_size > 0 and sequence and long_enough:
         return True
     if kernel == "lstm" and steps == 1 and batch <= 64:
         return True
