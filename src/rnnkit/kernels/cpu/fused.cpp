@@ -1,6 +1,7 @@
 // rnnkit's fused CPU loops. The whole-sequence loop (run_forward, run_backward below) runs one direction of one
-// layer of any cell (LSTM, GRU, RNN; cells.py's equations) with the recurrent products through PyTorch's BLAS gemm,
-// each cell supplying its step's products and gate math; the LSTM's gate math of one step (forward, backward) also
+// layer of any cell (LSTM, GRU, RNN; cells.py's equations) with the recurrent products on weights packed once per
+// call (Repeated, this file's own kernel; the other products through PyTorch's BLAS gemm), each cell supplying its
+// step's products and gate math; the LSTM's gate math of one step (forward, backward) also
 // runs alone, for the engine's step loop where no gemm is found. cells.py's PyTorch ops are the reference.
 //
 // Built at first use by rnnkit/fused.py with the system C++ compiler (no PyTorch headers: these loops get raw
@@ -396,8 +397,9 @@ void backward_any(const Step<T>& s, const T* d_h, const T* d_c, const T* gates, 
 }  // namespace lstm
 
 // ---- Whole sequences: the time loop with the recurrent matrix products, for one direction of one layer ----
-// The products call the BLAS that PyTorch itself links (its Fortran-interface gemm, whose address fused.py
-// looks up and checks against torch.matmul), so a sequence runs without returning to Python between steps.
+// The products repeated at every step run on weights packed once per call (Repeated, below), the others call the
+// BLAS that PyTorch itself links (its Fortran-interface gemm, whose address fused.py looks up and checks against
+// torch.matmul), so a sequence runs without returning to Python between steps.
 // One loop (run_forward, run_backward) serves every cell: time, lengths, recurrent dropout, the input
 // projection of inference and the carried h are handled there; a cell (LSTM, GRU, RNN below) supplies one
 // step's products and gate math, forward and backward.

@@ -2,8 +2,9 @@
 
   - `lstm_sequence`, `gru_sequence`, `rnn_sequence` and their `*_backward`: one direction of a layer over a whole
     sequence in one call to one C++ loop shared by the cells — the time loop, the recurrent matrix products
-    (through the BLAS gemm PyTorch's CPU library exports, looked up and checked by `gemm_address`) and the gate
-    math — for inference and for the engine's explicit BPTT, forward and backward;
+    (on weights packed once per call, `repeated_product`; the others through the BLAS gemm PyTorch's CPU library
+    exports, looked up and checked by `gemm_address`) and the gate math — for inference and for the engine's
+    explicit BPTT, forward and backward;
   - `lstm_forward` / `lstm_backward`: the LSTM's gate math of one step, in one pass over the units instead of one
     PyTorch op per gate, for the engine's step loop where no gemm is found.
 
