@@ -59,7 +59,7 @@ def engine_is_faster(device_type: str, step: Step, batch: int, recording: bool, 
       - LSTM with proj_size (oneDNN has no projection, torch runs its per-step aten loop): train steps 0.44-1.01x;
         inference 0.27-0.76x from 16 steps on (1.2-1.9x at T=1-5, B=1): from RNN_MIN_STEPS steps on;
       - LSTM train steps with lengths (`packed`: torch runs its packed-sequence kernel, not oneDNN's):
-        the engine's C++ sequence loop is 0.26-0.61x;
+        the engine's C++ sequence loop is 0.21-0.87x;
       - LSTM single steps (T=1, as in generation): oneDNN's call costs 0.2-3.6 ms, the engine's
         matrix products 0.12-0.73 ms at B=1 (H=128-512), and they are even at B=64-128.
     Otherwise PyTorch's kernel wins or they are even (standard LSTM, whole batches, `impl="engine"` against

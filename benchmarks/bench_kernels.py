@@ -1,0 +1,67 @@
+"""The C++ sequence loop's products on a packed right operand (fused.repeated_product: packed once, then the
+product repeated as over a sequence's steps) against torch.mm of the same operands (PyTorch's BLAS gemm, MKL in the
+CPU wheels), at the products of `rnnkit bench`'s shapes A-D: a step's h W_hh^T, the backward's d W_hh, a batch of
+one, an inference chunk's input projection. Float32; the best of interleaved repeats, in GFLOP/s.
+
+    python benchmarks/bench_kernels.py [--repeats 5]
+"""
+import argparse
+import os
+import time
+
+import torch
+
+from rnnkit.cli.bench import machine
+from rnnkit.kernels.cpu import fused
+
+SHAPES = [  # (m, k, n, what)
+    (128, 128, 512, "A: h W_hh^T"), (64, 256, 1024, "B: h W_hh^T"), (64, 1024, 256, "B: d W_hh"),
+    (32, 128, 512, "C: h W_hh^T"), (1, 512, 2048, "D: h W_hh^T"), (3584, 28, 512, "A: chunk x W_ih^T"),
+    (6400, 64, 1024, "B: x W_ih^T")]
+
+
+def best_time(fn, times: int, repeats: int) -> float:
+    """The best, over repeats, of the time per product of `fn(times)`."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(times)
+        best = min(best, (time.perf_counter() - start) / times)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    if fused.library() is None or fused.gemm_address(torch.float32) is None:
+        raise SystemExit(f"the C++ kernels cannot run here: {fused.unavailable_reason() or 'no BLAS gemm found'}")
+    info = machine()
+    print(f"rnnkit {info['rnnkit']}, torch {info['torch']}; {info['cpu']}, {info['threads']} threads; "
+          f"load average before the run {', '.join(f'{v:.2f}' for v in os.getloadavg())}; best of {args.repeats}\n")
+    print("| product | m | k | n | packed GFLOP/s | torch.mm GFLOP/s | packed / torch.mm time |")
+    print("|---|---|---|---|---|---|---|")
+    torch.manual_seed(0)
+    for m, k, n, what in SHAPES:
+        a, w, out = torch.randn(m, k), torch.randn(n, k), torch.empty(m, n)
+        times = max(2, 100_000_000 // (m * k * n))  # about 0.2 GFLOP per measurement
+
+        def packed(count):
+            fused.repeated_product(a, w, out, transposed=True, times=count)
+
+        def gemm(count):
+            for _ in range(count):
+                torch.mm(a, w.T, out=out)
+
+        packed(1), gemm(1)
+        ours, theirs = [], []
+        for _ in range(args.repeats):  # interleaved
+            ours.append(best_time(packed, times, 1))
+            theirs.append(best_time(gemm, times, 1))
+        t_ours, t_theirs, flops = min(ours), min(theirs), 2 * m * k * n
+        print(f"| {what} | {m} | {k} | {n} | {flops / t_ours / 1e9:.0f} | {flops / t_theirs / 1e9:.0f} | "
+              f"{t_ours / t_theirs:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
