@@ -449,3 +449,33 @@ def test_the_repeated_products_equal_matmul(dtype, m, k, n, transposed, packed):
                            times=3)
     torch.testing.assert_close(out.double(), c0[:, :n] + 3 * expected, **tol)
     assert torch.equal(full[:, n:], c0.to(dtype)[:, n:])  # the columns past n: untouched
+
+
+NARROWER_CHECK = """
+import torch
+from rnnkit.kernels.cpu import fused
+assert fused.library() is not None, fused.unavailable_reason()
+g = torch.Generator().manual_seed(0)
+for dtype in (torch.float32, torch.float64):
+    for m, k, n in [(1, 512, 300), (9, 33, 45), (64, 96, 130)]:
+        a = torch.randn(m, k, generator=g, dtype=torch.float64)
+        b = torch.randn(n, k, generator=g, dtype=torch.float64)
+        out = torch.empty(m, n, dtype=dtype)
+        fused.repeated_product(a.to(dtype), b.to(dtype), out, transposed=True)
+        tol = 1e-12 if dtype == torch.float64 else 1e-5 * k ** 0.5
+        torch.testing.assert_close(out.double(), a @ b.T, rtol=tol, atol=tol)
+print("ok")
+"""
+
+
+@needs_gemm
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 instruction sets")
+@pytest.mark.parametrize("narrower", ["-mno-avx512f", "-mno-avx"])
+def test_the_products_built_for_narrower_vectors_equal_matmul(tmp_path, narrower):
+    """The panel kernel's other tile shapes (AVX2's and SSE's: 6 rows of two 32- or 16-byte vectors), built here
+    by a compiler told not to use the wider instructions, against matmul in float64."""
+    wrapper = tmp_path / "cxx"
+    wrapper.write_text(f'#!/bin/sh\nexec c++ "$@" {narrower}\n')
+    wrapper.chmod(0o755)
+    done = _python(NARROWER_CHECK, RNNKIT_CACHE=str(tmp_path / "cache"), CXX=str(wrapper))
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
