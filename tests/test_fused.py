@@ -191,23 +191,55 @@ INFERENCE_CASES += [case(cell, v, "sequence") for cell, v in CELL_VARIANTS if "r
 
 
 @needs_fused
+@pytest.mark.parametrize("input_size", [5, 11])
 @pytest.mark.parametrize("cell, variant, path", INFERENCE_CASES)
-def test_fused_inference_equals_the_pytorch_ops(cell, variant, path, monkeypatch):
+def test_fused_inference_equals_the_pytorch_ops(cell, variant, path, input_size, monkeypatch):
     """Inference of a two-layer bidirectional layer with variable lengths (one zero) and initial states, the
-    input projected a few steps at a time (a chunk size that does not divide the length): the same outputs and
-    final states as the PyTorch ops, 1e-12 in float64."""
+    input projected a few steps at a time (a chunk size that does not divide the length), or by the LSTM with each
+    step (in its product, or apart with layer norm) where the batch (5) is over half the input's width: the same
+    outputs and final states as the PyTorch ops, 1e-12 in float64."""
     torch.manual_seed(0)
-    layer = LAYERS[cell](5, 8, 2, batch_first=True, bidirectional=True, impl="engine", dtype=torch.float64,
+    layer = LAYERS[cell](input_size, 8, 2, batch_first=True, bidirectional=True, impl="engine", dtype=torch.float64,
                          **variant)
     G = layer.cell.gates  # 3 steps of (5, G*8) float64 per chunk
     monkeypatch.setattr(rnnkit.nn.layers, "INFERENCE_CHUNK_BYTES", 3 * 5 * G * 8 * 8)
-    x = torch.randn(5, 10, 5, dtype=torch.float64)
+    x = torch.randn(5, 10, input_size, dtype=torch.float64)
     lengths = torch.tensor([10, 4, 0, 7, 1])
     hx = _initial_state(layer, 5, torch.float64)
     hx = hx if len(hx) == 2 else hx[0]
     got, want = _infer(layer, x, lengths, path, monkeypatch, hx), _infer(layer, x, lengths, "ops", monkeypatch, hx)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@needs_fused
+@needs_gemm
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("variant", [dict(peephole=True, proj_size=5), dict(coupled=True, bias=False),
+                                     dict(activation="softsign"), dict(layer_norm=True),
+                                     dict(layer_norm=True, peephole=True, bias=False)], ids=variant_id)
+def test_lstm_inference_split_among_threads_equals_the_pytorch_ops(variant, dtype, monkeypatch):
+    """LSTM inference with products large enough to be split among threads (37 rows, hidden size 40: several
+    panels, the last one partial), the input projected with each step: the PyTorch ops' outputs and final states
+    (1e-10 in float64; float32 within twice the ops' own error against float64, + 1e-5)."""
+    torch.manual_seed(0)
+    x, lengths = torch.randn(37, 7, 6, dtype=torch.float64), torch.randint(1, 8, (37,))
+    runs = {}
+    for which, d in (("sequence", dtype), ("ops", dtype), ("exact", torch.float64)):
+        torch.manual_seed(0)
+        layer = rnnkit.LSTM(6, 40, batch_first=True, bidirectional=True, impl="engine", dtype=d, **variant)
+        with monkeypatch.context() as m:
+            calls = _counting(m, "ops" if which == "exact" else which)
+            with torch.no_grad():
+                out, (h, c) = layer.eval()(x.to(d), lengths=lengths)
+        if which == "sequence":
+            assert calls["lstm_sequence"] == 2
+        runs[which] = [out.double(), h.double(), c.double()]
+    for got, want, exact in zip(runs["sequence"], runs["ops"], runs["exact"]):
+        if dtype == torch.float64:
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+        else:
+            assert (got - exact).abs().max() <= 2 * (want - exact).abs().max() + 1e-5
 
 
 SATURATING = [case("LSTM", dict(peephole=True), path) for path in ("sequence", "step")]

@@ -120,16 +120,37 @@ template <int kind, typename T> INLINE T act_backward(T d, T y) {  // d * act'(v
     else return d * (T(1) - y * y);
 }
 
-// Mean and 1/sqrt(var + eps) of x[0..n), as torch.native_layer_norm (biased variance). The sums are
-// vectorised (omp simd reduction: partial sums per lane), so they add in a different order than torch.
-template <typename T> INLINE void moments(const T* x, int64_t n, T eps, T& mean, T& rstd) {
+// The widest vector of the build (-march=native), in bytes.
+#if defined(__AVX512F__)
+constexpr int VEC_BYTES = 64;
+#elif defined(__AVX__)
+constexpr int VEC_BYTES = 32;
+#else
+constexpr int VEC_BYTES = 16;
+#endif
+
+// sum over j < n of f(x[j]), in 4 vectors of partial sums (which keep the adds from waiting on each other) and the
+// rest one by one: added in a different order than torch's.
+template <typename T, typename F> INLINE T sum_of(const T* x, int64_t n, F f) {
+    constexpr int V = VEC_BYTES / sizeof(T);
+    typedef T vec __attribute__((vector_size(VEC_BYTES), aligned(sizeof(T))));
+    vec part[4] = {vec{}, vec{}, vec{}, vec{}};
+    int64_t j = 0;
+    for (; j + 4 * V <= n; j += 4 * V)
+#pragma GCC unroll 4
+        for (int s = 0; s < 4; ++s) part[s] += f(*(const vec*)(x + j + s * V));
+    const vec all = (part[0] + part[1]) + (part[2] + part[3]);
     T sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < n; ++j) sum += x[j];
-    mean = sum / T(n);
-    T sq = 0;
-#pragma omp simd reduction(+ : sq)
-    for (int64_t j = 0; j < n; ++j) sq += (x[j] - mean) * (x[j] - mean);
+    for (int i = 0; i < V; ++i) sum += all[i];
+    for (; j < n; ++j) sum += f(x[j]);
+    return sum;
+}
+
+// Mean and 1/sqrt(var + eps) of x[0..n), as torch.native_layer_norm (biased variance, two passes).
+template <typename T> INLINE void moments(const T* x, int64_t n, T eps, T& mean, T& rstd) {
+    mean = sum_of(x, n, [](auto v) { return v; }) / T(n);
+    const T m = mean;
+    const T sq = sum_of(x, n, [m](auto v) { return (v - m) * (v - m); });
     rstd = T(1) / std::sqrt(sq / T(n) + eps);
 }
 
@@ -160,7 +181,9 @@ template <typename T> struct Step {
     const T *w_hh, *w_c, *b_c;
     T eps;
     const T* xp = nullptr;  // xp (B, G*H) read from here and added (else the gates hold it already)
-    const T* bx = nullptr;  // without layer norm, a bias (G*H) added with xp
+    const T* bx = nullptr;  // without layer norm, a bias (G*H) added (with xp, where given)
+    const T* ln_x = nullptr;  // layer norm: xp is x W_ih^T, normalised here with this gain (G*H), and then
+    const T* b = nullptr;     // this bias (G*H) or none added (else xp is already LN(x W_ih^T) * ln_w_ih + b)
 };
 
 // gates (B, G*H): the gate pre-activations on entry (xp + h W_hh^T, or h W_hh^T with s.xp given, xp and s.bx then
@@ -184,8 +207,17 @@ void forward(const Step<T>& s, T* gates, const T* c, T* c_new, T* act_c, T* h, T
             stats[4 * b] = mean;
             stats[4 * b + 1] = rstd;
             const T* xb = s.xp ? s.xp + b * G * H : row;
+            if (s.ln_x) {
+                T x_mean, x_rstd;
+                moments(xb, G * H, s.eps, x_mean, x_rstd);
 #pragma GCC ivdep
-            for (int64_t j = 0; j < G * H; ++j) row[j] = xb[j] + (ab[j] - mean) * rstd * s.w_hh[j];
+                for (int64_t j = 0; j < G * H; ++j)
+                    row[j] = (xb[j] - x_mean) * x_rstd * s.ln_x[j] + (s.b ? s.b[j] : T(0)) +
+                             (ab[j] - mean) * rstd * s.w_hh[j];
+            } else {
+#pragma GCC ivdep
+                for (int64_t j = 0; j < G * H; ++j) row[j] = xb[j] + (ab[j] - mean) * rstd * s.w_hh[j];
+            }
         } else if (s.xp && s.bx) {
             const T* xb = s.xp + b * G * H;
 #pragma GCC ivdep
@@ -194,6 +226,9 @@ void forward(const Step<T>& s, T* gates, const T* c, T* c_new, T* act_c, T* h, T
             const T* xb = s.xp + b * G * H;
 #pragma GCC ivdep
             for (int64_t j = 0; j < G * H; ++j) row[j] += xb[j];
+        } else if (s.bx) {
+#pragma GCC ivdep
+            for (int64_t j = 0; j < G * H; ++j) row[j] += s.bx[j];
         }
         const T* cb = c + b * H;
         T *f_ = row + off, *g_ = f_ + H, *o_ = g_ + H;
@@ -432,56 +467,62 @@ template <typename T> INLINE void matmul(Gemm<T> gemm, bool ta, bool tb, int64_t
 // cache), instead of the gemm packing its operand again at each call. Otherwise every product is the gemm's.
 template <typename T> class Repeated {
   public:
-    // the widest vector of the build (-march=native), MR rows by NR = 2 vectors of accumulators in registers
-#if defined(__AVX512F__)
-    static constexpr int VEC_BYTES = 64, MR = 8;
-#elif defined(__AVX__)
-    static constexpr int VEC_BYTES = 32, MR = 6;
-#else
-    static constexpr int VEC_BYTES = 16, MR = 6;
-#endif
+    // MR rows by NR = 2 of the widest vectors of accumulators in registers
+    static constexpr int MR = VEC_BYTES == 64 ? 8 : 6;
     static constexpr int V = VEC_BYTES / sizeof(T), NR = 2 * V;
     typedef T vec __attribute__((vector_size(VEC_BYTES), aligned(sizeof(T))));  // loads and stores unaligned
 
-    Repeated(Gemm<T> gemm, bool tb, int64_t k, int64_t n, const T* B, int64_t ldb, bool pack)
-        : gemm_(gemm), tb_(tb), k_(k), n_(n), B_(B), ldb_(ldb) {
+    // With B2 (k2 rows, stored as B, row stride ldb2; packed only), the operand is B stacked on B2, (k + k2, n),
+    // multiplied by two left operands side by side (times2): [A A2] [B; B2] = A B + A2 B2 in one pass.
+    Repeated(Gemm<T> gemm, bool tb, int64_t k, int64_t n, const T* B, int64_t ldb, bool pack, int64_t k2 = 0,
+             const T* B2 = nullptr, int64_t ldb2 = 0)
+        : gemm_(gemm), tb_(tb), k_(k), k2_(B2 ? k2 : 0), n_(n), B_(B), ldb_(ldb) {
         if (!pack || !B || k == 0 || n == 0) return;
         panels_ = (n + NR - 1) / NR;
-        packed_.assign(panels_ * k * NR, T(0));
+        const int64_t K = k_ + k2_;
+        packed_.assign(panels_ * K * NR, T(0));
         for (int64_t p = 0; p < panels_; ++p)
-            for (int64_t j = p * NR; j < std::min(n, (p + 1) * NR); ++j)
-                for (int64_t l = 0; l < k; ++l) packed_[(p * k + l) * NR + j - p * NR] = tb ? B[j * ldb + l] : B[l * ldb + j];
+            for (int64_t j = p * NR; j < std::min(n, (p + 1) * NR); ++j) {
+                for (int64_t l = 0; l < k; ++l) packed_[(p * K + l) * NR + j - p * NR] = tb ? B[j * ldb + l] : B[l * ldb + j];
+                for (int64_t l = 0; l < k2_; ++l)
+                    packed_[(p * K + k + l) * NR + j - p * NR] = tb ? B2[j * ldb2 + l] : B2[l * ldb2 + j];
+            }
     }
     Repeated(const Repeated&) = delete;
     Repeated& operator=(const Repeated&) = delete;
 
-    // C (m, n) (row stride ldc) = A (m, k) (row stride lda) B + beta * C, beta 0 or 1
-    void times(int64_t m, const T* A, int64_t lda, T beta, T* C, int64_t ldc) const {
+    bool packed() const { return !packed_.empty(); }
+
+    // C (m, n) (row stride ldc) = A (m, k) (row stride lda) B + beta * C, beta 0 or 1; with a second operand
+    // stacked (packed only), C = A B + A2 (m, k2) (row stride lda2) B2 + beta * C.
+    void times(int64_t m, const T* A, int64_t lda, T beta, T* C, int64_t ldc, const T* A2 = nullptr,
+               int64_t lda2 = 0) const {
         if (m == 0 || n_ == 0) return;
         if (packed_.empty()) return matmul(gemm_, false, tb_, m, n_, k_, A, lda, B_, ldb_, beta, C, ldc);
         const int64_t blocks = (m + MR - 1) / MR;
-        const bool parallel = m * n_ * k_ >= (1 << 16);
+        const bool parallel = m * n_ * (k_ + k2_) >= (1 << 16);
         if (blocks > 2 * panels_) {  // many rows (a chunk's input projection): each thread its rows, all of B
 #pragma omp parallel for if (parallel) schedule(static)
             for (int64_t r = 0; r < blocks; ++r)
                 for (int64_t p = 0; p < panels_; ++p)
-                    panel(p, r * MR, std::min<int64_t>(MR, m - r * MR), A, lda, beta, C, ldc);
+                    panel(p, r * MR, std::min<int64_t>(MR, m - r * MR), A, lda, A2, lda2, beta, C, ldc);
         } else {  // a step's rows: each thread its panels, the same at every step
 #pragma omp parallel for collapse(2) if (parallel) schedule(static)
             for (int64_t p = 0; p < panels_; ++p)
                 for (int64_t r = 0; r < blocks; ++r)
-                    panel(p, r * MR, std::min<int64_t>(MR, m - r * MR), A, lda, beta, C, ldc);
+                    panel(p, r * MR, std::min<int64_t>(MR, m - r * MR), A, lda, A2, lda2, beta, C, ldc);
         }
     }
 
   private:
     // rows row .. row+rows (rows <= MR) of C's panel p, in registers over all of k, then stored (the last panel's
     // columns past n dropped)
-    void panel(int64_t p, int64_t row, int64_t rows, const T* A, int64_t lda, T beta, T* C, int64_t ldc) const {
+    void panel(int64_t p, int64_t row, int64_t rows, const T* A, int64_t lda, const T* A2, int64_t lda2, T beta, T* C,
+               int64_t ldc) const {
         vec acc[MR][2];
-        const T *b = packed_.data() + p * k_ * NR, *a = A + row * lda;
+        const T *b = packed_.data() + p * (k_ + k2_) * NR, *a = A + row * lda, *a2 = A2 ? A2 + row * lda2 : nullptr;
         [&]<int... R>(std::integer_sequence<int, R...>) {  // tile<rows>: every row count its own unrolled loop
-            ((rows == R + 1 ? tile<R + 1>(b, a, lda, acc) : void()), ...);
+            ((rows == R + 1 ? tile<R + 1>(b, a, lda, a2, lda2, acc) : void()), ...);
         }(std::make_integer_sequence<int, MR>{});
         const int64_t col = p * NR, cols = std::min<int64_t>(NR, n_ - col);
         for (int i = 0; i < rows; ++i) {
@@ -501,11 +542,24 @@ template <typename T> class Repeated {
 
     // acc[0 .. R) = R rows of A (row stride lda) times a packed panel b (k, NR). With one or two rows the sums over
     // k run as 4 or 2 interleaved partial sums, which keep the FMAs from waiting on each other's results.
-    template <int R> INLINE void tile(const T* b, const T* a, int64_t lda, vec (&acc)[MR][2]) const {
+    template <int R> INLINE void tile(const T* b, const T* a, int64_t lda, const T* a2, int64_t lda2,
+                                      vec (&acc)[MR][2]) const {
         constexpr int KS = R == 1 ? 4 : R == 2 ? 2 : 1;
-        vec part[KS][R][2] = {};
+        vec part[KS][R][2];
+#pragma GCC unroll 16
+        for (int i = 0; i < KS * R * 2; ++i) (&part[0][0][0])[i] = vec{};  // (= {} is a call to memset)
+        sums<R, KS>(b, a, lda, k_, part);
+        if (a2) sums<R, KS>(b + k_ * NR, a2, lda2, k2_, part);
+        for (int i = 0; i < R; ++i) {
+            acc[i][0] = part[0][i][0], acc[i][1] = part[0][i][1];
+            for (int s = 1; s < KS; ++s) acc[i][0] += part[s][i][0], acc[i][1] += part[s][i][1];
+        }
+    }
+
+    // part[s] += R rows of A (k columns) times b (k, NR), the terms l = s mod KS in part[s]
+    template <int R, int KS> INLINE void sums(const T* b, const T* a, int64_t lda, int64_t k, vec (&part)[KS][R][2]) const {
         int64_t l = 0;
-        for (; l + KS <= k_; l += KS) {
+        for (; l + KS <= k; l += KS) {
 #pragma GCC unroll 4
             for (int s = 0; s < KS; ++s) {
                 const vec b0 = *(const vec*)(b + (l + s) * NR), b1 = *(const vec*)(b + (l + s) * NR + V);
@@ -516,19 +570,15 @@ template <typename T> class Repeated {
                 }
             }
         }
-        for (; l < k_; ++l) {
+        for (; l < k; ++l) {
             const vec b0 = *(const vec*)(b + l * NR), b1 = *(const vec*)(b + l * NR + V);
             for (int i = 0; i < R; ++i) part[0][i][0] += a[i * lda + l] * b0, part[0][i][1] += a[i * lda + l] * b1;
-        }
-        for (int i = 0; i < R; ++i) {
-            acc[i][0] = part[0][i][0], acc[i][1] = part[0][i][1];
-            for (int s = 1; s < KS; ++s) acc[i][0] += part[s][i][0], acc[i][1] += part[s][i][1];
         }
     }
 
     Gemm<T> gemm_;
     bool tb_;
-    int64_t k_, n_;
+    int64_t k_, k2_, n_;
     const T* B_;
     int64_t ldb_;
     int64_t panels_ = 0;
@@ -548,7 +598,8 @@ template <typename T> struct Sequence {
                            // (T, B, P): zero past a row's end; h masked (mask only)
     // Inference may project the input here instead (x non-null): xp is then a buffer of `chunk` steps, filled with
     // x W_ih^T for `chunk` steps at a time, each step's rows then getting the bias b (G*H) and with ln_w_ih (the
-    // LSTM's layer norm) normalised first: LN(x W_ih^T) * ln_w_ih + b.
+    // LSTM's layer norm) normalised first: LN(x W_ih^T) * ln_w_ih + b. (The LSTM may project x with each step
+    // instead, `takes_x`: xp is then unused, or with layer norm a step's x W_ih^T.)
     const T *x, *w_ih, *b, *ln_w_ih;  // (T, B, I); (G*H, I); (G*H) or null; (G*H) or null
     T* work;                            // (B, G*H), for a cell's forward
     const T* bx;                        // the bias the cell adds to the step's input pre-activations, or null
@@ -614,7 +665,8 @@ template <typename T> INLINE void apply_mask(const Sequence<T>& q, int64_t bs, T
 template <typename T, class Cell> void run_forward(const Sequence<T>& q, Cell& cell, Gemm<T> gemm) {
     const int64_t B = q.B, P = q.P;
     int64_t active = B;  // the rows that ran the previous step
-    const Repeated<T> w_ih_t(gemm, true, q.I, q.GH, q.w_ih, q.I, q.x && q.steps > 1);  // inference's
+    // inference's input projection, unless the cell's step product includes it
+    const Repeated<T> w_ih_t(gemm, true, q.I, q.GH, q.w_ih, q.I, q.x && q.steps > 1 && !cell.takes_x);
     for (int64_t t = 0; t < q.steps; ++t) {
         const int64_t bs = q.rows(t);
         const T* h = t ? q.out + (t - 1) * B * P : q.h0;
@@ -634,7 +686,7 @@ template <typename T, class Cell> void run_forward(const Sequence<T>& q, Cell& c
             for (int64_t k = 0; k < bs * P; ++k) m[k] = h[k] * q.mask[k];
             hr = m;
         }
-        cell.forward(t, bs, step_input(q, t, w_ih_t, T(1e-5)), hr, h, out, gemm);
+        cell.forward(t, bs, cell.takes_x ? nullptr : step_input(q, t, w_ih_t, T(1e-5)), hr, h, out, gemm);
     }
     if (q.steps > 0) std::memcpy(q.h, q.out + (q.steps - 1) * B * P, active * P * sizeof(T));
 }
@@ -673,14 +725,24 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
     const T* w_hr;
     T *gates, *c, *act_c, *h_new, *a, *stats;
     T *d_c, *d_hout, *d_vec, *d_w_hh, *d_hn, *d_cp, *row_work, *d_a_chunk;  // the backward's
-    // the right operands: h_r's W_hh^T and h's W_hr^T (forward), the backward's W_hh and W_hr
-    Repeated<T> by_w_hh_t, by_w_hr_t, by_w_hh, by_w_hr;
+    // Inference projects each step's input x_t with the step (takes_x), not a chunk of steps ahead, so that x W_ih^T
+    // is not written out and read back: without layer norm in the step's product, [h_r x_t] [W_hh^T; W_ih^T] (the
+    // bias added with the gate math); with layer norm, which normalises x W_ih^T apart, into a step's buffer (xp).
+    // That reads W_ih (G*H, I) at every step instead of once per chunk, against writing and reading x W_ih^T's
+    // (B, G*H): with fewer rows than half the input's width the chunks are cheaper (e.g. a batch of one).
+    const bool takes_x;
+    // the right operands: h_r's W_hh^T (with takes_x and no layer norm, on W_ih^T), x_t's W_ih^T (takes_x with layer
+    // norm) and h's W_hr^T (forward), the backward's W_hh and W_hr
+    Repeated<T> by_w_hh_t, by_w_ih_t, by_w_hr_t, by_w_hh, by_w_hr;
 
     LSTM(const Sequence<T>& q, const BackwardArgs* g)
         : q(q), s{q.B, q.H, (T*)q.args.peep, nullptr, (T*)q.args.ln_w_hh, (T*)q.args.ln_w_c, (T*)q.args.ln_b_c,
                   T(1e-5)},
           w_hr((T*)q.args.w_hr), gates((T*)q.args.gates), c((T*)q.args.c), act_c((T*)q.args.act_c),
-          h_new((T*)q.args.h_new), a((T*)q.args.a), stats((T*)q.args.stats), by_w_hh_t(q.w_hh_t_columns(0, q.GH, !g)),
+          h_new((T*)q.args.h_new), a((T*)q.args.a), stats((T*)q.args.stats), takes_x(q.x && q.steps > 1 && !g && 2 * q.B > q.I),
+          by_w_hh_t(takes_x && !ln ? Repeated<T>((Gemm<T>)q.args.gemm, true, q.P, q.GH, q.w_hh, q.P, true, q.I, q.w_ih, q.I)
+                                   : q.w_hh_t_columns(0, q.GH, !g)),
+          by_w_ih_t((Gemm<T>)q.args.gemm, true, q.I, q.GH, q.w_ih, q.I, takes_x && ln),
           by_w_hr_t((Gemm<T>)q.args.gemm, true, q.H, q.P, w_hr, q.H, !g && q.steps > 1), by_w_hh(q.w_hh_rows(0, q.GH, g)),
           by_w_hr((Gemm<T>)q.args.gemm, false, q.P, q.H, w_hr, q.H, g && q.steps > 1) {
         if (!g) return;
@@ -701,12 +763,17 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
         const int64_t GH = q.GH, P = q.P, H = q.H;
         T* g = q.step_of(gates, t, GH);
         s.xp = in;  // the kernel adds it, and the bias
-        s.bx = q.bx;
+        s.bx = q.bx;  // with x projected here (takes_x or not) its bias, added with the gate math
+        const T* x = takes_x ? q.x + t * q.B * q.I : nullptr;
         if (ln) {
             s.a = q.step_of(a, t, GH);
             by_w_hh_t.times(bs, hr, P, T(0), (T*)s.a, GH);
+            if (x) {
+                by_w_ih_t.times(bs, x, q.I, T(0), q.xp, GH);
+                s.xp = q.xp, s.ln_x = q.ln_w_ih, s.b = q.b;
+            }
         } else {
-            by_w_hh_t.times(bs, hr, P, T(0), g, GH);
+            by_w_hh_t.times(bs, hr, P, T(0), g, GH, x, q.I);
         }
         s.B = bs;
         T* hn = w_hr ? q.step_of(h_new, t, H) : out;
@@ -760,6 +827,7 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
 // here, (T, B, H)) or d_xp's n block times r * h_r. b_hh's gradient (reset_after) is the sum of the same blocks.
 // Forward work: (B, 3H); backward work: (B, 3H) + (B, H).
 template <typename T, bool reset_after, int kind> struct GRU {
+    static constexpr bool takes_x = false;  // its step's input pre-activations come from run_forward
     const Sequence<T>& q;
     T *gates, *extra, *d_extra, *d_work;
     const T* b_hh;
@@ -892,6 +960,7 @@ template <typename T, bool reset_after, int kind> struct GRU {
 
 // ---- Elman RNN (cells.RNNStep): h' = act(xp + h_r W_hh^T); it keeps nothing but the outputs ----
 template <typename T, int kind> struct RNN {
+    static constexpr bool takes_x = false;
     const Sequence<T>& q;
     Repeated<T> by_w_hh_t, by_w_hh;  // W_hh^T (forward), W_hh (backward)
 
