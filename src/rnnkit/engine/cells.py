@@ -142,19 +142,37 @@ class Step:
         """xp = x W_ih^T + b_ih + b_hh for every time step at once: (..., I) -> (..., G*H)."""
         return torch.nn.functional.linear(x, p["weight_ih"], self._input_bias(p))
 
+    # The input projection in two parts where the C++ sequence loop can do the second in its pass over each step
+    # (`splits_input`: the layer-norm LSTM's input layer norm and biases, spared a pass of their own over the
+    # whole (T, B, G*H) forward and backward): project_input(x, p) == finish_input(input_product(x, p), p).
+    splits_input = False
+
+    def input_product(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
+        """The part of project_input before finish_input (here all of it)."""
+        return self.project_input(x, p)
+
+    def finish_input(self, a: Tensor, p: dict[str, Tensor]) -> Tensor:
+        """xp from input_product's a (here a itself)."""
+        return a
+
     # A whole sequence in C++ (fused.py: the time loop, the recurrent products through PyTorch's BLAS, the gate
     # math; the same loop for every cell, each supplying its step through `_sequence_call`). The engine calls it
     # through rnnkit's custom ops (engine/ops.py), which autograd and the compilers see.
     def fused_sequence(self, x: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor], batch_sizes, mask,
-                       keep: bool, chunk: int = 0, clear: bool = False) -> "fused.Sequence":
-        """The C++ loop over x, the input projections xp (T, B, G*H), or with `chunk` > 0 the input (T, B, I),
-        projected `chunk` steps at a time in the loop (inference); `keep`: keep what the backward needs
-        (fused.sequence_backward), `clear`: with zeros past each row's end. batch_sizes: None, or as in
-        rnnkit.engine.loop (a list or an int64 tensor)."""
+                       keep: bool, chunk: int = 0, clear: bool = False, finished: bool = True) -> "fused.Sequence":
+        """The C++ loop over x, the input projections xp (T, B, G*H) (`finished`; else input_product's, which the
+        loop finishes: splits_input), or with `chunk` > 0 the input (T, B, I), projected `chunk` steps at a time in
+        the loop (inference); `keep`: keep what the backward needs (fused.sequence_backward), `clear`: with zeros past
+        each row's end. batch_sizes: None, or as in rnnkit.engine.loop (a list or an int64 tensor)."""
         projection = None
         if chunk:
             projection = fused.Projection(x, p["weight_ih"], self._input_bias(p), p.get("ln_weight_ih"), chunk)
-        return self._sequence_call(None if chunk else x, state0, p, batch_sizes, mask, keep, projection, clear)
+        finish = {} if finished else {"finish": self._finish_params(p)}
+        return self._sequence_call(None if chunk else x, state0, p, batch_sizes, mask, keep, projection, clear,
+                                   **finish)
+
+    def _finish_params(self, p: dict[str, Tensor]) -> tuple:
+        raise ValueError(f"{self} finishes its input projection before the loop (splits_input is False)")
 
     def _sequence_call(self, xp, state0, p, batch_sizes, mask, keep, projection, clear):
         raise NotImplementedError
@@ -271,8 +289,24 @@ class LSTMStep(Step):
     def project_input(self, x, p):
         if not self.layer_norm:
             return super().project_input(x, p)
-        a = x @ p["weight_ih"].T  # (..., G*H)
+        return self.finish_input(self.input_product(x, p), p)
+
+    @property
+    def splits_input(self) -> bool:
+        return self.layer_norm
+
+    def input_product(self, x, p):
+        return x @ p["weight_ih"].T if self.layer_norm else super().input_product(x, p)  # (..., G*H)
+
+    def finish_input(self, a, p):
+        if not self.layer_norm:
+            return a
         return torch.nn.functional.layer_norm(a, a.shape[-1:], p["ln_weight_ih"], self._input_bias(p), LN_EPS)
+
+    def _finish_params(self, p):
+        if not self.layer_norm:
+            return super()._finish_params(p)
+        return p["ln_weight_ih"], self._input_bias(p)
 
     def step(self, xp, state, p, mask=None):
         h, c = state  # (B, P), (B, H)
@@ -364,14 +398,14 @@ class LSTMStep(Step):
         d_h_prev = _masked(d_pre @ p["weight_hh"], mask)
         return d_xp, (d_h_prev, d_c_prev), grads
 
-    def _sequence_call(self, xp, state0, p, batch_sizes, mask, keep, projection, clear):
+    def _sequence_call(self, xp, state0, p, batch_sizes, mask, keep, projection, clear, finish=None):
         ln = (p["ln_weight_hh"], p["ln_weight_c"], p.get("ln_bias_c")) if self.layer_norm else None
         return fused.lstm_sequence(xp, *state0, p["weight_hh"], p.get("weight_hr"), mask, batch_sizes,
                                    p.get("weight_peephole"), ln, self.coupled, self.activation == "softsign", keep,
-                                   projection, clear)
+                                   projection, clear, finish)
 
     # The same equations with the gate math in one C++ pass (fused.py): f = None in the cache marks it,
-    # the activated gates (B, G*H) in g's place and the layer-norm moments (B, 4) in mean's.
+    # the activated gates (B, G*H) in g's place and the layer-norm moments (B, fused.STATS) in mean's.
     def _fused_step(self, xp, hr, c, p):
         if self.layer_norm:
             ln = (hr @ _w_hh_t(p), p["ln_weight_hh"], p["ln_weight_c"], p.get("ln_bias_c"))

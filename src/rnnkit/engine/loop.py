@@ -162,10 +162,10 @@ class _ExplicitBPTT(torch.autograd.Function):
     alive anyway, so saving them costs no memory), then what the backward keeps."""
 
     @staticmethod
-    def forward(step, batch_sizes, names, kept, path, xp, source, mask, *tensors):
+    def forward(step, batch_sizes, names, kept, path, finished, xp, source, mask, *tensors):
         n_states = step.num_states
         state0, params = tensors[:n_states], dict(zip(names, tensors[n_states:]))
-        whole = _sequence(step, xp, state0, params, batch_sizes, mask, path)
+        whole = _sequence(step, xp, state0, params, batch_sizes, mask, path, finished)
         if whole is not None:  # the step ran the sequence itself and keeps what its backward needs
             out, final, (tensors_kept, options) = whole
             kept.whole, kept.tensors, kept.options = True, tensors_kept, options
@@ -181,8 +181,8 @@ class _ExplicitBPTT(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        step, batch_sizes, names, kept, path, xp, source, mask, *tensors = inputs
-        ctx.step, ctx.batch_sizes, ctx.names, ctx.xp_shape = step, batch_sizes, names, xp.shape
+        step, batch_sizes, names, kept, path, finished, xp, source, mask, *tensors = inputs
+        ctx.step, ctx.batch_sizes, ctx.names, ctx.xp_shape, ctx.finished = step, batch_sizes, names, xp.shape, finished
         # A double backward recomputes the step loop under autograd from `source`, the input the
         # projection was made from (or from xp itself when the caller has no such input).
         ctx.from_source = source is not None
@@ -200,18 +200,19 @@ class _ExplicitBPTT(torch.autograd.Function):
         n_inputs = 2 + step.num_states + len(names)
         saved = ctx.saved_tensors
         inputs, rest = saved[:n_inputs], saved[n_inputs:]
-        nothing = (None,) * 5  # step, batch_sizes, names, kept, path
+        nothing = (None,) * 6  # step, batch_sizes, names, kept, path, finished
         if torch.is_grad_enabled():  # create_graph=True: a graph of the backward is asked for
             source, mask, state0, params = _saved_inputs(ctx, inputs)
-            wanted = ctx.needs_input_grad[5:]  # xp, source, mask, *state0, *params
+            wanted = ctx.needs_input_grad[6:]  # xp, source, mask, *state0, *params
             grads = _recorded_backward(step, ctx.batch_sizes, source, ctx.from_source, mask, state0, params,
-                                       (wanted[0], *wanted[3:]), d_out, d_final)
+                                       (wanted[0], *wanted[3:]), d_out, d_final, ctx.finished)
             return (*nothing, grads[0], None, None, *grads[1:])
         if ctx.whole:  # rest: out, then the forward op's kept outputs; kept_options: the backend's path
             _, mask, state0, params = _saved_inputs(ctx, inputs)
             d_final = [torch.zeros_like(s) if d is None else d for s, d in zip(state0, d_final)]
             d_xp, d_state, grads = BACKENDS[ctx.kept_options].backward(
-                step, d_out, d_final, state0, params, mask, _sizes_tensor(ctx.batch_sizes), rest[0], rest[1:])
+                step, d_out, d_final, state0, params, mask, _sizes_tensor(ctx.batch_sizes), rest[0], rest[1:],
+                finished=ctx.finished)
             return (*nothing, d_xp, None, None, *d_state, *(grads.get(name) for name in names))
         batch_sizes, k = ctx.batch_sizes, ctx.cache_size
         _, mask, state0, params = _saved_inputs(ctx, inputs)
@@ -244,13 +245,14 @@ class _ExplicitBPTT(torch.autograd.Function):
 BACKENDS = {"cpp": ops.CPU, "triton": triton.TRITON}  # the sequence paths that run as rnnkit's custom ops
 
 
-def _sequence(step, xp, state0, params, batch_sizes, mask, path: str):
+def _sequence(step, xp, state0, params, batch_sizes, mask, path: str, finished: bool = True):
     """_ExplicitBPTT's whole-sequence call on `path` (dispatch.sequence_path), where it is a backend's: the forward
     op's computation (Backend.forward; here in eager mode, and under torch.func's transforms, which cannot run a
     custom op's autograd formula). Returns (out, final states, (kept tensors, path)), or None: the loop of steps."""
     if path not in BACKENDS:
         return None
-    out, final, kept = BACKENDS[path].forward(step, xp, state0, params, _sizes_tensor(batch_sizes), mask)
+    out, final, kept = BACKENDS[path].forward(step, xp, state0, params, _sizes_tensor(batch_sizes), mask,
+                                              finished=finished)
     return out, final, ([out, *kept], path)
 
 
@@ -268,21 +270,26 @@ def _saved_inputs(ctx, inputs):
 
 
 def _recorded_backward(step, batch_sizes, source, from_source: bool, mask, state0, params: dict, wanted, d_out,
-                       d_final) -> list:
+                       d_final, finished: bool = True) -> list:
     """The backward as PyTorch ops that autograd records, for a double backward: the step loop is run again under
     autograd from the saved inputs and differentiated with create_graph=True. `source` is the input xp was
     projected from (`from_source`), else xp itself; `wanted` says which of (xp, *state0, *params) need a gradient.
-    Returns the gradients of (xp, *state0, *params), None where not wanted.
+    Returns the gradients of (xp, *state0, *params), None where not wanted. `finished` False: xp is the cell's
+    input_product, which the loop finished (run's `finished`).
 
     Each input enters the loop through an alias (a view), so that the gradient taken with respect to it
-    counts only the loop's use of it: the projection xp = project_input(source, p) is differentiated by
-    autograd outside this function, and again here only through the recomputed xp."""
+    counts only the loop's use of it: the projection xp = project_input(source, p) (or input_product) is
+    differentiated by autograd outside this function, and again here only through the recomputed xp."""
     names, n = list(params), step.num_states
     tensors = (*state0, *params.values())
-    xp = step.project_input(source, params) if from_source else source
+    if from_source:
+        xp = step.project_input(source, params) if finished else step.input_product(source, params)
+    else:
+        xp = source
     loop_xp, *loop_tensors = (t.view_as(t) if t.requires_grad else t for t in (xp, *tensors))
     loop_state0, loop_params = tuple(loop_tensors[:n]), dict(zip(names, loop_tensors[n:]))
-    out, final, _ = _forward_loop(step, loop_xp, loop_state0, loop_params, batch_sizes, mask, keep_saved=True)
+    loop_in = loop_xp if finished else step.finish_input(loop_xp, loop_params)
+    out, final, _ = _forward_loop(step, loop_in, loop_state0, loop_params, batch_sizes, mask, keep_saved=True)
     outputs = [out, *final]
     grad_outputs = [torch.zeros_like(o) if d is None else d for o, d in zip(outputs, (d_out, *d_final))]
     targets = [loop_xp, *loop_tensors]
@@ -396,7 +403,7 @@ def records(*tensors: Tensor) -> bool:
 
 def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor],
         batch_sizes: list[int] | Tensor | None = None, mask: Tensor | None = None,
-        bptt: str = "explicit", source: Tensor | None = None, path: str | None = None
+        bptt: str = "explicit", source: Tensor | None = None, path: str | None = None, finished: bool = True
         ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Run `step` over time: xp (T, B, G*H), state0 each (B, ·) -> out (T, B, P), final states.
 
@@ -408,6 +415,8 @@ def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor]
     projection's own backward); without `source` it keeps xp for that.
     `path`: how the sequence runs, "cpp", "triton" or "steps", as a layer's dispatch.Plan says; None: as
     dispatch.sequence_path says for these tensors.
+    `finished` False: xp is step.input_product(source, p) (a cell that `splits_input`), finished by the C++ loop
+    where the engine calls it directly (the explicit BPTT on path "cpp"), else by step.finish_input here (`project`).
     """
     if bptt not in BPTT_MODES:
         raise ValueError(f"bptt must be one of {', '.join(map(repr, BPTT_MODES))}; got {bptt!r}")
@@ -418,23 +427,35 @@ def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor]
         cast = lambda t: precision.cast(t, dtype)  # noqa: E731
         with torch.autocast(device_type, enabled=False):
             return run(step, cast(xp), tuple(map(cast, state0)), {k: cast(v) for k, v in p.items()},
-                       batch_sizes, cast(mask), bptt, cast(source))
+                       batch_sizes, cast(mask), bptt, cast(source), path, finished)
     if bptt == "autograd":
         path = "steps"
     elif path is None:
         path = dispatch.sequence_path(step, xp, *state0, *p.values())[0]
     recording = records(xp, *state0, *p.values())
-    if bptt == "explicit" and recording and ops.dispatched() and path in BACKENDS \
-            and not _transformed(xp, *state0, *p.values()):  # the forward op, with its autograd formula
-        return BACKENDS[path].sequence(step, xp, state0, p, _sizes_tensor(batch_sizes), mask, source)
+    op = bptt == "explicit" and recording and ops.dispatched() and path in BACKENDS \
+        and not _transformed(xp, *state0, *p.values())  # the forward op, with its autograd formula
     # under torch.compile the compiler derives the backward of the loop it traces: the loop recorded by autograd
-    if bptt == "autograd" or not recording or torch.compiler.is_compiling():
+    recorded = bptt == "autograd" or not recording or torch.compiler.is_compiling()
+    if not finished and (op or recorded or path != "cpp"):
+        xp, finished = step.finish_input(xp, p), True
+    if op:
+        return BACKENDS[path].sequence(step, xp, state0, p, _sizes_tensor(batch_sizes), mask, source)
+    if recorded:
         out, final, _ = _forward_loop(step, xp, state0, p, batch_sizes, mask, keep_saved=False, path=path)
         return out, final
     names, batch_sizes = tuple(p), _sizes_list(batch_sizes)
-    out, *final = _ExplicitBPTT.apply(step, batch_sizes, names, _Kept(), path, xp, source, mask, *state0,
-                                      *p.values())
+    out, *final = _ExplicitBPTT.apply(step, batch_sizes, names, _Kept(), path, finished, xp, source, mask,
+                                      *state0, *p.values())
     return out, tuple(final)
+
+
+def project(step: Step, x: Tensor, p: dict[str, Tensor], path: str | None) -> tuple[Tensor, bool]:
+    """The input projection of x (T, B, I) for run(x=..., finished=...): xp and whether it is finished, which it is
+    not for a cell that `splits_input` on path "cpp" (the C++ loop finishes it, see run)."""
+    if step.splits_input and path == "cpp":
+        return step.input_product(x, p), False
+    return step.project_input(x, p), True
 
 
 def infer(step, x: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor], batch_sizes, mask: Tensor | None,

@@ -16,6 +16,11 @@ from which each op rebuilds its cell; `params` are one direction's parameters in
 `source`, the input xp was projected from (or None), is not read here: the double backward recomputes the loop
 from it (loop.py registers the forward op's autograd formula). Kept tensors a configuration lacks are empty (0,).
 Every op has a fake implementation that allocates its outputs without calling C++, for the compiler's tracing.
+
+Called directly by the engine (not through the dispatcher: `dispatched`), the forward and backward kernels also
+take `finished=False` for a cell that `splits_input`: xp is then its `input_product` (the layer-norm LSTM's
+x W_ih^T), finished in the loop (its input layer norm and biases), kept (the forward's last kept tensor), d_xp is
+that of xp, and the gradients of the parameters finish_input uses come from the backward (`sequence_params`).
 """
 from __future__ import annotations
 
@@ -59,11 +64,13 @@ def _built(dtype: torch.dtype) -> bool:
     return dtype in (torch.float32, torch.float64) and fused.sequence_available(dtype)
 
 
-def sequence_params(step: Step) -> list[str]:
+def sequence_params(step: Step, finished: bool = True) -> list[str]:
     """The parameters whose gradients the backward op returns, in the cell's order (the others are the input
-    projection's, which autograd differentiates outside the op)."""
+    projection's, which autograd differentiates outside the op; `finished` False: its input_product's)."""
     if isinstance(step, LSTMStep):
         own = {"weight_hh", "weight_hr", "weight_peephole", "ln_weight_hh", "ln_weight_c", "ln_bias_c"}
+        if not finished:
+            own |= {"ln_weight_ih", "bias_ih", "bias_hh"}
     elif isinstance(step, GRUStep):
         own = {"weight_hh", "bias_hh"} if step.reset_after else {"weight_hh"}
     else:
@@ -87,7 +94,7 @@ def _kept_shapes(step: Step, T: int, B: int, masked: bool) -> dict[str, tuple | 
     if isinstance(step, LSTMStep):
         ln = step.layer_norm
         shapes.update(gates=(T, B, GH), c=(T + 1, B, H), act_c=(T, B, H), h_new=(T, B, H) if step.proj_size else None,
-                      a=(T, B, GH) if ln else None, stats=(T, B, 4) if ln else None)
+                      a=(T, B, GH) if ln else None, stats=(T, B, fused.STATS) if ln else None)
     elif isinstance(step, GRUStep):
         shapes.update(gates=(T, B, GH), extra=(T, B, H))
     return shapes
@@ -121,24 +128,30 @@ def _options(step: Step) -> dict:
     return dict(cell="rnn", activation=step.nonlinearity)
 
 
-def _forward(step: Step, xp, state0, params, mask, batch_sizes, source, op: bool = True):
+def _forward(step: Step, xp, state0, params, mask, batch_sizes, source, op: bool = True, finished: bool = True):
     """The forward op's computation (`source` is not read: the op takes it for its autograd formula). Called directly
     (op=False) by the engine, which keeps the results to itself, it skips what only an op's outputs need: memory of
     their own for the final states (the LSTM's final c is a step of the kept c) and zeros past each row's end in the
-    kept tensors. None for what a configuration does not keep (see _as_op_outputs)."""
-    q = step.fused_sequence(xp, tuple(state0), _params(step, params), batch_sizes, mask, True, clear=op)
-    return (q.out, *(_final(q) if op else q.final_states()), *(getattr(q, k) for k in KEPT[type(step)]))
+    kept tensors. None for what a configuration does not keep (see _as_op_outputs). `finished`: see the module's
+    docstring."""
+    q = step.fused_sequence(xp, tuple(state0), _params(step, params), batch_sizes, mask, True, clear=op,
+                            finished=finished)
+    return (q.out, *(_final(q) if op else q.final_states()), *(getattr(q, k) for k in KEPT[type(step)]),
+            *(() if finished else (q.xp,)))
 
 
-def _backward(step: Step, d_out, d_final, state0, params, mask, batch_sizes, out, kept):
+def _backward(step: Step, d_out, d_final, state0, params, mask, batch_sizes, out, kept, finished: bool = True):
     p = _params(step, params)
     shapes = _kept_shapes(step, 1, 1, mask is not None)
     tensors = {k: t for k, t in zip(KEPT[type(step)], kept) if shapes[k] is not None}
+    slots = _slots(step, p, state0, mask, batch_sizes)
+    if not finished:  # the input projection's last part is the loop's (_forward)
+        ln_w_ih, b = step._finish_params(p)
+        slots.update(xp=kept[-1], ln_w_ih=ln_w_ih.contiguous(), b=None if b is None else b.contiguous())
     # h, the final h, is read for its shape only: h_0's
-    q = fused.Sequence(keep=True, **_options(step), **_slots(step, p, state0, mask, batch_sizes), out=out,
-                       h=state0[0], **tensors)
+    q = fused.Sequence(keep=True, **_options(step), **slots, out=out, h=state0[0], **tensors)
     d_xp, d_state0, grads = fused.sequence_backward(q, d_out, list(d_final))
-    return d_xp, list(d_state0), [grads[n] for n in sequence_params(step)]
+    return d_xp, list(d_state0), [grads[n] for n in sequence_params(step, finished)]
 
 
 def _infer(step: Step, x, state0, params, mask, batch_sizes, chunk, op: bool = True):
@@ -242,10 +255,12 @@ class Backend:
     def op(self, step: Step, suffix: str = ""):
         return getattr(torch.ops.rnnkit, self.name(type(step), suffix))
 
-    def _call(self, step: Step, suffix: str, *args):
+    def _call(self, step: Step, suffix: str, *args, finished: bool = True):
         if dispatched():
+            if not finished:
+                raise ValueError("an input projection the loop finishes is for the kernels called directly")
             return self.op(step, suffix)(*args, *config(step))
-        return self.kernels[suffix](step, *args, **_DIRECT[suffix])
+        return self.kernels[suffix](step, *args, **_DIRECT[suffix], **({} if finished else {"finished": False}))
 
     def sequence(self, step: Step, xp: Tensor, state0: tuple, p: dict, batch_sizes: Tensor | None,
                  mask: Tensor | None, source: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -254,9 +269,11 @@ class Backend:
         return out, tuple(rest[:step.num_states])
 
     def forward(self, step: Step, xp: Tensor, state0: tuple, p: dict, batch_sizes: Tensor | None,
-                mask: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...], list[Tensor]]:
-        """The forward op's computation, for a caller that does autograd's part itself: out, final states, kept."""
-        out, *rest = self._call(step, "", xp, list(state0), _ordered(step, p), mask, batch_sizes, None)
+                mask: Tensor | None, finished: bool = True) -> tuple[Tensor, tuple[Tensor, ...], list[Tensor]]:
+        """The forward op's computation, for a caller that does autograd's part itself: out, final states, kept.
+        `finished` False: xp is the cell's input_product (see the module's docstring)."""
+        out, *rest = self._call(step, "", xp, list(state0), _ordered(step, p), mask, batch_sizes, None,
+                                finished=finished)
         return out, tuple(rest[:step.num_states]), list(rest[step.num_states:])
 
     def infer(self, step: Step, x: Tensor, state0: tuple, p: dict, batch_sizes: Tensor | None, mask: Tensor | None,
@@ -267,12 +284,12 @@ class Backend:
         return out, tuple(final)
 
     def backward(self, step: Step, d_out: Tensor, d_final: list, state0, p: dict, mask, batch_sizes, out: Tensor,
-                 kept):
+                 kept, finished: bool = True):
         """The backward op from the gradients of out and the final states: (d_xp, d_state0, {name: gradient} of
-        sequence_params(step))."""
+        sequence_params(step, finished))."""
         d_xp, d_state0, d_params = self._call(step, "_backward", d_out, list(d_final), list(state0),
-                                              _ordered(step, p), mask, batch_sizes, out, list(kept))
-        return d_xp, d_state0, dict(zip(sequence_params(step), d_params))
+                                              _ordered(step, p), mask, batch_sizes, out, list(kept), finished=finished)
+        return d_xp, d_state0, dict(zip(sequence_params(step, finished), d_params))
 
 
 CPU = Backend("", {"": _forward, "_backward": _backward, "_infer": _infer}, KEPT, _kept_fake, "cpu")

@@ -270,8 +270,9 @@ class _Recurrent(nn.Module):
                     keep = 1 - self.recurrent_dropout  # variational: one mask per sequence
                     mask = torch.bernoulli(x.new_full((B, step.output_size), keep)) / keep
                 if loop.records(inp, *state0, *p.values()):
-                    xp = step.project_input(inp, p)  # (T, B, G*H), one product for all steps
-                    out, final = loop.run(step, xp, state0, p, batch_sizes, mask, bptt, source=inp, path=path)
+                    xp, finished = loop.project(step, inp, p, path)  # (T, B, G*H), one product for all steps
+                    out, final = loop.run(step, xp, state0, p, batch_sizes, mask, bptt, source=inp, path=path,
+                                          finished=finished)
                 else:
                     out, final = _infer_in_chunks(step, inp, state0, p, batch_sizes, mask, path)
                 outs.append(reverse_or_keep(out, lengths, direction))

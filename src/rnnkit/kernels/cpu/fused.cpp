@@ -172,6 +172,10 @@ template <typename T> INLINE void ln_backward(T* d_xhat, const T* x, int64_t n, 
 // ---- The LSTM step's gate math, in one pass over the units ----
 namespace lstm {
 
+// A row's layer-norm moments (mean, 1/sqrt(var + eps)): of a = h W_hh^T, of c', and of x W_ih^T where the gate
+// math normalises it (Step::ln_x)
+constexpr int64_t STATS = 6;
+
 // The parameters and options of one step; pointers a layer does not have are null.
 template <typename T> struct Step {
     int64_t B, H;
@@ -186,11 +190,27 @@ template <typename T> struct Step {
     const T* b = nullptr;     // this bias (G*H) or none added (else xp is already LN(x W_ih^T) * ln_w_ih + b)
 };
 
+// The offsets in d_vec, the batch sums of the vector parameters' gradients: [d_peep ((G-1)*H), d_w_hh (G*H),
+// d_w_c (H), d_b_c (H), d_ln_x (G*H), d_b (G*H)], those the step has, in that order.
+struct Vectors {
+    int64_t peep, w_hh, w_c, b_c, ln_x, b, size;
+    template <typename T> Vectors(const Step<T>& s, int64_t G, bool has_peep, bool ln) {
+        const int64_t H = s.H;
+        peep = 0;
+        w_hh = has_peep ? (G - 1) * H : 0;
+        w_c = w_hh + (ln ? G * H : 0);
+        b_c = w_c + (ln ? H : 0);
+        ln_x = b_c + (ln && s.b_c ? H : 0);
+        b = ln_x + (ln && s.ln_x ? G * H : 0);
+        size = b + (ln && s.ln_x && s.b ? G * H : 0);
+    }
+};
+
 // gates (B, G*H): the gate pre-activations on entry (xp + h W_hh^T, or h W_hh^T with s.xp given, xp and s.bx then
 // added here; with layer norm nothing, xp and LN(a) are added here), the activated gates on exit; G = 3 (f, g, o)
 // when coupled, else 4 (i, f, g, o).
 // Writes c_new, act_c (the activation of c_new, or of LN(c_new)), h = o * act_c (B, H), and with layer
-// norm the moments of each row of a and of c_new (B,).
+// norm the moments of each row (B, STATS).
 template <typename T, bool coupled, bool softsign, bool has_peep, bool ln>
 void forward(const Step<T>& s, T* gates, const T* c, T* c_new, T* act_c, T* h, T* stats) {
     const int64_t G = coupled ? 3 : 4, H = s.H, off = (G - 3) * H;
@@ -204,17 +224,20 @@ void forward(const Step<T>& s, T* gates, const T* c, T* c_new, T* act_c, T* h, T
             const T* ab = s.a + b * G * H;
             T mean, rstd;
             moments(ab, G * H, s.eps, mean, rstd);
-            stats[4 * b] = mean;
-            stats[4 * b + 1] = rstd;
+            stats[STATS * b] = mean;
+            stats[STATS * b + 1] = rstd;
             const T* xb = s.xp ? s.xp + b * G * H : row;
             if (s.ln_x) {
                 T x_mean, x_rstd;
                 moments(xb, G * H, s.eps, x_mean, x_rstd);
+                stats[STATS * b + 4] = x_mean;
+                stats[STATS * b + 5] = x_rstd;
 #pragma GCC ivdep
                 for (int64_t j = 0; j < G * H; ++j)
                     row[j] = (xb[j] - x_mean) * x_rstd * s.ln_x[j] + (s.b ? s.b[j] : T(0)) +
                              (ab[j] - mean) * rstd * s.w_hh[j];
             } else {
+                stats[STATS * b + 4] = stats[STATS * b + 5] = T(0);  // (kept: no value as the memory held them)
 #pragma GCC ivdep
                 for (int64_t j = 0; j < G * H; ++j) row[j] = xb[j] + (ab[j] - mean) * rstd * s.w_hh[j];
             }
@@ -260,8 +283,8 @@ void forward(const Step<T>& s, T* gates, const T* c, T* c_new, T* act_c, T* h, T
         if (ln) {
             T mean, rstd;
             moments(cn, H, s.eps, mean, rstd);
-            stats[4 * b + 2] = mean;
-            stats[4 * b + 3] = rstd;
+            stats[STATS * b + 2] = mean;
+            stats[STATS * b + 3] = rstd;
 #pragma GCC ivdep
             for (int64_t j = 0; j < H; ++j) {
                 T a = act<softsign>((cn[j] - mean) * rstd * s.w_c[j] + (s.b_c ? s.b_c[j] : T(0)));
@@ -273,9 +296,9 @@ void forward(const Step<T>& s, T* gates, const T* c, T* c_new, T* act_c, T* h, T
 }
 
 // From d_h, d_c (B, H) (the gradients reaching h_t, c_t) and forward()'s results: d_gates (B, G*H), the
-// gradient of the gate pre-activations (= of xp); d_c_prev (B, H); the batch sums of the vector
-// parameters' gradients, added to d_vec = [d_peep ((G-1)*H), d_w_hh (G*H), d_w_c (H), d_b_c (H)] (those
-// the layer has, in that order); with layer norm d_a (B, G*H), the gradient of a = h W_hh^T. work: (G*H).
+// gradient of xp (the gate pre-activations', or with s.ln_x that of x W_ih^T, s.xp); d_c_prev (B, H); the batch
+// sums of the vector parameters' gradients, added to d_vec (Vectors); with layer norm d_a (B, G*H), the
+// gradient of a = h W_hh^T. work: (G*H).
 template <typename T, bool coupled, bool softsign, bool has_peep, bool ln>
 void backward_rows(const Step<T>& s, int64_t first, int64_t end, const T* d_h, const T* d_c, const T* gates,
                    const T* c, const T* c_new, const T* act_c, const T* stats, T* d_gates, T* d_c_prev, T* d_vec,
@@ -284,10 +307,13 @@ void backward_rows(const Step<T>& s, int64_t first, int64_t end, const T* d_h, c
     const T* p_i = s.peep;
     const T* p_f = has_peep ? s.peep + off : nullptr;
     const T* p_o = has_peep ? p_f + H : nullptr;
-    T* d_peep = has_peep ? d_vec : nullptr;
-    T* d_w_hh = ln ? d_vec + (has_peep ? (G - 1) * H : 0) : nullptr;
-    T* d_w_c = ln ? d_w_hh + G * H : nullptr;
-    T* d_b_c = ln && s.b_c ? d_w_c + H : nullptr;
+    const Vectors at(s, G, has_peep, ln);
+    T* d_peep = has_peep ? d_vec + at.peep : nullptr;
+    T* d_w_hh = ln ? d_vec + at.w_hh : nullptr;
+    T* d_w_c = ln ? d_vec + at.w_c : nullptr;
+    T* d_b_c = ln && s.b_c ? d_vec + at.b_c : nullptr;
+    T* d_ln_x = ln && s.ln_x ? d_vec + at.ln_x : nullptr;
+    T* d_b = ln && s.ln_x && s.b ? d_vec + at.b : nullptr;
     for (int64_t b = first; b < end; ++b) {
         const T* row = gates + b * G * H;
         T* d_row = d_gates + b * G * H;
@@ -298,7 +324,7 @@ void backward_rows(const Step<T>& s, int64_t first, int64_t end, const T* d_h, c
 #pragma GCC ivdep
         for (int64_t j = 0; j < H; ++j) d_cn[j] = act_backward<softsign>(dh[j] * o_[j], ac[j]);
         if (ln) {
-            T mean = stats[4 * b + 2], rstd = stats[4 * b + 3];
+            T mean = stats[STATS * b + 2], rstd = stats[STATS * b + 3];
 #pragma GCC ivdep
             for (int64_t j = 0; j < H; ++j) {
                 T x_hat = (cn[j] - mean) * rstd;
@@ -345,13 +371,24 @@ void backward_rows(const Step<T>& s, int64_t first, int64_t end, const T* d_h, c
         if (ln) {
             const T* ab = s.a + b * G * H;
             T* da = d_a + b * G * H;
-            T mean = stats[4 * b], rstd = stats[4 * b + 1];
+            T mean = stats[STATS * b], rstd = stats[STATS * b + 1];
 #pragma GCC ivdep
             for (int64_t j = 0; j < G * H; ++j) {
                 d_w_hh[j] += d_row[j] * (ab[j] - mean) * rstd;
                 da[j] = d_row[j] * s.w_hh[j];
             }
             ln_backward(da, ab, G * H, mean, rstd);
+            if (s.ln_x) {  // the gradient of x W_ih^T (s.xp), in place of the normalised one's
+                const T* xb = s.xp + b * G * H;
+                T x_mean = stats[STATS * b + 4], x_rstd = stats[STATS * b + 5];
+#pragma GCC ivdep
+                for (int64_t j = 0; j < G * H; ++j) {
+                    d_ln_x[j] += d_row[j] * (xb[j] - x_mean) * x_rstd;
+                    if (d_b) d_b[j] += d_row[j];
+                    d_row[j] *= s.ln_x[j];
+                }
+                ln_backward(d_row, xb, G * H, x_mean, x_rstd);
+            }
         }
     }
 }
@@ -373,7 +410,7 @@ void backward(const Step<T>& s, const T* d_h, const T* d_c, const T* gates, cons
         return;
     }
     const int64_t G = coupled ? 3 : 4, H = s.H;
-    const int64_t n_vec = (has_peep ? (G - 1) * H : 0) + (ln ? G * H + H + (s.b_c ? H : 0) : 0);
+    const int64_t n_vec = Vectors(s, G, has_peep, ln).size;
     std::vector<T> partial(threads * n_vec, T(0)), works(threads * G * H);
 #pragma omp parallel num_threads(threads)
     {
@@ -596,6 +633,7 @@ template <typename T> struct Sequence {
     const T *w_hh, *mask, *h0;  // (G*H, P); (B, P) or null; (B, P)
     T *xp, *h, *out, *hr;  // (T, B, G*H) the input projections; (B, P): h_0 on entry, the final h on exit;
                            // (T, B, P): zero past a row's end; h masked (mask only)
+    // With ln_w_ih and no x (the LSTM's layer norm, train), xp is x W_ih^T, which the cell normalises, adding b.
     // Inference may project the input here instead (x non-null): xp is then a buffer of `chunk` steps, filled with
     // x W_ih^T for `chunk` steps at a time, each step's rows then getting the bias b (G*H) and with ln_w_ih (the
     // LSTM's layer norm) normalised first: LN(x W_ih^T) * ln_w_ih + b. (The LSTM may project x with each step
@@ -712,7 +750,7 @@ template <typename T, class Cell> void run_backward(const Sequence<T>& q, Cell& 
 
 // ---- LSTM: the gate math of forward()/backward() above, the products around it ----
 // Per step it keeps the activated gates (G*H), c (the T+1 cell states), act_c (H), with a projection h before it
-// (H), with layer norm a = h_r W_hh^T (G*H) and the moments (4). The backward also writes d_hout (T, B, P) with a
+// (H), with layer norm a = h_r W_hh^T (G*H) and the moments (STATS). The backward also writes d_hout (T, B, P) with a
 // projection (the gradient reaching its output, for W_hr's gradient) and adds the vector parameters' gradients
 // to d_vec (see backward). W_hh's gradient, the sum over steps of d_pre^T h_r: without layer norm d_pre is d_xp,
 // and the product over all steps is left to the caller; with layer norm d_pre is d_a, the gradient of a, kept for
@@ -750,13 +788,16 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
         d_hn = (T*)g->work, d_cp = d_hn + q.B * q.H, row_work = d_cp + q.B * q.H, d_a_chunk = row_work + q.GH;
     }
     T* c_at(int64_t t) const { return c + (q.keep ? t : t % 2) * q.B * q.H; }
+    // layer norm with xp given as x W_ih^T (train), not LN(x W_ih^T) * ln_w_ih + b: the gate math normalises it, the
+    // backward reads it (kept) and its d_xp is that of x W_ih^T, with ln_w_ih's and b's gradients in d_vec
+    bool raw_input() const { return ln && q.ln_w_ih && !q.x; }
 
     void carry(int64_t t, int64_t bs) {  // ended rows: their cell state carries (their kept values: see clear)
         std::memcpy(c_at(t + 1) + bs * q.H, c_at(t) + bs * q.H, (q.B - bs) * q.H * sizeof(T));
         if (!q.clear) return;
         q.zero_rows(gates, t, bs, q.GH);
         q.zero_rows(act_c, t, bs, q.H);
-        if (ln) q.zero_rows(a, t, bs, q.GH), q.zero_rows(stats, t, bs, 4);
+        if (ln) q.zero_rows(a, t, bs, q.GH), q.zero_rows(stats, t, bs, lstm::STATS);
     }
 
     void forward(int64_t t, int64_t bs, const T* in, const T* hr, const T*, T* out, Gemm<T> gemm) {
@@ -770,15 +811,16 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
             by_w_hh_t.times(bs, hr, P, T(0), (T*)s.a, GH);
             if (x) {
                 by_w_ih_t.times(bs, x, q.I, T(0), q.xp, GH);
-                s.xp = q.xp, s.ln_x = q.ln_w_ih, s.b = q.b;
+                s.xp = q.xp;
             }
+            if (x || raw_input()) s.ln_x = q.ln_w_ih, s.b = q.b;
         } else {
             by_w_hh_t.times(bs, hr, P, T(0), g, GH, x, q.I);
         }
         s.B = bs;
         T* hn = w_hr ? q.step_of(h_new, t, H) : out;
         lstm::forward<T, coupled, softsign, has_peep, ln>(s, g, c_at(t), c_at(t + 1), q.step_of(act_c, t, H), hn,
-                                                          ln ? q.step_of(stats, t, 4) : nullptr);
+                                                          ln ? q.step_of(stats, t, lstm::STATS) : nullptr);
         if (w_hr) by_w_hr_t.times(bs, hn, H, T(0), out, P);  // h W_hr^T
     }
 
@@ -792,9 +834,10 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
         }
         s.B = bs;
         s.a = ln ? a + t * B * GH : nullptr;
+        if (raw_input()) s.xp = q.xp + t * B * GH, s.ln_x = q.ln_w_ih, s.b = q.b;
         T* d_a = ln ? d_a_chunk + (t % q.chunk) * B * GH : nullptr;
         lstm::backward<T, coupled, softsign, has_peep, ln>(s, dh, d_c, gates + t * B * GH, c_at(t), c_at(t + 1),
-                                                           act_c + t * B * H, ln ? stats + t * B * 4 : nullptr, dx,
+                                                           act_c + t * B * H, ln ? stats + t * B * lstm::STATS : nullptr, dx,
                                                            d_cp, d_vec, d_a, row_work);
         std::memcpy(d_c, d_cp, bs * H * sizeof(T));
         by_w_hh.times(bs, ln ? d_a : dx, GH, T(0), d_h, P);  // d_h = d_pre (bs, G*H) W_hh

@@ -38,6 +38,7 @@ FLAGS = ["-std=c++20", "-O3", "-march=native", "-mprefer-vector-width=512", "-fn
 # libgomp.so.1 is the one already in the process); a compiler without it builds the single-threaded loops
 OPENMP_FLAGS = (["-fopenmp"], ["-fopenmp-simd"])
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+STATS = 6  # a row's layer-norm moments (mean, 1/sqrt(var + eps)) of h W_hh^T, c' and x W_ih^T (lstm::STATS)
 _library: ctypes.CDLL | None = None
 _error: str | None = None  # why the library is unavailable, once tried
 
@@ -169,12 +170,12 @@ def lstm_forward(gates: Tensor, c: Tensor, peep: Tensor | None, coupled: bool, s
                  ln: tuple | None = None):
     """One step's gate math. gates (B, G*H), contiguous: the pre-activations (with layer norm: xp alone),
     replaced by the activated gates. ln: (a = h W_hh^T (B, G*H), ln_weight_hh, ln_weight_c, ln_bias_c or
-    None) for a layer-norm LSTM. Returns c_new, act_c, h (B, H) and the rows' LN moments (B, 4) or None."""
+    None) for a layer-norm LSTM. Returns c_new, act_c, h (B, H) and the rows' LN moments (B, STATS) or None."""
     c = c.contiguous()
     if ln is not None:
         ln = tuple(None if t is None else t.contiguous() for t in ln)
     c_new, act_c, h = (torch.empty_like(c) for _ in range(3))
-    stats = c.new_empty(c.shape[0], 4) if ln is not None else None
+    stats = c.new_empty(c.shape[0], STATS) if ln is not None else None
     fn = getattr(library(), f"lstm_forward_{_DTYPES[c.dtype]}")
     fn(*_common(c, peep, ln, coupled, softsign), gates.data_ptr(), c.data_ptr(), c_new.data_ptr(),
        act_c.data_ptr(), h.data_ptr(), _ptr(stats))
@@ -206,8 +207,10 @@ def lstm_backward(d_h: Tensor, d_c: Tensor, gates: Tensor, c: Tensor, c_new: Ten
     return d_c_prev, d_a, _split(d_vec, sizes)
 
 
-def _vector_sizes(peep: Tensor | None, ln_w_hh: Tensor | None, H: int, ln_b_c: Tensor | None) -> dict:
-    """{name: size} of the vector parameters whose gradients the kernels add to d_vec, in its order."""
+def _vector_sizes(peep: Tensor | None, ln_w_hh: Tensor | None, H: int, ln_b_c: Tensor | None,
+                  ln_w_ih: Tensor | None = None, b: Tensor | None = None) -> dict:
+    """{name: size} of the vector parameters whose gradients the kernels add to d_vec, in its order (lstm::Vectors);
+    ln_w_ih and b where the loop finishes the input projection (lstm_sequence's `finish`), "bias" being b's."""
     sizes = {}
     if peep is not None:
         sizes["weight_peephole"] = peep.numel()
@@ -215,6 +218,10 @@ def _vector_sizes(peep: Tensor | None, ln_w_hh: Tensor | None, H: int, ln_b_c: T
         sizes.update(ln_weight_hh=ln_w_hh.numel(), ln_weight_c=H)
         if ln_b_c is not None:
             sizes["ln_bias_c"] = H
+        if ln_w_ih is not None:
+            sizes["ln_weight_ih"] = ln_w_ih.numel()
+            if b is not None:
+                sizes["bias"] = b.numel()
     return sizes
 
 
@@ -346,14 +353,17 @@ def _batch_sizes(batch_sizes) -> Tensor | None:
 
 def _sequence(cell: str, activation: str, xp: Tensor | None, h0: Tensor, w_hh: Tensor, mask: Tensor | None,
               batch_sizes: list[int] | None, keep: bool, projection: Projection | None, H: int, buffers,
-              **options) -> Sequence:
+              finish: tuple | None = None, **options) -> Sequence:
     """What every cell's sequence call shares: the time-major input (xp (T, B, G*H), or `projection`'s x), h0 (B, P),
     w_hh (G*H, P), recurrent dropout's mask (B, P) or None, batch_sizes as in rnnkit.engine (rows sorted longest
     first) or None. `buffers(T, B, per_step, summed)` makes the cell's own: per_step(*shape) is a step's buffer, for all
     T steps with `keep`; summed(*shape) the same, zero-filled where rows past their end would be read by the
-    weight-gradient products. Runs the C++ loop and returns the Sequence (out (T, B, P), zero past a row's end;
-    h, the final h)."""
+    weight-gradient products. `finish`: (ln_w_ih, bias or None) where xp is x W_ih^T, which the LSTM's loop normalises
+    (then kept in the Sequence, for the backward). Runs the C++ loop and returns the Sequence (out (T, B, P), zero
+    past a row's end; h, the final h)."""
     x, w_ih, bias, ln_w_ih, chunk = projection if projection is not None else (None, None, None, None, 0)
+    if finish is not None:
+        ln_w_ih, bias = finish
     source = xp if x is None else x
     T, B = source.shape[:2]
     GH, P = w_hh.shape
@@ -371,7 +381,9 @@ def _sequence(cell: str, activation: str, xp: Tensor | None, h0: Tensor, w_hh: T
                  ln_w_ih=_contiguous(ln_w_ih), **buffers(T, B, per_step, summed))
     fn = getattr(library(), f"sequence_{_DTYPES[source.dtype]}")
     fn(ctypes.byref(_args(q, H, 0 if x is None else x.shape[2], chunk)))
-    q.xp = q.x = q.w_ih = q.work = None  # the backward needs none of them: kept, they would hold memory
+    if finish is None:
+        q.xp = None  # the backward needs none of these: kept, they would hold memory
+    q.x = q.w_ih = q.work = None
     return q
 
 
@@ -432,10 +444,12 @@ def _times_h_r(q: Sequence, d_pre: Tensor) -> Tensor:
 
 def lstm_sequence(xp: Tensor | None, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | None, mask: Tensor | None,
                   batch_sizes: list[int] | None, peep: Tensor | None, ln: tuple | None, coupled: bool,
-                  softsign: bool, keep: bool, projection: Projection | None = None, clear: bool = False) -> Sequence:
+                  softsign: bool, keep: bool, projection: Projection | None = None, clear: bool = False,
+                  finish: tuple | None = None) -> Sequence:
     """One direction of an LSTM layer over a whole sequence: xp (T, B, G*H) the input projections (or None and
     `projection`, for inference), h0 (B, P), c0 (B, H), w_hh (G*H, P), w_hr (P, H) or None, ln (w_ln_hh, w_ln_c,
-    b_ln_c or None) or None; the rest as `_sequence`'s. The Sequence's out, h and c[-1] are the outputs and the
+    b_ln_c or None) or None; with layer norm, `finish` (w_ln_ih, b or None): xp is x W_ih^T, normalised in the loop
+    (LN(xp) * w_ln_ih + b); the rest as `_sequence`'s. The Sequence's out, h and c[-1] are the outputs and the
     final states. `clear`: with keep, the kept values of rows past their end are zero (else as the memory held them).
     Needs `gemm_address(dtype)`."""
     H = c0.shape[1]
@@ -447,22 +461,26 @@ def lstm_sequence(xp: Tensor | None, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr:
         c[0] = c0
         GH = w_hh.shape[0]
         return dict(gates=per_step(B, GH), c=c, act_c=per_step(B, H), h_new=None if w_hr is None else summed(B, H),
-                    a=per_step(B, GH) if layer_norm else None, stats=per_step(B, 4) if layer_norm else None,
+                    a=per_step(B, GH) if layer_norm else None, stats=per_step(B, STATS) if layer_norm else None,
                     w_hr=_contiguous(w_hr), peep=_contiguous(peep), ln_w_hh=ln[0], ln_w_c=ln[1], ln_b_c=ln[2])
 
+    if finish is not None and not layer_norm:
+        raise ValueError("lstm_sequence: `finish` is the input layer norm's, for a layer-norm LSTM")
     return _sequence("lstm", "softsign" if softsign else "tanh", xp, h0, w_hh, mask, batch_sizes, keep, projection,
-                     H, buffers, coupled=coupled, clear=clear)
+                     H, buffers, finish, coupled=coupled, clear=clear)
 
 
 def lstm_sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor, d_c: Tensor) -> tuple:
     """The gradients of lstm_sequence(keep=True) from d_out (T, B, P) and those of the final h and c (B, P),
     (B, H): d_xp (T, B, G*H), d_h0, d_c0 and {name: gradient} of weight_hh, weight_hr, weight_peephole and
-    the layer-norm gains/bias the layer has (names as in cells.LSTMStep)."""
+    the layer-norm gains/bias the layer has (names as in cells.LSTMStep); where the loop finished the input
+    projection (`finish`: q.ln_w_ih, q.b and q.xp = x W_ih^T), d_xp is x W_ih^T's and ln_weight_ih's and the biases'
+    gradients come too (bias_ih's and bias_hh's, the same: their sum is b)."""
     T, B, GH = q.gates.shape
     H = q.c.shape[2]
     d_c = d_c.clone(memory_format=torch.contiguous_format)
     d_hout = None if q.w_hr is None else d_out.new_zeros(T, B, q.h.shape[1])
-    sizes = _vector_sizes(q.peep, q.ln_w_hh, H, q.ln_b_c)
+    sizes = _vector_sizes(q.peep, q.ln_w_hh, H, q.ln_b_c, q.ln_w_ih, q.b)
     d_vec = d_out.new_zeros(sum(sizes.values()))
     layer_norm = q.ln_w_hh is not None
     chunk = max(1, BACKWARD_CHUNK_BYTES // (B * GH * d_out.element_size()))  # steps of d_a per W_hh product
@@ -471,6 +489,9 @@ def lstm_sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor, d_c: Tensor)
     d_xp, d_h = _sequence_backward(q, d_out, d_h, chunk, d_c=d_c, d_hout=d_hout, d_vec=d_vec, d_w_hh=d_w_hh,
                                    work=work)
     grads = _split(d_vec, sizes)
+    if "bias" in grads:
+        grads["bias_ih"] = grads.pop("bias")
+        grads["bias_hh"] = grads["bias_ih"].clone()
     grads["weight_hh"] = d_w_hh if layer_norm else _times_h_r(q, d_xp)
     if q.w_hr is not None:
         grads["weight_hr"] = d_hout.flatten(0, 1).T @ q.h_new.flatten(0, 1)
