@@ -167,11 +167,12 @@ class Step:
         projection = None
         if chunk:
             projection = fused.Projection(x, p["weight_ih"], self._input_bias(p), p.get("ln_weight_ih"), chunk)
-        finish = {} if finished else {"finish": self._finish_params(p)}
+        finish = {} if finished else {"finish": self.finish_params(p)}
         return self._sequence_call(None if chunk else x, state0, p, batch_sizes, mask, keep, projection, clear,
                                    **finish)
 
-    def _finish_params(self, p: dict[str, Tensor]) -> tuple:
+    def finish_params(self, p: dict[str, Tensor]) -> tuple:
+        """The tensors finish_input uses, as the C++ loop takes them (fused.lstm_sequence's `finish`)."""
         raise ValueError(f"{self} finishes its input projection before the loop (splits_input is False)")
 
     def _sequence_call(self, xp, state0, p, batch_sizes, mask, keep, projection, clear):
@@ -303,9 +304,9 @@ class LSTMStep(Step):
             return a
         return torch.nn.functional.layer_norm(a, a.shape[-1:], p["ln_weight_ih"], self._input_bias(p), LN_EPS)
 
-    def _finish_params(self, p):
+    def finish_params(self, p):
         if not self.layer_norm:
-            return super()._finish_params(p)
+            return super().finish_params(p)
         return p["ln_weight_ih"], self._input_bias(p)
 
     def step(self, xp, state, p, mask=None):

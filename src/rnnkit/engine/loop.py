@@ -451,7 +451,7 @@ def run(step: Step, xp: Tensor, state0: tuple[Tensor, ...], p: dict[str, Tensor]
 
 
 def project(step: Step, x: Tensor, p: dict[str, Tensor], path: str | None) -> tuple[Tensor, bool]:
-    """The input projection of x (T, B, I) for run(x=..., finished=...): xp and whether it is finished, which it is
+    """The input projection of x (T, B, I) for run's `xp` and `finished`: xp and whether it is finished, which it is
     not for a cell that `splits_input` on path "cpp" (the C++ loop finishes it, see run)."""
     if step.splits_input and path == "cpp":
         return step.input_product(x, p), False

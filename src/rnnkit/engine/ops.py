@@ -146,7 +146,7 @@ def _backward(step: Step, d_out, d_final, state0, params, mask, batch_sizes, out
     tensors = {k: t for k, t in zip(KEPT[type(step)], kept) if shapes[k] is not None}
     slots = _slots(step, p, state0, mask, batch_sizes)
     if not finished:  # the input projection's last part is the loop's (_forward)
-        ln_w_ih, b = step._finish_params(p)
+        ln_w_ih, b = step.finish_params(p)
         slots.update(xp=kept[-1], ln_w_ih=ln_w_ih.contiguous(), b=None if b is None else b.contiguous())
     # h, the final h, is read for its shape only: h_0's
     q = fused.Sequence(keep=True, **_options(step), **slots, out=out, h=state0[0], **tensors)
