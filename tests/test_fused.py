@@ -483,6 +483,41 @@ def test_the_repeated_products_equal_matmul(dtype, m, k, n, transposed, packed):
     assert torch.equal(full[:, n:], c0.to(dtype)[:, n:])  # the columns past n: untouched
 
 
+# (k, m, n) of a^T b: no rows, one, rows past a block of the sum (128) and past several, a gradient's shapes
+# (T*B, G*H, H) split among threads, edge tiles in both directions
+SUM_SHAPES = [(0, 5, 7), (1, 9, 33), (129, 1, 3), (300, 37, 45), (700, 64, 130), (3584, 48, 40)]
+
+
+@needs_gemm
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k, m, n", SUM_SHAPES)
+def test_the_summed_products_equal_matmul(dtype, k, m, n):
+    """a^T b summed over a's and b's rows (the sequence calls' weight gradients) on the panel kernel, against
+    torch.matmul in float64: from strided rows (a view inside a wider tensor), written and accumulated."""
+    g = torch.Generator().manual_seed(k * 1000 + m * 10 + n)
+    a = torch.randn(k, m + 3, generator=g, dtype=torch.float64)[:, 2:2 + m]
+    b = torch.randn(k, n + 1, generator=g, dtype=torch.float64)[:, :n]
+    c0 = torch.randn(m, n + 4, generator=g, dtype=torch.float64)
+    expected = a.T @ b
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5 * k ** 0.5)
+    got = fused.summed_product(a.to(dtype), b.to(dtype))
+    assert got.shape == (m, n) and got.dtype == dtype
+    torch.testing.assert_close(got.double(), expected, **tol)
+    full = c0.to(dtype, copy=True)
+    assert fused.summed_product(a.to(dtype), b.to(dtype), full[:, :n]).data_ptr() == full.data_ptr()
+    torch.testing.assert_close(full[:, :n].double(), c0[:, :n] + expected, **tol)
+    assert torch.equal(full[:, n:], c0.to(dtype)[:, n:])  # the columns past n: untouched
+
+
+def test_a_summed_product_names_what_does_not_match():
+    with pytest.raises(ValueError, match=r"shapes \(4, 3\), \(5, 2\)"):
+        fused.summed_product(torch.zeros(4, 3), torch.zeros(5, 2))
+    with pytest.raises(ValueError, match="stride 1"):
+        fused.summed_product(torch.zeros(3, 4).T, torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="dtype"):
+        fused.summed_product(torch.zeros(4, 3), torch.zeros(4, 2), torch.zeros(3, 2, dtype=torch.float64))
+
+
 NARROWER_CHECK = """
 import torch
 from rnnkit.kernels.cpu import fused
@@ -496,6 +531,9 @@ for dtype in (torch.float32, torch.float64):
         fused.repeated_product(a.to(dtype), b.to(dtype), out, transposed=True)
         tol = 1e-12 if dtype == torch.float64 else 1e-5 * k ** 0.5
         torch.testing.assert_close(out.double(), a @ b.T, rtol=tol, atol=tol)
+        a, b = torch.randn(300, m, generator=g, dtype=torch.float64), torch.randn(300, n, generator=g, dtype=torch.float64)
+        out = fused.summed_product(a.to(dtype), b.to(dtype))
+        torch.testing.assert_close(out.double(), a.T @ b, rtol=tol, atol=tol * 3)
 print("ok")
 """
 

@@ -1,6 +1,6 @@
 // rnnkit's fused CPU loops. The whole-sequence loop (run_forward, run_backward below) runs one direction of one
 // layer of any cell (LSTM, GRU, RNN; cells.py's equations) with the recurrent products on weights packed once per
-// call (Repeated, this file's own kernel; the other products through PyTorch's BLAS gemm), each cell supplying its
+// call (Repeated, this file's own kernel, which also sums the weight gradients; the other products through PyTorch's BLAS gemm), each cell supplying its
 // step's products and gate math; the LSTM's gate math of one step (forward, backward) also
 // runs alone, for the engine's step loop where no gemm is found. cells.py's PyTorch ops are the reference.
 //
@@ -518,12 +518,21 @@ template <typename T> class Repeated {
         panels_ = (n + NR - 1) / NR;
         const int64_t K = k_ + k2_;
         packed_.assign(panels_ * K * NR, T(0));
-        for (int64_t p = 0; p < panels_; ++p)
-            for (int64_t j = p * NR; j < std::min(n, (p + 1) * NR); ++j) {
-                for (int64_t l = 0; l < k; ++l) packed_[(p * K + l) * NR + j - p * NR] = tb ? B[j * ldb + l] : B[l * ldb + j];
+        for (int64_t p = 0; p < panels_; ++p) {  // in the order of the reads (B's rows, or with tb its columns)
+            const int64_t j0 = p * NR, j1 = std::min(n, j0 + NR);
+            T* panel = packed_.data() + p * K * NR - j0;
+            if (tb) {
+                for (int64_t j = j0; j < j1; ++j) {
+                    for (int64_t l = 0; l < k; ++l) panel[l * NR + j] = B[j * ldb + l];
+                    for (int64_t l = 0; l < k2_; ++l) panel[(k + l) * NR + j] = B2[j * ldb2 + l];
+                }
+            } else {
+                for (int64_t l = 0; l < k; ++l)
+                    for (int64_t j = j0; j < j1; ++j) panel[l * NR + j] = B[l * ldb + j];
                 for (int64_t l = 0; l < k2_; ++l)
-                    packed_[(p * K + k + l) * NR + j - p * NR] = tb ? B2[j * ldb2 + l] : B2[l * ldb2 + j];
+                    for (int64_t j = j0; j < j1; ++j) panel[(k + l) * NR + j] = B2[l * ldb2 + j];
             }
+        }
     }
     Repeated(const Repeated&) = delete;
     Repeated& operator=(const Repeated&) = delete;
@@ -532,10 +541,12 @@ template <typename T> class Repeated {
 
     // C (m, n) (row stride ldc) = A (m, k) (row stride lda) B + beta * C, beta 0 or 1; with a second operand
     // stacked (packed only), C = A B + A2 (m, k2) (row stride lda2) B2 + beta * C.
+    // With ta (packed only, no A2), A is stored transposed, (k, m) with row stride lda: C = A^T B + beta * C.
     void times(int64_t m, const T* A, int64_t lda, T beta, T* C, int64_t ldc, const T* A2 = nullptr,
-               int64_t lda2 = 0) const {
+               int64_t lda2 = 0, bool ta = false) const {
         if (m == 0 || n_ == 0) return;
-        if (packed_.empty()) return matmul(gemm_, false, tb_, m, n_, k_, A, lda, B_, ldb_, beta, C, ldc);
+        if (packed_.empty()) return matmul(gemm_, ta, tb_, m, n_, k_, A, lda, B_, ldb_, beta, C, ldc);
+        if (ta) return times_transposed(m, A, lda, beta, C, ldc);
         const int64_t blocks = (m + MR - 1) / MR;
         const bool parallel = m * n_ * (k_ + k2_) >= (1 << 16);
         if (blocks > 2 * panels_) {  // many rows (a chunk's input projection): each thread its rows, all of B
@@ -552,14 +563,34 @@ template <typename T> class Repeated {
     }
 
   private:
+    // C = A^T B + beta * C, A (k, m): the sum over k in blocks of KC rows, every thread's tiles of C (the same at
+    // every block) summing over one block before the next, so that the block's rows of A and of the panels stay
+    // in the caches while they are read by every tile (k is the sum's length, e.g. a sequence's T*B rows)
+    void times_transposed(int64_t m, const T* A, int64_t lda, T beta, T* C, int64_t ldc) const {
+        constexpr int64_t KC = 128;
+        const int64_t blocks = (m + MR - 1) / MR;
+#pragma omp parallel if (m * n_ * k_ >= (1 << 16))
+        for (int64_t l = 0; l < k_; l += KC) {
+#pragma omp for collapse(2) schedule(static) nowait  // the same tiles for each thread at every block
+            for (int64_t r = 0; r < blocks; ++r)
+                for (int64_t p = 0; p < panels_; ++p)
+                    panel<true>(p, r * MR, std::min<int64_t>(MR, m - r * MR), A + l * lda, lda, nullptr, 0,
+                                l ? T(1) : beta, C, ldc, l, std::min(KC, k_ - l));
+        }
+    }
+
     // rows row .. row+rows (rows <= MR) of C's panel p, in registers over all of k, then stored (the last panel's
-    // columns past n dropped)
+    // columns past n dropped); with TA, A's rows are its columns (A^T's)
+    // (with l0, k: the sum over B's rows l0 .. l0+k only, A's from its first)
+    template <bool TA = false>
     void panel(int64_t p, int64_t row, int64_t rows, const T* A, int64_t lda, const T* A2, int64_t lda2, T beta, T* C,
-               int64_t ldc) const {
+               int64_t ldc, int64_t l0 = 0, int64_t k = -1) const {
         vec acc[MR][2];
-        const T *b = packed_.data() + p * (k_ + k2_) * NR, *a = A + row * lda, *a2 = A2 ? A2 + row * lda2 : nullptr;
+        k = k < 0 ? k_ : k;
+        const T *b = packed_.data() + (p * (k_ + k2_) + l0) * NR, *a = TA ? A + row : A + row * lda;
+        const T* a2 = A2 ? A2 + row * lda2 : nullptr;
         [&]<int... R>(std::integer_sequence<int, R...>) {  // tile<rows>: every row count its own unrolled loop
-            ((rows == R + 1 ? tile<R + 1>(b, a, lda, a2, lda2, acc) : void()), ...);
+            ((rows == R + 1 ? tile<R + 1, TA>(b, a, lda, k, a2, lda2, acc) : void()), ...);
         }(std::make_integer_sequence<int, MR>{});
         const int64_t col = p * NR, cols = std::min<int64_t>(NR, n_ - col);
         for (int i = 0; i < rows; ++i) {
@@ -579,22 +610,25 @@ template <typename T> class Repeated {
 
     // acc[0 .. R) = R rows of A (row stride lda) times a packed panel b (k, NR). With one or two rows the sums over
     // k run as 4 or 2 interleaved partial sums, which keep the FMAs from waiting on each other's results.
-    template <int R> INLINE void tile(const T* b, const T* a, int64_t lda, const T* a2, int64_t lda2,
-                                      vec (&acc)[MR][2]) const {
+    template <int R, bool TA> INLINE void tile(const T* b, const T* a, int64_t lda, int64_t k, const T* a2,
+                                               int64_t lda2, vec (&acc)[MR][2]) const {
         constexpr int KS = R == 1 ? 4 : R == 2 ? 2 : 1;
         vec part[KS][R][2];
 #pragma GCC unroll 16
         for (int i = 0; i < KS * R * 2; ++i) (&part[0][0][0])[i] = vec{};  // (= {} is a call to memset)
-        sums<R, KS>(b, a, lda, k_, part);
-        if (a2) sums<R, KS>(b + k_ * NR, a2, lda2, k2_, part);
+        sums<R, KS, TA>(b, a, lda, k, part);
+        if (a2) sums<R, KS, false>(b + k_ * NR, a2, lda2, k2_, part);
         for (int i = 0; i < R; ++i) {
             acc[i][0] = part[0][i][0], acc[i][1] = part[0][i][1];
             for (int s = 1; s < KS; ++s) acc[i][0] += part[s][i][0], acc[i][1] += part[s][i][1];
         }
     }
 
-    // part[s] += R rows of A (k columns) times b (k, NR), the terms l = s mod KS in part[s]
-    template <int R, int KS> INLINE void sums(const T* b, const T* a, int64_t lda, int64_t k, vec (&part)[KS][R][2]) const {
+    // part[s] += R rows of A (k columns; with TA, A^T's: A[l * lda + i]) times b (k, NR), the terms l = s mod KS
+    // in part[s]
+    template <int R, int KS, bool TA>
+    INLINE void sums(const T* b, const T* a, int64_t lda, int64_t k, vec (&part)[KS][R][2]) const {
+        const auto at = [a, lda](int i, int64_t l) { return TA ? a[l * lda + i] : a[i * lda + l]; };
         int64_t l = 0;
         for (; l + KS <= k; l += KS) {
 #pragma GCC unroll 4
@@ -602,14 +636,14 @@ template <typename T> class Repeated {
                 const vec b0 = *(const vec*)(b + (l + s) * NR), b1 = *(const vec*)(b + (l + s) * NR + V);
 #pragma GCC unroll 16
                 for (int i = 0; i < R; ++i) {
-                    const T x = a[i * lda + l + s];
+                    const T x = at(i, l + s);
                     part[s][i][0] += x * b0, part[s][i][1] += x * b1;
                 }
             }
         }
         for (; l < k; ++l) {
             const vec b0 = *(const vec*)(b + l * NR), b1 = *(const vec*)(b + l * NR + V);
-            for (int i = 0; i < R; ++i) part[0][i][0] += a[i * lda + l] * b0, part[0][i][1] += a[i * lda + l] * b1;
+            for (int i = 0; i < R; ++i) part[0][i][0] += at(i, l) * b0, part[0][i][1] += at(i, l) * b1;
         }
     }
 
@@ -621,6 +655,19 @@ template <typename T> class Repeated {
     int64_t panels_ = 0;
     std::vector<T> packed_;
 };
+
+// C (m, n) = A^T B + beta * C, A (k, m) and B (k, n) with row strides lda, ldb: the weight gradients' sums over a
+// sequence's steps and rows (d_pre^T h), on this file's kernel (Repeated's, B packed, the sum over k in blocks).
+template <typename T> void summed_product(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
+                                          int64_t ldb, T beta, T* C, int64_t ldc) {
+    if (m == 0 || n == 0) return;
+    if (k == 0) {
+        for (int64_t i = 0; i < m; ++i)
+            for (int64_t j = 0; j < n; ++j) C[i * ldc + j] = beta != T(0) ? C[i * ldc + j] : T(0);
+        return;
+    }
+    Repeated<T>(nullptr, false, k, n, B, ldb, true).times(m, A, lda, beta, C, ldc, nullptr, 0, true);
+}
 
 // A sequence: T steps, B rows, sorted longest first when batch_sizes is given (step t runs the first
 // batch_sizes[t] rows; a row that has ended keeps its state). A per-step buffer holds all T steps when the
@@ -851,12 +898,12 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
         if (t % K) return;
         const int64_t n = std::min(K, q.steps - t);
         if (q.mask) {
-            matmul(gemm, true, false, GH, P, n * B, d_a_chunk, q.hr + t * B * P, T(1), d_w_hh);
+            summed_product(GH, P, n * B, d_a_chunk, GH, q.hr + t * B * P, P, T(1), d_w_hh, P);
         } else if (t > 0) {
-            matmul(gemm, true, false, GH, P, n * B, d_a_chunk, q.out + (t - 1) * B * P, T(1), d_w_hh);
+            summed_product(GH, P, n * B, d_a_chunk, GH, q.out + (t - 1) * B * P, P, T(1), d_w_hh, P);
         } else {  // step 0 reads h_0, the others the outputs before them
-            matmul(gemm, true, false, GH, P, B, d_a_chunk, q.h0, T(1), d_w_hh);
-            matmul(gemm, true, false, GH, P, (n - 1) * B, d_a_chunk + B * GH, q.out, T(1), d_w_hh);
+            summed_product(GH, P, B, d_a_chunk, GH, q.h0, P, T(1), d_w_hh, P);
+            summed_product(GH, P, (n - 1) * B, d_a_chunk + B * GH, GH, q.out, P, T(1), d_w_hh, P);
         }
     }
 };
@@ -1104,6 +1151,10 @@ extern "C" {
                                    const T* B, T* C, void* gemm) {                                          \
         const Repeated<T> b((Gemm<T>)gemm, tb, dims[2], dims[1], B, dims[4], pack);                         \
         for (int64_t i = 0; i < dims[6]; ++i) b.times(dims[0], A, dims[3], T(accumulate), C, dims[5]);      \
+    }                                                                                                       \
+    /* C (m, n) = A^T B (+ C if accumulate), A (k, m), B (k, n); dims = [m, n, k, lda, ldb, ldc] */          \
+    void summed_product_##suffix(const int64_t* dims, int accumulate, const T* A, const T* B, T* C) {       \
+        summed_product<T>(dims[0], dims[1], dims[2], A, dims[3], B, dims[4], T(accumulate), C, dims[5]);     \
     }                                                                                                       \
     /* Whole sequences of any cell (the backward's chunk, for the LSTM's layer norm, is args->chunk). */   \
     void sequence_##suffix(const SequenceArgs* args) { sequence<T>(*args); }                                 \

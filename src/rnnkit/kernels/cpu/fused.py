@@ -108,6 +108,7 @@ def _load(lib: ctypes.CDLL) -> ctypes.CDLL:
                                                                 ctypes.POINTER(BackwardArgs)]
         getattr(lib, f"repeated_product_{suffix}").argtypes = [p, ctypes.c_int, ctypes.c_int, ctypes.c_int, p, p, p,
                                                                p]
+        getattr(lib, f"summed_product_{suffix}").argtypes = [p, ctypes.c_int, p, p, p]
     return lib
 
 
@@ -431,14 +432,36 @@ def repeated_product(a: Tensor, b: Tensor, out: Tensor, transposed: bool = False
     return out
 
 
+def summed_product(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
+    """a^T @ b (+ out, accumulated into it, if given) on the C++ loops' own kernel: a (k, m) and b (k, n), e.g. a
+    gradient's rows d_pre (T*B, G*H) and the inputs h (T*B, H) they multiplied, summed over their k rows (a weight
+    gradient). Contiguous rows (stride(1) == 1), CPU, float32 or float64 (the kernels built): the sequence calls'
+    weight gradients, where the CPU's BLAS may not use the machine's widest vectors (MKL on AMD processors)."""
+    (k, m), n = a.shape, b.shape[1]
+    if b.shape[0] != k or (out is not None and out.shape != (m, n)):
+        raise ValueError(f"summed_product: shapes {tuple(a.shape)}, {tuple(b.shape)}"
+                         f"{'' if out is None else f', out {tuple(out.shape)}'} do not match")
+    if a.stride(1) != 1 or b.stride(1) != 1 or a.dtype != b.dtype:
+        raise ValueError(f"summed_product: needs rows of stride 1 and one dtype, got strides {a.stride()}, "
+                         f"{b.stride()} and {a.dtype}, {b.dtype}")
+    accumulate = out is not None
+    out = a.new_empty(m, n) if out is None else out
+    if out.stride(1) != 1 or out.dtype != a.dtype:
+        raise ValueError(f"summed_product: out needs rows of stride 1 and dtype {a.dtype}, got {out.stride()}, "
+                         f"{out.dtype}")
+    dims = (ctypes.c_int64 * 6)(m, n, k, a.stride(0), b.stride(0), out.stride(0))
+    getattr(library(), f"summed_product_{_DTYPES[a.dtype]}")(dims, accumulate, _ptr(a), _ptr(b), _ptr(out))
+    return out
+
+
 def _times_h_r(q: Sequence, d_pre: Tensor) -> Tensor:
     """The sum over steps of d_pre[t]^T h_r[t], h_r the h entering W_hh (masked with recurrent dropout):
     the gradient of the W_hh rows whose pre-activation gradient is d_pre (T, B, n)."""
     if q.hr is not None:
-        return d_pre.flatten(0, 1).T @ q.hr.flatten(0, 1)
-    total = d_pre[0].T @ q.h0  # step 0 reads h_0, the others the outputs before them
+        return summed_product(d_pre.flatten(0, 1), q.hr.flatten(0, 1))
+    total = summed_product(d_pre[0], q.h0)  # step 0 reads h_0, the others the outputs before them
     if len(d_pre) > 1:
-        total.addmm_(d_pre[1:].flatten(0, 1).T, q.out[:-1].flatten(0, 1))
+        summed_product(d_pre[1:].flatten(0, 1), q.out[:-1].flatten(0, 1), total)
     return total
 
 
@@ -494,7 +517,7 @@ def lstm_sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor, d_c: Tensor)
         grads["bias_hh"] = grads["bias_ih"].clone()
     grads["weight_hh"] = d_w_hh if layer_norm else _times_h_r(q, d_xp)
     if q.w_hr is not None:
-        grads["weight_hr"] = d_hout.flatten(0, 1).T @ q.h_new.flatten(0, 1)
+        grads["weight_hr"] = summed_product(d_hout.flatten(0, 1), q.h_new.flatten(0, 1))
     return d_xp, (d_h, d_c), grads
 
 
@@ -531,7 +554,7 @@ def gru_sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor) -> tuple:
             grads["bias_hh"] = torch.cat([d_rz.sum((0, 1)), d_extra.sum((0, 1))])
     else:  # W_hn multiplies r * h_r
         d_n = d_xp[..., 2 * H:].flatten(0, 1)
-        grads = {"weight_hh": torch.cat([_times_h_r(q, d_rz), d_n.T @ q.extra.flatten(0, 1)])}
+        grads = {"weight_hh": torch.cat([_times_h_r(q, d_rz), summed_product(d_n, q.extra.flatten(0, 1))])}
     return d_xp, (d_h,), grads
 
 
