@@ -541,31 +541,29 @@ template <typename T> class Repeated {
 
     // C (m, n) (row stride ldc) = A (m, k) (row stride lda) B + beta * C, beta 0 or 1; with a second operand
     // stacked (packed only), C = A B + A2 (m, k2) (row stride lda2) B2 + beta * C.
-    // With ta (packed only, no A2), A is stored transposed, (k, m) with row stride lda: C = A^T B + beta * C.
     void times(int64_t m, const T* A, int64_t lda, T beta, T* C, int64_t ldc, const T* A2 = nullptr,
-               int64_t lda2 = 0, bool ta = false) const {
+               int64_t lda2 = 0) const {
         if (m == 0 || n_ == 0) return;
-        if (packed_.empty()) return matmul(gemm_, ta, tb_, m, n_, k_, A, lda, B_, ldb_, beta, C, ldc);
-        if (ta) return times_transposed(m, A, lda, beta, C, ldc);
+        if (packed_.empty()) return matmul(gemm_, false, tb_, m, n_, k_, A, lda, B_, ldb_, beta, C, ldc);
         const int64_t blocks = (m + MR - 1) / MR;
         const bool parallel = m * n_ * (k_ + k2_) >= (1 << 16);
         if (blocks > 2 * panels_) {  // many rows (a chunk's input projection): each thread its rows, all of B
 #pragma omp parallel for if (parallel) schedule(static)
             for (int64_t r = 0; r < blocks; ++r)
                 for (int64_t p = 0; p < panels_; ++p)
-                    panel(p, r * MR, std::min<int64_t>(MR, m - r * MR), A, lda, A2, lda2, beta, C, ldc);
+                    panel(p, r * MR, std::min<int64_t>(MR, m - r * MR), A, lda, A2, lda2, beta, C, ldc, 0, k_);
         } else {  // a step's rows: each thread its panels, the same at every step
 #pragma omp parallel for collapse(2) if (parallel) schedule(static)
             for (int64_t p = 0; p < panels_; ++p)
                 for (int64_t r = 0; r < blocks; ++r)
-                    panel(p, r * MR, std::min<int64_t>(MR, m - r * MR), A, lda, A2, lda2, beta, C, ldc);
+                    panel(p, r * MR, std::min<int64_t>(MR, m - r * MR), A, lda, A2, lda2, beta, C, ldc, 0, k_);
         }
     }
 
-  private:
-    // C = A^T B + beta * C, A (k, m): the sum over k in blocks of KC rows, every thread's tiles of C (the same at
-    // every block) summing over one block before the next, so that the block's rows of A and of the panels stay
-    // in the caches while they are read by every tile (k is the sum's length, e.g. a sequence's T*B rows)
+    // Packed, without B2: C = A^T B + beta * C, A stored transposed, (k, m) with row stride lda. The sum over k
+    // (e.g. a sequence's T*B rows) runs in blocks of KC rows, every thread's tiles of C (the same at every block)
+    // summing over one block before the next, so that the block's rows of A and of the panels stay in the caches
+    // while every tile reads them.
     void times_transposed(int64_t m, const T* A, int64_t lda, T beta, T* C, int64_t ldc) const {
         constexpr int64_t KC = 128;
         const int64_t blocks = (m + MR - 1) / MR;
@@ -579,14 +577,13 @@ template <typename T> class Repeated {
         }
     }
 
+  private:
     // rows row .. row+rows (rows <= MR) of C's panel p, in registers over all of k, then stored (the last panel's
-    // columns past n dropped); with TA, A's rows are its columns (A^T's)
-    // (with l0, k: the sum over B's rows l0 .. l0+k only, A's from its first)
+    // columns past n dropped), the sum over B's rows l0 .. l0+k (A's first k); with TA, A's rows are its columns
     template <bool TA = false>
     void panel(int64_t p, int64_t row, int64_t rows, const T* A, int64_t lda, const T* A2, int64_t lda2, T beta, T* C,
-               int64_t ldc, int64_t l0 = 0, int64_t k = -1) const {
+               int64_t ldc, int64_t l0, int64_t k) const {
         vec acc[MR][2];
-        k = k < 0 ? k_ : k;
         const T *b = packed_.data() + (p * (k_ + k2_) + l0) * NR, *a = TA ? A + row : A + row * lda;
         const T* a2 = A2 ? A2 + row * lda2 : nullptr;
         [&]<int... R>(std::integer_sequence<int, R...>) {  // tile<rows>: every row count its own unrolled loop
@@ -666,7 +663,7 @@ template <typename T> void summed_product(int64_t m, int64_t n, int64_t k, const
             for (int64_t j = 0; j < n; ++j) C[i * ldc + j] = beta != T(0) ? C[i * ldc + j] : T(0);
         return;
     }
-    Repeated<T>(nullptr, false, k, n, B, ldb, true).times(m, A, lda, beta, C, ldc, nullptr, 0, true);
+    Repeated<T>(nullptr, false, k, n, B, ldb, true).times_transposed(m, A, lda, beta, C, ldc);
 }
 
 // A sequence: T steps, B rows, sorted longest first when batch_sizes is given (step t runs the first
@@ -791,7 +788,7 @@ template <typename T, class Cell> void run_backward(const Sequence<T>& q, Cell& 
             const T* h_prev = t ? q.out + (t - 1) * B * P : q.h0;  // the rows active now were active then
             cell.backward(t, bs, h_prev, q.mask ? q.hr + t * B * P : h_prev, d_h, d_xp + t * B * q.GH, gemm);
         }
-        cell.finish(t, bs, gemm);
+        cell.finish(t, bs);
     }
 }
 
@@ -891,7 +888,7 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
         apply_mask(q, bs, d_h);
     }
 
-    void finish(int64_t t, int64_t bs, Gemm<T> gemm) {  // layer norm: d_a of the chunk t .. t+K-1 into d_w_hh
+    void finish(int64_t t, int64_t bs) {  // layer norm: d_a of the chunk t .. t+K-1 into d_w_hh
         if (!ln) return;
         const int64_t B = q.B, GH = q.GH, P = q.P, K = q.chunk;
         if (bs < B) std::memset(d_a_chunk + (t % K) * B * GH + bs * GH, 0, (B - bs) * GH * sizeof(T));
@@ -1045,7 +1042,7 @@ template <typename T, bool reset_after, int kind> struct GRU {
             for (int64_t k = 0; k < bs * H; ++k) d_h[k] += d_hr[k];
     }
 
-    void finish(int64_t, int64_t, Gemm<T>) {}
+    void finish(int64_t, int64_t) {}
 };
 
 // ---- Elman RNN (cells.RNNStep): h' = act(xp + h_r W_hh^T); it keeps nothing but the outputs ----
@@ -1083,7 +1080,7 @@ template <typename T, int kind> struct RNN {
         apply_mask(q, bs, d_h);
     }
 
-    void finish(int64_t, int64_t, Gemm<T>) {}
+    void finish(int64_t, int64_t) {}
 };
 
 // The cell and its variants as template arguments: each combination compiled as its own loop, without branches.
