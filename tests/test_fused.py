@@ -489,22 +489,24 @@ SUM_SHAPES = [(0, 5, 7), (1, 9, 33), (129, 1, 3), (300, 37, 45), (700, 64, 130),
 
 
 @needs_gemm
+@pytest.mark.parametrize("kernel", fused.SUM_KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("k, m, n", SUM_SHAPES)
-def test_the_summed_products_equal_matmul(dtype, k, m, n):
-    """a^T b summed over a's and b's rows (the sequence calls' weight gradients) on the panel kernel, against
-    torch.matmul in float64: from strided rows (a view inside a wider tensor), written and accumulated."""
+def test_the_summed_products_equal_matmul(dtype, k, m, n, kernel):
+    """a^T b summed over a's and b's rows (the sequence calls' weight gradients) on the panel kernel and through the
+    BLAS gemm, against torch.matmul in float64: from strided rows (a view inside a wider tensor), written and
+    accumulated."""
     g = torch.Generator().manual_seed(k * 1000 + m * 10 + n)
     a = torch.randn(k, m + 3, generator=g, dtype=torch.float64)[:, 2:2 + m]
     b = torch.randn(k, n + 1, generator=g, dtype=torch.float64)[:, :n]
     c0 = torch.randn(m, n + 4, generator=g, dtype=torch.float64)
     expected = a.T @ b
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5 * k ** 0.5)
-    got = fused.summed_product(a.to(dtype), b.to(dtype))
+    got = fused.summed_product(a.to(dtype), b.to(dtype), kernel=kernel)
     assert got.shape == (m, n) and got.dtype == dtype
     torch.testing.assert_close(got.double(), expected, **tol)
     full = c0.to(dtype, copy=True)
-    assert fused.summed_product(a.to(dtype), b.to(dtype), full[:, :n]).data_ptr() == full.data_ptr()
+    assert fused.summed_product(a.to(dtype), b.to(dtype), full[:, :n], kernel).data_ptr() == full.data_ptr()
     torch.testing.assert_close(full[:, :n].double(), c0[:, :n] + expected, **tol)
     assert torch.equal(full[:, n:], c0.to(dtype)[:, n:])  # the columns past n: untouched
 
@@ -516,6 +518,41 @@ def test_a_summed_product_names_what_does_not_match():
         fused.summed_product(torch.zeros(3, 4).T, torch.zeros(4, 2))
     with pytest.raises(ValueError, match="dtype"):
         fused.summed_product(torch.zeros(4, 3), torch.zeros(4, 2), torch.zeros(3, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="kernel must be one of .* got 'mkl'"):
+        fused.summed_product(torch.zeros(4, 3), torch.zeros(4, 2), kernel="mkl")
+
+
+@needs_gemm
+def test_the_sums_kernel_is_timed_once_or_set_by_the_environment(monkeypatch):
+    """Without RNNKIT_SUMS the faster kernel on this machine, chosen once per dtype and then kept; with it, the one
+    named; a name it does not know is an error naming the value."""
+    monkeypatch.setattr(fused, "_sum_kernels", {})
+    monkeypatch.delenv("RNNKIT_SUMS", raising=False)
+    timed = fused.sums_kernel(torch.float32)
+    assert timed in fused.SUM_KERNELS
+    monkeypatch.setenv("RNNKIT_SUMS", "rnnkit" if timed == "blas" else "blas")
+    assert fused.sums_kernel(torch.float32) == timed  # kept for the process
+    for name in fused.SUM_KERNELS:
+        monkeypatch.setattr(fused, "_sum_kernels", {})
+        monkeypatch.setenv("RNNKIT_SUMS", name)
+        assert fused.sums_kernel(torch.float64) == name
+        assert (fused._sum_gemm(torch.float64) is None) == (name == "rnnkit")
+    monkeypatch.setattr(fused, "_sum_kernels", {})
+    monkeypatch.setenv("RNNKIT_SUMS", "mkl")
+    with pytest.raises(ValueError, match="RNNKIT_SUMS must be one of .* got 'mkl'"):
+        fused.sums_kernel(torch.float32)
+
+
+@needs_gemm
+@pytest.mark.parametrize("kernel", fused.SUM_KERNELS)
+@pytest.mark.parametrize("cell, variant", [("LSTM", dict(layer_norm=True, proj_size=3)), ("LSTM", dict(peephole=True)),
+                                           ("GRU", dict(reset_after=False)), ("RNN", {})])
+def test_the_sequence_gradients_are_the_same_with_either_sums_kernel(cell, variant, kernel, monkeypatch):
+    """The weight gradients' sums (W_hh's, W_hr's, layer norm's chunks in the C++ loop, the GRU's W_hn) through
+    either kernel: every gradient equals the PyTorch ops' to 1e-10 in float64."""
+    monkeypatch.setattr(fused, "_sum_kernels", {torch.float32: kernel, torch.float64: kernel})
+    monkeypatch.setattr(fused, "BACKWARD_CHUNK_BYTES", 3 * 5 * 4 * 8 * 8)
+    _assert_fused_equals_the_ops(variant, "sequence", monkeypatch, cell)
 
 
 NARROWER_CHECK = """
@@ -532,7 +569,7 @@ for dtype in (torch.float32, torch.float64):
         tol = 1e-12 if dtype == torch.float64 else 1e-5 * k ** 0.5
         torch.testing.assert_close(out.double(), a @ b.T, rtol=tol, atol=tol)
         a, b = torch.randn(300, m, generator=g, dtype=torch.float64), torch.randn(300, n, generator=g, dtype=torch.float64)
-        out = fused.summed_product(a.to(dtype), b.to(dtype))
+        out = fused.summed_product(a.to(dtype), b.to(dtype), kernel="rnnkit")
         torch.testing.assert_close(out.double(), a.T @ b, rtol=tol, atol=tol * 3)
 print("ok")
 """

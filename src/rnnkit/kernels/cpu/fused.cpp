@@ -1,8 +1,9 @@
 // rnnkit's fused CPU loops. The whole-sequence loop (run_forward, run_backward below) runs one direction of one
 // layer of any cell (LSTM, GRU, RNN; cells.py's equations) with the recurrent products on weights packed once per
-// call (Repeated, this file's own kernel, which also sums the weight gradients; the other products through PyTorch's BLAS gemm), each cell supplying its
-// step's products and gate math; the LSTM's gate math of one step (forward, backward) also
-// runs alone, for the engine's step loop where no gemm is found. cells.py's PyTorch ops are the reference.
+// call (Repeated, this file's own kernel), the weight gradients' sums on it or on PyTorch's BLAS gemm (whichever
+// is faster on the machine: summed_product) and the other products on the gemm, each cell supplying its step's
+// products and gate math; the LSTM's gate math of one step (forward, backward) also runs alone, for the engine's
+// step loop where no gemm is found. cells.py's PyTorch ops are the reference.
 //
 // Built at first use by rnnkit/fused.py with the system C++ compiler (no PyTorch headers: these loops get raw
 // pointers); rnnkit falls back to the PyTorch ops when no compiler is found. exp is written out (range reduction +
@@ -29,6 +30,7 @@ struct SequenceArgs {
     int32_t coupled, reset_after, peephole, layer_norm;  // the LSTM's and the GRU's variants
     int64_t steps, batch, hidden, proj, input, chunk, n_gates;  // T, B, H, P (h's size), I (inference's x), chunk, G
     void* gemm;                                                  // the Fortran-interface gemm of this dtype
+    void* sum_gemm;  // the gemm that sums the weight gradients (summed_product), or null for this file's kernel
     const int64_t* batch_sizes;                                  // every cell's buffers (see Sequence)
     void *w_hh, *mask, *xp, *h0, *h, *out, *hr, *x, *w_ih, *b, *ln_w_ih, *work;
     void *gates, *extra, *b_hh;                                                  // GRU (gates also LSTM)
@@ -497,11 +499,12 @@ template <typename T> INLINE void matmul(Gemm<T> gemm, bool ta, bool tb, int64_t
 }
 
 // The right operand B (k, n) of a product repeated at every step (W_hh^T in the forward, W_hh in the backward, the
-// projection's W_hr) or chunk of steps (inference's W_ih^T), stored as (k, n), or (n, k) if tb, with row stride ldb. Where more than one product will use
-// it (`pack`), it is packed once into panels of NR columns (k rows of NR contiguous values each, the last panel
-// zero-padded), which this file's own kernel (`panel`) multiplies with: a step's product then reads its operand in
-// the order the kernel uses it, and each thread the same panels at every step (static schedule: they stay in its
-// cache), instead of the gemm packing its operand again at each call. Otherwise every product is the gemm's.
+// projection's W_hr) or chunk of steps (inference's W_ih^T), stored as (k, n), or (n, k) if tb, with row stride
+// ldb. Where more than one product will use it (`pack`), it is packed once into panels of NR columns (k rows of NR
+// contiguous values each, the last panel zero-padded), which this file's own kernel (`panel`) multiplies with: a
+// step's product then reads its operand in the order the kernel uses it, and each thread the same panels at every
+// step (static schedule: they stay in its cache), instead of the gemm packing its operand again at each call.
+// Otherwise every product is the gemm's.
 template <typename T> class Repeated {
   public:
     // MR rows by NR = 2 of the widest vectors of accumulators in registers
@@ -654,15 +657,17 @@ template <typename T> class Repeated {
 };
 
 // C (m, n) = A^T B + beta * C, A (k, m) and B (k, n) with row strides lda, ldb: the weight gradients' sums over a
-// sequence's steps and rows (d_pre^T h), on this file's kernel (Repeated's, B packed, the sum over k in blocks).
+// sequence's steps and rows (d_pre^T h), through `gemm` where given, else on this file's kernel (Repeated's, B
+// packed, the sum over k in blocks): whichever is faster depends on the machine (fused.py's sums_kernel).
 template <typename T> void summed_product(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
-                                          int64_t ldb, T beta, T* C, int64_t ldc) {
+                                          int64_t ldb, T beta, T* C, int64_t ldc, Gemm<T> gemm) {
     if (m == 0 || n == 0) return;
     if (k == 0) {
         for (int64_t i = 0; i < m; ++i)
             for (int64_t j = 0; j < n; ++j) C[i * ldc + j] = beta != T(0) ? C[i * ldc + j] : T(0);
         return;
     }
+    if (gemm) return matmul(gemm, true, false, m, n, k, A, lda, B, ldb, beta, C, ldc);
     Repeated<T>(nullptr, false, k, n, B, ldb, true).times_transposed(m, A, lda, beta, C, ldc);
 }
 
@@ -891,16 +896,17 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
     void finish(int64_t t, int64_t bs) {  // layer norm: d_a of the chunk t .. t+K-1 into d_w_hh
         if (!ln) return;
         const int64_t B = q.B, GH = q.GH, P = q.P, K = q.chunk;
+        const Gemm<T> sums = (Gemm<T>)q.args.sum_gemm;
         if (bs < B) std::memset(d_a_chunk + (t % K) * B * GH + bs * GH, 0, (B - bs) * GH * sizeof(T));
         if (t % K) return;
         const int64_t n = std::min(K, q.steps - t);
         if (q.mask) {
-            summed_product(GH, P, n * B, d_a_chunk, GH, q.hr + t * B * P, P, T(1), d_w_hh, P);
+            summed_product(GH, P, n * B, d_a_chunk, GH, q.hr + t * B * P, P, T(1), d_w_hh, P, sums);
         } else if (t > 0) {
-            summed_product(GH, P, n * B, d_a_chunk, GH, q.out + (t - 1) * B * P, P, T(1), d_w_hh, P);
+            summed_product(GH, P, n * B, d_a_chunk, GH, q.out + (t - 1) * B * P, P, T(1), d_w_hh, P, sums);
         } else {  // step 0 reads h_0, the others the outputs before them
-            summed_product(GH, P, B, d_a_chunk, GH, q.h0, P, T(1), d_w_hh, P);
-            summed_product(GH, P, (n - 1) * B, d_a_chunk + B * GH, GH, q.out, P, T(1), d_w_hh, P);
+            summed_product(GH, P, B, d_a_chunk, GH, q.h0, P, T(1), d_w_hh, P, sums);
+            summed_product(GH, P, (n - 1) * B, d_a_chunk + B * GH, GH, q.out, P, T(1), d_w_hh, P, sums);
         }
     }
 };
@@ -1149,9 +1155,11 @@ extern "C" {
         const Repeated<T> b((Gemm<T>)gemm, tb, dims[2], dims[1], B, dims[4], pack);                         \
         for (int64_t i = 0; i < dims[6]; ++i) b.times(dims[0], A, dims[3], T(accumulate), C, dims[5]);      \
     }                                                                                                       \
-    /* C (m, n) = A^T B (+ C if accumulate), A (k, m), B (k, n); dims = [m, n, k, lda, ldb, ldc] */          \
-    void summed_product_##suffix(const int64_t* dims, int accumulate, const T* A, const T* B, T* C) {       \
-        summed_product<T>(dims[0], dims[1], dims[2], A, dims[3], B, dims[4], T(accumulate), C, dims[5]);     \
+    /* C (m, n) = A^T B (+ C if accumulate), A (k, m), B (k, n); dims = [m, n, k, lda, ldb, ldc]; gemm or null */\
+    void summed_product_##suffix(const int64_t* dims, int accumulate, const T* A, const T* B, T* C,         \
+                                 void* gemm) {                                                              \
+        summed_product<T>(dims[0], dims[1], dims[2], A, dims[3], B, dims[4], T(accumulate), C, dims[5],      \
+                          (Gemm<T>)gemm);                                                                   \
     }                                                                                                       \
     /* Whole sequences of any cell (the backward's chunk, for the LSTM's layer norm, is args->chunk). */   \
     void sequence_##suffix(const SequenceArgs* args) { sequence<T>(*args); }                                 \

@@ -26,6 +26,7 @@ import random
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -108,7 +109,7 @@ def _load(lib: ctypes.CDLL) -> ctypes.CDLL:
                                                                 ctypes.POINTER(BackwardArgs)]
         getattr(lib, f"repeated_product_{suffix}").argtypes = [p, ctypes.c_int, ctypes.c_int, ctypes.c_int, p, p, p,
                                                                p]
-        getattr(lib, f"summed_product_{suffix}").argtypes = [p, ctypes.c_int, p, p, p]
+        getattr(lib, f"summed_product_{suffix}").argtypes = [p, ctypes.c_int, p, p, p, p]
     return lib
 
 
@@ -304,7 +305,7 @@ class SequenceArgs(ctypes.Structure):
                                                        "reset_after", "peephole", "layer_norm")),
                 *((name, ctypes.c_int64) for name in ("steps", "batch", "hidden", "proj", "input", "chunk",
                                                        "n_gates")),
-                ("gemm", ctypes.c_void_p), *((name, ctypes.c_void_p) for name in SLOTS)]
+                ("gemm", ctypes.c_void_p), ("sum_gemm", ctypes.c_void_p), *((name, ctypes.c_void_p) for name in SLOTS)]
 
 
 class BackwardArgs(ctypes.Structure):
@@ -395,7 +396,7 @@ def _args(q: Sequence, H: int, I: int, chunk: int) -> SequenceArgs:
     return SequenceArgs(_CELLS.index(q.cell), _ACTIVATIONS.index(q.activation), q.keep, q.clear, q.coupled,
                         q.reset_after,
                         q.peep is not None, q.ln_w_hh is not None, T, B, H, P, I, chunk, q.w_hh.shape[0] // H,
-                        gemm_address(q.out.dtype), *(_ptr(getattr(q, name)) for name in SLOTS))
+                        gemm_address(q.out.dtype), _sum_gemm(q.out.dtype), *(_ptr(getattr(q, name)) for name in SLOTS))
 
 
 def _sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor, chunk: int = 0, **grads) -> tuple[Tensor, Tensor]:
@@ -432,11 +433,11 @@ def repeated_product(a: Tensor, b: Tensor, out: Tensor, transposed: bool = False
     return out
 
 
-def summed_product(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
-    """a^T @ b (+ out, accumulated into it, if given) on the C++ loops' own kernel: a (k, m) and b (k, n), e.g. a
-    gradient's rows d_pre (T*B, G*H) and the inputs h (T*B, H) they multiplied, summed over their k rows (a weight
-    gradient). Contiguous rows (stride(1) == 1), CPU, float32 or float64 (the kernels built): the sequence calls'
-    weight gradients, where the CPU's BLAS may not use the machine's widest vectors (MKL on AMD processors)."""
+def summed_product(a: Tensor, b: Tensor, out: Tensor | None = None, kernel: str | None = None) -> Tensor:
+    """a^T @ b (+ out, accumulated into it, if given): a (k, m) and b (k, n), e.g. a gradient's rows d_pre (T*B, G*H)
+    and the inputs h (T*B, H) they multiplied, summed over their k rows (a weight gradient). `kernel`: "rnnkit" (the
+    C++ loops' own), "blas" (PyTorch's gemm, `gemm_address`), or None: `sums_kernel(dtype)`, the faster of the two on
+    this machine. Contiguous rows (stride(1) == 1), CPU, float32 or float64 (the kernels built)."""
     (k, m), n = a.shape, b.shape[1]
     if b.shape[0] != k or (out is not None and out.shape != (m, n)):
         raise ValueError(f"summed_product: shapes {tuple(a.shape)}, {tuple(b.shape)}"
@@ -444,14 +445,64 @@ def summed_product(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
     if a.stride(1) != 1 or b.stride(1) != 1 or a.dtype != b.dtype:
         raise ValueError(f"summed_product: needs rows of stride 1 and one dtype, got strides {a.stride()}, "
                          f"{b.stride()} and {a.dtype}, {b.dtype}")
+    if kernel not in (None, *SUM_KERNELS):
+        raise ValueError(f"summed_product: kernel must be one of {SUM_KERNELS} or None, got {kernel!r}")
     accumulate = out is not None
     out = a.new_empty(m, n) if out is None else out
     if out.stride(1) != 1 or out.dtype != a.dtype:
         raise ValueError(f"summed_product: out needs rows of stride 1 and dtype {a.dtype}, got {out.stride()}, "
                          f"{out.dtype}")
-    dims = (ctypes.c_int64 * 6)(m, n, k, a.stride(0), b.stride(0), out.stride(0))
-    getattr(library(), f"summed_product_{_DTYPES[a.dtype]}")(dims, accumulate, _ptr(a), _ptr(b), _ptr(out))
+    gemm = _sum_gemm(a.dtype) if kernel is None else gemm_address(a.dtype) if kernel == "blas" else None
+    if kernel == "blas" and gemm is None:
+        raise ValueError(f"summed_product: kernel 'blas' needs PyTorch's gemm, which was not found for {a.dtype}")
+    _summed(a.dtype, (m, n, k, a.stride(0), b.stride(0), out.stride(0)), accumulate, _ptr(a), _ptr(b), _ptr(out),
+            gemm)
     return out
+
+
+def _summed(dtype: torch.dtype, dims, accumulate: bool, a, b, out, gemm: int | None) -> None:
+    getattr(library(), f"summed_product_{_DTYPES[dtype]}")((ctypes.c_int64 * 6)(*dims), accumulate, a, b, out, gemm)
+
+
+SUM_KERNELS = ("rnnkit", "blas")
+_sum_kernels: dict[torch.dtype, str] = {}
+
+
+def sums_kernel(dtype: torch.dtype) -> str:
+    """The kernel that sums the sequence calls' weight gradients (`summed_product`): "rnnkit" or "blas", whichever
+    summed a gradient of a sequence's size (512 x 128 over 1024 rows) faster here, timed once per process and dtype
+    (about 10 ms); `RNNKIT_SUMS=rnnkit` or `blas` sets it. Which wins depends on the machine: MKL, PyTorch's BLAS,
+    runs its AVX-512 code on Intel processors (1.4-1.75x as fast as rnnkit's kernel on the project's Xeon) but
+    its AVX2 code on AMD ones (about half rnnkit's speed on a Zen 5 EPYC). Either gives the same sums to rounding."""
+    if dtype not in _sum_kernels:
+        chosen = os.environ.get("RNNKIT_SUMS") or None
+        if chosen is not None and chosen not in SUM_KERNELS:
+            raise ValueError(f"RNNKIT_SUMS must be one of {SUM_KERNELS}, got {chosen!r}")
+        if gemm_address(dtype) is None:
+            chosen = "rnnkit"
+        _sum_kernels[dtype] = chosen or _time_sums(dtype)
+    return _sum_kernels[dtype]
+
+
+def _time_sums(dtype: torch.dtype) -> str:
+    """The faster kernel on one weight gradient's sum, the best of 3 interleaved runs each after a warm-up. The
+    operands are ctypes arrays, not tensors, as in _check_gemm (this may first run in a backward under any mode)."""
+    m, n, k = 512, 128, 1024
+    scalar = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
+    arrays = [(scalar * size)() for size in (k * m, k * n, m * n)]  # zeros, kept alive while they are used
+    a, b, out = map(ctypes.addressof, arrays)
+    times: dict[str, list[float]] = {kernel: [] for kernel in SUM_KERNELS}
+    for _ in range(4):
+        for kernel, gemm in (("rnnkit", None), ("blas", gemm_address(dtype))):
+            start = time.perf_counter()
+            _summed(dtype, (m, n, k, m, n, n), False, a, b, out, gemm)
+            times[kernel].append(time.perf_counter() - start)
+    return min(SUM_KERNELS, key=lambda kernel: min(times[kernel][1:]))
+
+
+def _sum_gemm(dtype: torch.dtype) -> int | None:
+    """The gemm the sums run through (sums_kernel), or None for rnnkit's kernel."""
+    return gemm_address(dtype) if sums_kernel(dtype) == "blas" else None
 
 
 def _times_h_r(q: Sequence, d_pre: Tensor) -> Tensor:
