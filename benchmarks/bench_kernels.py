@@ -2,7 +2,8 @@
 product repeated as over a sequence's steps) against torch.mm of the same operands (PyTorch's BLAS gemm, MKL in the
 CPU wheels), at the products of `rnnkit bench`'s shapes A-D: a step's h W_hh^T, the backward's d W_hh, a batch of
 one, an inference chunk's input projection; and the weight gradients' sums over a sequence's rows on the same kernel
-(fused.summed_product). Float32; the best of interleaved repeats, in GFLOP/s.
+(fused.summed_product with kernel="rnnkit"; the layers sum on the faster of it and the BLAS, fused.sums_kernel).
+Float32; the best of interleaved repeats, in GFLOP/s.
 
     python benchmarks/bench_kernels.py [--repeats 5]
 """
@@ -63,7 +64,7 @@ def main() -> None:
 
         def summed(count):
             for _ in range(count):
-                fused.summed_product(d, h, out)
+                fused.summed_product(d, h, out, kernel="rnnkit")
 
         def gemm(count):
             for _ in range(count):
