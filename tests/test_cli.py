@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import rnnkit
 from rnnkit.kernels.cpu import fused
@@ -28,6 +29,9 @@ def test_info_lists_every_cell_with_its_equations(capsys):
         assert needle in out, needle
     status = "available, cached in" if fused.library() is not None else "not available ("
     assert f"== Fused CPU kernels (rnnkit/kernels/cpu)\n{status}" in out
+    if fused.sequence_available():
+        sums = {"blas": "PyTorch's BLAS", "rnnkit": "rnnkit's kernel"}[fused.sums_kernel(torch.float32)]
+        assert f"the weight gradients are summed on {sums}, the faster of the two here" in out
 
 
 def test_demo_runs_every_layer_and_matches_torch(capsys):

@@ -66,9 +66,12 @@ def cmd_info(args) -> int:
         print(f"not available ({reason}): the LSTM variants run as PyTorch ops")
     else:
         whole = fused.sequence_available()
+        sums = {"blas": "PyTorch's BLAS", "rnnkit": "rnnkit's kernel"}[fused.sums_kernel(torch.float32)] if whole else ""
         print(f"available, cached in {fused.cache_dir()}; " + (
-            "the engine runs each LSTM, GRU and RNN sequence in one call (time loop, gate math, and products "
-            "through PyTorch's BLAS)"
+            "the engine runs each LSTM, GRU and RNN sequence in one call (time loop, gate math, the recurrent "
+            "products on rnnkit's packed kernel, the others through PyTorch's BLAS); the weight gradients are "
+            f"summed on {sums}, the faster of the two here (fused.sums_kernel, timed once per process; "
+            "RNNKIT_SUMS=rnnkit|blas sets it)"
             if whole else "PyTorch's CPU library exports no BLAS gemm: the engine's loop calls the gate math per step"))
     print("\n== Triton kernels (rnnkit/kernels/triton, impl='triton')")
     reason = triton_kernels.unavailable_reason()
