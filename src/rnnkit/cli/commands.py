@@ -66,7 +66,8 @@ def cmd_info(args) -> int:
         print(f"not available ({reason}): the LSTM variants run as PyTorch ops")
     else:
         whole = fused.sequence_available()
-        sums = {"blas": "PyTorch's BLAS", "rnnkit": "rnnkit's kernel"}[fused.sums_kernel(torch.float32)] if whole else ""
+        sums = {"blas": "PyTorch's BLAS", "rnnkit": "rnnkit's kernel"}[fused.sums_kernel(torch.float32)] \
+            if whole else ""
         print(f"available, cached in {fused.cache_dir()}; " + (
             "the engine runs each LSTM, GRU and RNN sequence in one call (time loop, gate math, the recurrent "
             "products on rnnkit's packed kernel, the others through PyTorch's BLAS); the weight gradients are "
