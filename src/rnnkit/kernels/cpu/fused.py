@@ -389,14 +389,14 @@ def _sequence(cell: str, activation: str, xp: Tensor | None, h0: Tensor, w_hh: T
     return q
 
 
-def _args(q: Sequence, H: int, I: int, chunk: int) -> SequenceArgs:
+def _args(q: Sequence, H: int, I: int, chunk: int, sum_gemm: int | None = None) -> SequenceArgs:
     """The SequenceArgs of q: I the input's width (inference's projection, else 0), chunk its steps per product (the
-    backward: the LSTM's layer-norm chunk)."""
+    backward: the LSTM's layer-norm chunk), sum_gemm the backward's (`_sum_gemm`; the forward sums nothing)."""
     T, B, P = q.out.shape
     return SequenceArgs(_CELLS.index(q.cell), _ACTIVATIONS.index(q.activation), q.keep, q.clear, q.coupled,
                         q.reset_after,
                         q.peep is not None, q.ln_w_hh is not None, T, B, H, P, I, chunk, q.w_hh.shape[0] // H,
-                        gemm_address(q.out.dtype), _sum_gemm(q.out.dtype), *(_ptr(getattr(q, name)) for name in SLOTS))
+                        gemm_address(q.out.dtype), sum_gemm, *(_ptr(getattr(q, name)) for name in SLOTS))
 
 
 def _sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor, chunk: int = 0, **grads) -> tuple[Tensor, Tensor]:
@@ -409,7 +409,8 @@ def _sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor, chunk: int = 0, 
     d_xp = d_out.new_empty(T, B, q.w_hh.shape[0]) if q.batch_sizes is None else d_out.new_zeros(T, B, q.w_hh.shape[0])
     grads.update(d_out=d_out, d_h=d_h, d_xp=d_xp)
     fn = getattr(library(), f"sequence_backward_{_DTYPES[d_out.dtype]}")
-    fn(ctypes.byref(_args(q, H, 0, chunk)), ctypes.byref(BackwardArgs(*(_ptr(grads.get(name)) for name in GRADS))))
+    fn(ctypes.byref(_args(q, H, 0, chunk, _sum_gemm(d_out.dtype))),
+       ctypes.byref(BackwardArgs(*(_ptr(grads.get(name)) for name in GRADS))))
     return d_xp, d_h
 
 
@@ -452,7 +453,7 @@ def summed_product(a: Tensor, b: Tensor, out: Tensor | None = None, kernel: str 
     if out.stride(1) != 1 or out.dtype != a.dtype:
         raise ValueError(f"summed_product: out needs rows of stride 1 and dtype {a.dtype}, got {out.stride()}, "
                          f"{out.dtype}")
-    gemm = _sum_gemm(a.dtype) if kernel is None else gemm_address(a.dtype) if kernel == "blas" else None
+    gemm = gemm_address(a.dtype) if (kernel or sums_kernel(a.dtype)) == "blas" else None
     if kernel == "blas" and gemm is None:
         raise ValueError(f"summed_product: kernel 'blas' needs PyTorch's gemm, which was not found for {a.dtype}")
     _summed(a.dtype, (m, n, k, a.stride(0), b.stride(0), out.stride(0)), accumulate, _ptr(a), _ptr(b), _ptr(out),
