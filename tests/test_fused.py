@@ -153,15 +153,16 @@ SPLIT_CASES += [case(cell, v, "sequence") for cell, v in [("GRU", {}), ("GRU", d
 @pytest.mark.parametrize("hidden", [8, 32])
 @pytest.mark.parametrize("cell, variant, path", SPLIT_CASES)
 def test_rows_split_among_threads_give_the_same_gradients(cell, variant, path, hidden, monkeypatch):
-    """A batch of 37 rows (above the kernels' PARALLEL_ROWS, not a multiple of the thread count): the rows
-    split among threads agree with the PyTorch ops, and two runs agree bit for bit. With hidden size 32 the
-    recurrent products are large enough to be split among threads too (by panels of columns, see Repeated)."""
+    """A batch of 29 rows (above the kernels' PARALLEL_ROWS, not a multiple of the thread count, too few for
+    slices of rows on two threads): each step's rows split among threads agree with the PyTorch ops, and two runs
+    agree bit for bit. With hidden size 32 the recurrent products are large enough to be split among threads too
+    (by panels of columns, see Repeated)."""
     torch.manual_seed(0)
     layer = LAYERS[cell](5, hidden, batch_first=True, bidirectional=True, impl="engine", dtype=torch.float64,
                          **variant)
     layer.train("recurrent_dropout" in variant)
-    x = torch.randn(37, 6, 5, dtype=torch.float64)
-    lengths = torch.randint(1, 7, (37,))
+    x = torch.randn(29, 6, 5, dtype=torch.float64)
+    lengths = torch.randint(1, 7, (29,))
     runs = []
     for which in (path, path, "ops"):
         torch.manual_seed(1)
@@ -219,11 +220,11 @@ def test_fused_inference_equals_the_pytorch_ops(cell, variant, path, input_size,
                                      dict(activation="softsign"), dict(layer_norm=True),
                                      dict(layer_norm=True, peephole=True, bias=False)], ids=variant_id)
 def test_lstm_inference_split_among_threads_equals_the_pytorch_ops(variant, dtype, monkeypatch):
-    """LSTM inference with products large enough to be split among threads (37 rows, hidden size 40: several
-    panels, the last one partial), the input projected with each step: the PyTorch ops' outputs and final states
+    """LSTM inference with products large enough to be split among threads (29 rows, hidden size 40: several
+    panels, the last one partial; too few rows for slices on two threads), the input projected with each step: the PyTorch ops' outputs and final states
     (1e-10 in float64; float32 within twice the ops' own error against float64, + 1e-5)."""
     torch.manual_seed(0)
-    x, lengths = torch.randn(37, 7, 6, dtype=torch.float64), torch.randint(1, 8, (37,))
+    x, lengths = torch.randn(29, 7, 6, dtype=torch.float64), torch.randint(1, 8, (29,))
     runs = {}
     for which, d in (("sequence", dtype), ("ops", dtype), ("exact", torch.float64)):
         torch.manual_seed(0)
@@ -240,6 +241,61 @@ def test_lstm_inference_split_among_threads_equals_the_pytorch_ops(variant, dtyp
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
         else:
             assert (got - exact).abs().max() <= 2 * (want - exact).abs().max() + 1e-5
+
+
+@pytest.fixture
+def three_threads():
+    """PyTorch's (and the kernels' OpenMP) thread count set to 3 for the test (on any machine: it checks results,
+    not speed), then restored."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    yield
+    torch.set_num_threads(threads)
+
+
+@needs_fused
+def test_the_rows_are_sliced_by_row_steps(three_threads):
+    """The forward's slices: one per thread from 16 rows per thread on, at multiples of a row block, each running
+    about a third of the row-steps (within a block of rows' worth); fewer rows are not split."""
+    assert fused.sequence_slices(47, 9) == [0, 47]
+    for batch_sizes in ([96] * 9, [96] * 2 + [40] * 5 + [3] * 2, [96, 60, 20, 0]):
+        starts = fused.sequence_slices(96, len(batch_sizes), batch_sizes)
+        assert len(starts) == 4 and starts[0] == 0 and starts[-1] == 96 and starts == sorted(starts), starts
+        assert any(all(r % block == 0 for r in starts) for block in (6, 8)), starts  # the kernel's MR: 6 or 8
+        steps = [sum(min(max(bs - r0, 0), r1 - r0) for bs in batch_sizes) for r0, r1 in zip(starts, starts[1:])]
+        assert max(abs(n - sum(steps) / 3) for n in steps) <= 8 * len(batch_sizes), (starts, steps)
+
+
+SLICED_CASES = [("LSTM", v) for v in (dict(peephole=True, proj_size=5), dict(layer_norm=True, coupled=True),
+                                      dict(layer_norm=True, recurrent_dropout=0.3), dict(activation="softsign"))]
+SLICED_CASES += [("GRU", {}), ("GRU", dict(reset_after=False, recurrent_dropout=0.3)),
+                 ("RNN", dict(nonlinearity="relu"))]
+
+
+@needs_fused
+@needs_gemm
+@pytest.mark.parametrize("cell, variant", SLICED_CASES, ids=lambda v: variant_id(v) if isinstance(v, dict) else v)
+def test_forwards_sliced_among_threads_equal_the_pytorch_ops(cell, variant, three_threads, monkeypatch):
+    """53 rows on 3 threads, with lengths (one zero) and initial states: the sequence calls' forwards run as three
+    slices of rows (uneven: at row blocks), in training (with every gradient) and in inference (the input
+    projected in chunks, or with each step by the LSTM), the same as the PyTorch ops, 1e-10 in float64."""
+    torch.manual_seed(0)
+    layer = LAYERS[cell](6, 20, 2, batch_first=True, bidirectional=True, impl="engine", dtype=torch.float64,
+                         **variant)
+    layer.train("recurrent_dropout" in variant)
+    x, lengths = torch.randn(53, 9, 6, dtype=torch.float64), torch.randint(1, 10, (53,))
+    lengths[7] = 0
+    hx = _initial_state(layer, 53, torch.float64)
+    assert len(fused.sequence_slices(53, 9, sorted(lengths.tolist(), reverse=True))) == 4
+    torch.manual_seed(1)
+    got = _run(layer, x, lengths, "sequence", monkeypatch, hx)
+    torch.manual_seed(1)
+    want = _run(layer, x, lengths, "ops", monkeypatch, hx)
+    hx = hx if len(hx) == 2 else hx[0]
+    got += _infer(layer, x, lengths, "sequence", monkeypatch, hx)
+    want += _infer(layer, x, lengths, "ops", monkeypatch, hx)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 SATURATING = [case("LSTM", dict(peephole=True), path) for path in ("sequence", "step")]

@@ -49,6 +49,16 @@ namespace {
 // OpenMP runtime is the one already loaded) from this many rows on. Without OpenMP the pragmas are ignored.
 constexpr int64_t PARALLEL_ROWS = 16;
 
+// Inside a parallel region (a slice of an inference's rows, `sequence`), every loop runs on its own thread.
+INLINE bool in_parallel() {
+#ifdef _OPENMP
+    return omp_in_parallel();
+#else
+    return false;
+#endif
+}
+INLINE bool parallel_rows(int64_t rows) { return rows >= PARALLEL_ROWS && !in_parallel(); }
+
 template <typename T> struct Exp;
 
 template <> struct Exp<double> {
@@ -219,7 +229,7 @@ void forward(const Step<T>& s, T* gates, const T* c, T* c_new, T* act_c, T* h, T
     const T* p_i = s.peep;
     const T* p_f = has_peep ? s.peep + off : nullptr;
     const T* p_o = has_peep ? p_f + H : nullptr;
-#pragma omp parallel for if (s.B >= PARALLEL_ROWS) schedule(static)  // rows are independent
+#pragma omp parallel for if (parallel_rows(s.B)) schedule(static)  // rows are independent
     for (int64_t b = 0; b < s.B; ++b) {
         T* row = gates + b * G * H;
         if (ln) {
@@ -402,7 +412,7 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln>
 void backward(const Step<T>& s, const T* d_h, const T* d_c, const T* gates, const T* c, const T* c_new,
               const T* act_c, const T* stats, T* d_gates, T* d_c_prev, T* d_vec, T* d_a, T* work) {
 #ifdef _OPENMP
-    const int threads = s.B >= PARALLEL_ROWS ? omp_get_max_threads() : 1;
+    const int threads = parallel_rows(s.B) ? omp_get_max_threads() : 1;
 #else
     const int threads = 1;
 #endif
@@ -549,17 +559,28 @@ template <typename T> class Repeated {
         if (m == 0 || n_ == 0) return;
         if (packed_.empty()) return matmul(gemm_, false, tb_, m, n_, k_, A, lda, B_, ldb_, beta, C, ldc);
         const int64_t blocks = (m + MR - 1) / MR;
-        const bool parallel = m * n_ * (k_ + k2_) >= (1 << 16);
+        const bool parallel = m * n_ * (k_ + k2_) >= (1 << 16) && !in_parallel();
         if (blocks > 2 * panels_) {  // many rows (a chunk's input projection): each thread its rows, all of B
 #pragma omp parallel for if (parallel) schedule(static)
             for (int64_t r = 0; r < blocks; ++r)
                 for (int64_t p = 0; p < panels_; ++p)
                     panel(p, r * MR, std::min<int64_t>(MR, m - r * MR), A, lda, A2, lda2, beta, C, ldc, 0, k_);
-        } else {  // a step's rows: each thread its panels, the same at every step
-#pragma omp parallel for collapse(2) if (parallel) schedule(static)
-            for (int64_t p = 0; p < panels_; ++p)
-                for (int64_t r = 0; r < blocks; ++r)
+        } else {  // a step's rows: each thread its panels, the same at every step, in the opposite order each time
+            const bool back = reversed_ = !reversed_;
+#pragma omp parallel if (parallel)
+            {
+                const int64_t tiles = panels_ * blocks;
+#ifdef _OPENMP
+                const int64_t id = omp_get_thread_num(), n = omp_get_num_threads();
+#else
+                const int64_t id = 0, n = 1;
+#endif
+                const int64_t first = tiles * id / n, end = tiles * (id + 1) / n;
+                for (int64_t i = first; i < end; ++i) {
+                    const int64_t tile = back ? first + end - 1 - i : i, p = tile / blocks, r = tile % blocks;
                     panel(p, r * MR, std::min<int64_t>(MR, m - r * MR), A, lda, A2, lda2, beta, C, ldc, 0, k_);
+                }
+            }
         }
     }
 
@@ -570,7 +591,7 @@ template <typename T> class Repeated {
     void times_transposed(int64_t m, const T* A, int64_t lda, T beta, T* C, int64_t ldc) const {
         constexpr int64_t KC = 128;
         const int64_t blocks = (m + MR - 1) / MR;
-#pragma omp parallel if (m * n_ * k_ >= (1 << 16))
+#pragma omp parallel if (m * n_ * k_ >= (1 << 16) && !in_parallel())
         for (int64_t l = 0; l < k_; l += KC) {
 #pragma omp for collapse(2) schedule(static) nowait  // the same tiles for each thread at every block
             for (int64_t r = 0; r < blocks; ++r)
@@ -654,6 +675,7 @@ template <typename T> class Repeated {
     int64_t ldb_;
     int64_t panels_ = 0;
     std::vector<T> packed_;
+    mutable bool reversed_ = false;  // the order of the last step product's tiles
 };
 
 // C (m, n) = A^T B + beta * C, A (k, m) and B (k, n) with row strides lda, ldb: the weight gradients' sums over a
@@ -673,9 +695,11 @@ template <typename T> void summed_product(int64_t m, int64_t n, int64_t k, const
 
 // A sequence: T steps, B rows, sorted longest first when batch_sizes is given (step t runs the first
 // batch_sizes[t] rows; a row that has ended keeps its state). A per-step buffer holds all T steps when the
-// sequence is kept for the backward, else one step, reused (inference keeps nothing).
+// sequence is kept for the backward, else one step, reused (inference keeps nothing). The buffers' steps are ld
+// rows apart: B, or in a forward split into slices of rows (`sequence`), the whole batch's (the buffers then start
+// at the slice's first row).
 template <typename T> struct Sequence {
-    int64_t steps, B, H, P, GH, I, chunk;  // P: the size of h (the LSTM's projection, else H); GH: G*H, xp's width
+    int64_t steps, B, ld, H, P, GH, I, chunk;  // P: the size of h (the LSTM's projection, else H); GH: G*H, xp's width
     bool keep, clear;  // clear: kept values of ended rows are zeroed (`zero_rows`)
     const SequenceArgs& args;    // the cells read their own buffers from it
     const int64_t* batch_sizes;  // (T) or null: every row runs every step
@@ -691,17 +715,18 @@ template <typename T> struct Sequence {
     T* work;                            // (B, G*H), for a cell's forward
     const T* bx;                        // the bias the cell adds to the step's input pre-activations, or null
 
-    explicit Sequence(const SequenceArgs& a)
-        : steps(a.steps), B(a.batch), H(a.hidden), P(a.proj), GH(a.n_gates * a.hidden), I(a.input), chunk(a.chunk),
+    Sequence(const SequenceArgs& a, int64_t ld)
+        : steps(a.steps), B(a.batch), ld(ld), H(a.hidden), P(a.proj), GH(a.n_gates * a.hidden), I(a.input),
+          chunk(a.chunk),
           keep(a.keep != 0), clear(a.keep && a.clear), args(a), batch_sizes(a.batch_sizes), w_hh((T*)a.w_hh),
           mask((T*)a.mask), h0((T*)a.h0), xp((T*)a.xp), h((T*)a.h), out((T*)a.out), hr((T*)a.hr), x((T*)a.x),
           w_ih((T*)a.w_ih), b((T*)a.b), ln_w_ih((T*)a.ln_w_ih), work((T*)a.work), bx(x && !ln_w_ih ? b : nullptr) {}
     int64_t rows(int64_t t) const { return batch_sizes ? batch_sizes[t] : B; }
-    T* step_of(T* buffer, int64_t t, int64_t width) const { return buffer + (keep ? t * B * width : 0); }
+    T* step_of(T* buffer, int64_t t, int64_t width) const { return buffer + (keep ? t * ld * width : 0); }
     // Zeroes rows bs.. (rows that have ended) of step t of a kept per-step buffer, where the kept buffers are outputs
     // of rnnkit's ops, which hold no value as the memory happened to (`clear`).
     void zero_rows(T* buffer, int64_t t, int64_t bs, int64_t width) const {
-        std::memset(buffer + (t * B + bs) * width, 0, (B - bs) * width * sizeof(T));
+        std::memset(buffer + (t * ld + bs) * width, 0, (B - bs) * width * sizeof(T));
     }
 
     // The right operands of the recurrent products, packed where there is more than one step and `pack` (a cell
@@ -720,15 +745,18 @@ template <typename T> struct Sequence {
 // projected with the chunk's first step and then, with the LSTM's layer norm, its rows normalised (and the bias
 // added) in place, all of the chunk's at once; else the cell adds q.bx to them.
 template <typename T> const T* step_input(const Sequence<T>& q, int64_t t, const Repeated<T>& w_ih_t, T eps) {
-    const int64_t B = q.B, GH = q.GH;
-    if (!q.x) return q.xp + t * B * GH;
+    const int64_t B = q.B, ld = q.ld, GH = q.GH;
+    if (!q.x) return q.xp + t * ld * GH;
     if (t % q.chunk == 0) {  // project the next chunk of steps (rows past their end included)
-        const int64_t rows = std::min(q.chunk, q.steps - t) * B;
-        w_ih_t.times(rows, q.x + t * B * q.I, q.I, T(0), q.xp, GH);
+        const int64_t steps = std::min(q.chunk, q.steps - t), rows = steps * B;
+        if (ld == B) w_ih_t.times(rows, q.x + t * B * q.I, q.I, T(0), q.xp, GH);
+        else  // a slice: its rows of each step
+            for (int64_t u = 0; u < steps; ++u)
+                w_ih_t.times(B, q.x + (t + u) * ld * q.I, q.I, T(0), q.xp + u * ld * GH, GH);
         if (q.ln_w_ih) {
-#pragma omp parallel for if (rows >= PARALLEL_ROWS) schedule(static)
+#pragma omp parallel for if (parallel_rows(rows)) schedule(static)
             for (int64_t r = 0; r < rows; ++r) {
-                T* row = q.xp + r * GH;
+                T* row = q.xp + (r / B * ld + r % B) * GH;
                 T mean, rstd;
                 moments(row, GH, eps, mean, rstd);
 #pragma GCC ivdep
@@ -737,7 +765,7 @@ template <typename T> const T* step_input(const Sequence<T>& q, int64_t t, const
             }
         }
     }
-    return q.xp + (t % q.chunk) * B * GH;
+    return q.xp + (t % q.chunk) * ld * GH;
 }
 
 // x[k] *= mask[k] over bs rows of P: recurrent dropout's mask on the gradient reaching h through W_hh.
@@ -750,14 +778,14 @@ template <typename T> INLINE void apply_mask(const Sequence<T>& q, int64_t bs, T
 // run the cell's step on their input pre-activations, h_{t-1} (the previous output, or h_0) and h_r (h_{t-1},
 // masked with recurrent dropout). A row's final h is copied out once, when it ends.
 template <typename T, class Cell> void run_forward(const Sequence<T>& q, Cell& cell, Gemm<T> gemm) {
-    const int64_t B = q.B, P = q.P;
+    const int64_t B = q.B, ld = q.ld, P = q.P;
     int64_t active = B;  // the rows that ran the previous step
     // inference's input projection, unless the cell's step product includes it
     const Repeated<T> w_ih_t(gemm, true, q.I, q.GH, q.w_ih, q.I, q.x && q.steps > 1 && !cell.takes_x);
     for (int64_t t = 0; t < q.steps; ++t) {
         const int64_t bs = q.rows(t);
-        const T* h = t ? q.out + (t - 1) * B * P : q.h0;
-        T* out = q.out + t * B * P;
+        const T* h = t ? q.out + (t - 1) * ld * P : q.h0;
+        T* out = q.out + t * ld * P;
         if (bs < active) {  // rows bs .. active ended at the previous step
             std::memcpy(q.h + bs * P, h + bs * P, (active - bs) * P * sizeof(T));
             active = bs;
@@ -775,13 +803,13 @@ template <typename T, class Cell> void run_forward(const Sequence<T>& q, Cell& c
         }
         cell.forward(t, bs, cell.takes_x ? nullptr : step_input(q, t, w_ih_t, T(1e-5)), hr, h, out, gemm);
     }
-    if (q.steps > 0) std::memcpy(q.h, q.out + (q.steps - 1) * B * P, active * P * sizeof(T));
+    if (q.steps > 0) std::memcpy(q.h, q.out + (q.steps - 1) * ld * P, active * P * sizeof(T));
 }
 
-// The backward loop over a kept sequence: d_h (B, P) holds the gradient of the final h on entry, of h_0 on exit;
-// each step adds d_out's and the cell turns the gradient reaching h_t into d_xp's step (rows past their end
-// untouched: zero them beforehand) and the gradient reaching h_{t-1} (rows that have ended keep theirs, which
-// waits for their last step). The cell's `finish` runs after every step, empty or not.
+// The backward loop over a kept sequence (never sliced: its steps are B rows apart): d_h (B, P) holds the gradient
+// of the final h on entry, of h_0 on exit; each step adds d_out's and the cell turns the gradient reaching h_t into
+// d_xp's step (rows past their end untouched: zero them beforehand) and the gradient reaching h_{t-1} (rows that
+// have ended keep theirs, which waits for their last step). The cell's `finish` runs after every step, empty or not.
 template <typename T, class Cell> void run_backward(const Sequence<T>& q, Cell& cell, Gemm<T> gemm, const T* d_out,
                                                     T* d_h, T* d_xp) {
     const int64_t B = q.B, P = q.P;
@@ -836,7 +864,7 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
         d_c = (T*)g->d_c, d_hout = (T*)g->d_hout, d_vec = (T*)g->d_vec, d_w_hh = (T*)g->d_w_hh;
         d_hn = (T*)g->work, d_cp = d_hn + q.B * q.H, row_work = d_cp + q.B * q.H, d_a_chunk = row_work + q.GH;
     }
-    T* c_at(int64_t t) const { return c + (q.keep ? t : t % 2) * q.B * q.H; }
+    T* c_at(int64_t t) const { return c + (q.keep ? t : t % 2) * q.ld * q.H; }
     // layer norm with xp given as x W_ih^T (train), not LN(x W_ih^T) * ln_w_ih + b: the gate math normalises it, the
     // backward reads it (kept) and its d_xp is that of x W_ih^T, with ln_w_ih's and b's gradients in d_vec
     bool raw_input() const { return ln && q.ln_w_ih && !q.x; }
@@ -854,7 +882,7 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
         T* g = q.step_of(gates, t, GH);
         s.xp = in;  // the kernel adds it, and the bias
         s.bx = q.bx;  // with x projected here (takes_x or not) its bias, added with the gate math
-        const T* x = takes_x ? q.x + t * q.B * q.I : nullptr;
+        const T* x = takes_x ? q.x + t * q.ld * q.I : nullptr;
         if (ln) {
             s.a = q.step_of(a, t, GH);
             by_w_hh_t.times(bs, hr, P, T(0), (T*)s.a, GH);
@@ -944,7 +972,7 @@ template <typename T, bool reset_after, int kind> struct GRU {
         const T* bx = q.bx;
         if (reset_after) {
             by_w_hh_t.times(bs, hr, H, T(0), rec, GH);  // (bs, 3H) = h_r W_hh^T
-#pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
+#pragma omp parallel for if (parallel_rows(bs)) schedule(static)
             for (int64_t b = 0; b < bs; ++b) {
                 const T *x = in + b * GH, *rc = rec + b * GH, *hb = h + b * H;
                 T *gb = g + b * GH, *eb = e + b * H, *ob = out + b * H;
@@ -960,7 +988,7 @@ template <typename T, bool reset_after, int kind> struct GRU {
             }
         } else {
             by_w_hh_t.times(bs, hr, H, T(0), rec, 2 * H);  // h_r W_h{r,z}^T
-#pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
+#pragma omp parallel for if (parallel_rows(bs)) schedule(static)
             for (int64_t b = 0; b < bs; ++b) {
                 const T *x = in + b * GH, *rc = rec + b * 2 * H, *hb = hr + b * H;
                 T *gb = g + b * GH, *eb = e + b * H;
@@ -971,7 +999,7 @@ template <typename T, bool reset_after, int kind> struct GRU {
                 }
             }
             by_w_hn_t.times(bs, e, H, T(0), rec, H);  // (r * h_r) W_hn^T
-#pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
+#pragma omp parallel for if (parallel_rows(bs)) schedule(static)
             for (int64_t b = 0; b < bs; ++b) {
                 const T *x = in + b * GH, *rc = rec + b * H, *hb = h + b * H;
                 T *gb = g + b * GH, *ob = out + b * H;
@@ -991,7 +1019,7 @@ template <typename T, bool reset_after, int kind> struct GRU {
         T *d_rec = d_work, *d_hr = d_work + B * GH;
         if (reset_after) {
             T* d_nr = d_extra + t * B * H;
-#pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
+#pragma omp parallel for if (parallel_rows(bs)) schedule(static)
             for (int64_t b = 0; b < bs; ++b) {
                 const T *gb = g + b * GH, *eb = e + b * H, *hp = h_prev + b * H;
                 T *dh = d_h + b * H, *dxb = dx + b * GH, *drb = d_rec + b * GH, *dnb = d_nr + b * H;
@@ -1016,7 +1044,7 @@ template <typename T, bool reset_after, int kind> struct GRU {
             }
             return;
         }
-#pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
+#pragma omp parallel for if (parallel_rows(bs)) schedule(static)
         for (int64_t b = 0; b < bs; ++b) {
             const T *gb = g + b * GH, *hp = h_prev + b * H;
             T *dh = d_h + b * H, *dxb = dx + b * GH;
@@ -1030,7 +1058,7 @@ template <typename T, bool reset_after, int kind> struct GRU {
         }
         // d_rh (bs, H) = d_n W_hn, W_hn the last H rows of W_hh (3H, H)
         by_w_hn.times(bs, dx + 2 * H, GH, T(0), d_hr, H);
-#pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
+#pragma omp parallel for if (parallel_rows(bs)) schedule(static)
         for (int64_t b = 0; b < bs; ++b) {
             const T *gb = g + b * GH, *hb = hr + b * H;
             T *dxb = dx + b * GH, *drh = d_hr + b * H;
@@ -1065,7 +1093,7 @@ template <typename T, int kind> struct RNN {
     void forward(int64_t, int64_t bs, const T* in, const T* hr, const T*, T* out, Gemm<T> gemm) {
         const int64_t H = q.H;
         by_w_hh_t.times(bs, hr, H, T(0), out, H);
-#pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
+#pragma omp parallel for if (parallel_rows(bs)) schedule(static)
         for (int64_t b = 0; b < bs; ++b) {
             T* ob = out + b * H;
             const T* x = in + b * H;
@@ -1077,7 +1105,7 @@ template <typename T, int kind> struct RNN {
     void backward(int64_t t, int64_t bs, const T*, const T*, T* d_h, T* dx, Gemm<T> gemm) {
         const int64_t H = q.H;
         const T* y = q.out + t * q.B * H;
-#pragma omp parallel for if (bs >= PARALLEL_ROWS) schedule(static)
+#pragma omp parallel for if (parallel_rows(bs)) schedule(static)
         for (int64_t b = 0; b < bs; ++b) {
 #pragma GCC ivdep
             for (int64_t j = 0; j < H; ++j) dx[b * H + j] = act_backward<kind>(d_h[b * H + j], y[b * H + j]);
@@ -1110,16 +1138,94 @@ template <typename T, typename F> void with_cell(const SequenceArgs& a, F&& run)
     }
 }
 
+// A forward of at least this many rows per thread runs each thread's slice of the rows as a sequence of its own:
+// the rows are independent, so the threads never wait for each other, and each keeps its rows' states and its own
+// packed weights in its caches, instead of every step's product and gate math being split among the threads.
+constexpr int64_t SLICE_ROWS = 16;
+
+// The first row of slice id of n (id = n: the end), at a multiple of `block` rows: with lengths (batch_sizes, the
+// rows sorted longest first), so that the slices run about as many row-steps each.
+int64_t slice_start(const SequenceArgs& a, int64_t id, int64_t n, int64_t block) {
+    const int64_t B = a.batch;
+    if (id == 0 || id == n) return id ? B : 0;
+    const auto work = [&a](int64_t rows) {  // the row-steps of rows 0 .. rows
+        if (!a.batch_sizes) return rows * a.steps;
+        int64_t sum = 0;
+        for (int64_t t = 0; t < a.steps; ++t) sum += std::min(a.batch_sizes[t], rows);
+        return sum;
+    };
+    const int64_t target = work(B) * id / n;
+    int64_t lo = 0, hi = B;  // the fewest rows with at least target row-steps
+    while (lo < hi) {
+        const int64_t mid = (lo + hi) / 2;
+        if (work(mid) < target) lo = mid + 1;
+        else hi = mid;
+    }
+    return std::min(B, (lo + block / 2) / block * block);
+}
+
+// The slices a forward of a's rows runs as (sequence): starts[0 .. n] (n + 1 values, at most max_slices() + 1), n
+// returned, 1 where the rows are not split.
+int max_slices() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+template <typename T> int64_t slices(const SequenceArgs& a, int64_t* starts) {
+    const int threads = max_slices();
+    const int64_t n = threads > 1 && a.batch >= threads * SLICE_ROWS && !in_parallel() ? threads : 1;
+    for (int64_t id = 0; id <= n; ++id) starts[id] = slice_start(a, id, n, Repeated<T>::MR);
+    return n;
+}
+
+// Rows r0 .. r0+rows of a forward's sequence: its buffers from row r0 on (their steps still a.batch rows apart,
+// Sequence::ld), lengths (sizes, T) clipped to the slice.
+template <typename T> SequenceArgs slice(const SequenceArgs& a, int64_t r0, int64_t rows, std::vector<int64_t>& sizes) {
+    SequenceArgs s = a;
+    s.batch = rows;
+    if (a.batch_sizes) {
+        sizes.resize(a.steps);
+        for (int64_t t = 0; t < a.steps; ++t) sizes[t] = std::clamp<int64_t>(a.batch_sizes[t] - r0, 0, rows);
+        s.batch_sizes = sizes.data();
+    }
+    const int64_t H = a.hidden, P = a.proj, GH = a.n_gates * a.hidden;
+    const auto from = [r0](void*& p, int64_t width) {
+        if (p) p = (T*)p + r0 * width;
+    };
+    from(s.mask, P), from(s.xp, GH), from(s.h0, P), from(s.h, P), from(s.out, P), from(s.hr, P), from(s.x, a.input);
+    from(s.work, GH), from(s.gates, GH), from(s.extra, H), from(s.c, H), from(s.act_c, H), from(s.h_new, H);
+    from(s.a, GH), from(s.stats, lstm::STATS);
+    return s;
+}
+
 template <typename T> void sequence(const SequenceArgs& a) {
-    const Sequence<T> q(a);
-    with_cell<T>(a, [&]<class Cell>() {
-        Cell cell(q, nullptr);
-        run_forward(q, cell, (Gemm<T>)a.gemm);
-    });
+    const auto run = [](const SequenceArgs& s, int64_t ld) {
+        const Sequence<T> q(s, ld);
+        with_cell<T>(s, [&]<class Cell>() {
+            Cell cell(q, nullptr);
+            run_forward(q, cell, (Gemm<T>)s.gemm);
+        });
+    };
+    std::vector<int64_t> starts(max_slices() + 1);
+    const int64_t n = slices<T>(a, starts.data());
+    if (n == 1) return run(a, a.batch);
+#pragma omp parallel num_threads(n)
+    {
+#ifdef _OPENMP
+        const int64_t first = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+        const int64_t first = 0, team = 1;
+#endif
+        std::vector<int64_t> sizes;
+        for (int64_t id = first; id < n; id += team)  // (a team smaller than asked for runs every slice still)
+            if (starts[id + 1] > starts[id]) run(slice<T>(a, starts[id], starts[id + 1] - starts[id], sizes), a.batch);
+    }
 }
 
 template <typename T> void sequence_backward(const SequenceArgs& a, const BackwardArgs& g) {
-    const Sequence<T> q(a);
+    const Sequence<T> q(a, a.batch);
     with_cell<T>(a, [&]<class Cell>() {
         Cell cell(q, &g);
         run_backward(q, cell, (Gemm<T>)a.gemm, (const T*)g.d_out, (T*)g.d_h, (T*)g.d_xp);
@@ -1163,11 +1269,15 @@ extern "C" {
     }                                                                                                       \
     /* Whole sequences of any cell (the backward's chunk, for the LSTM's layer norm, is args->chunk). */   \
     void sequence_##suffix(const SequenceArgs* args) { sequence<T>(*args); }                                 \
+    /* The slices the forward of args->batch rows would run as: starts (max_slices() + 1 values), n returned */  \
+    int64_t sequence_slices_##suffix(const SequenceArgs* args, int64_t* starts) { return slices<T>(*args, starts); } \
     void sequence_backward_##suffix(const SequenceArgs* args, const BackwardArgs* grads) {                  \
         sequence_backward<T>(*args, *grads);                                                                \
     }
 
 RNNKIT_ENTRIES(float, f32)
 RNNKIT_ENTRIES(double, f64)
+
+int sequence_max_slices() { return max_slices(); }  // at most this many slices (PyTorch's thread count)
 
 }  // extern "C"

@@ -110,6 +110,8 @@ def _load(lib: ctypes.CDLL) -> ctypes.CDLL:
         getattr(lib, f"repeated_product_{suffix}").argtypes = [p, ctypes.c_int, ctypes.c_int, ctypes.c_int, p, p, p,
                                                                p]
         getattr(lib, f"summed_product_{suffix}").argtypes = [p, ctypes.c_int, p, p, p, p]
+        getattr(lib, f"sequence_slices_{suffix}").argtypes = [ctypes.POINTER(SequenceArgs), p]
+        getattr(lib, f"sequence_slices_{suffix}").restype = ctypes.c_int64
     return lib
 
 
@@ -387,6 +389,18 @@ def _sequence(cell: str, activation: str, xp: Tensor | None, h0: Tensor, w_hh: T
         q.xp = None  # the backward needs none of these: kept, they would hold memory
     q.x = q.w_ih = q.work = None
     return q
+
+
+def sequence_slices(batch: int, steps: int, batch_sizes=None, dtype: torch.dtype = torch.float32) -> list[int]:
+    """The slices of rows a sequence call's forward of `batch` rows and `steps` steps runs, each on its own thread
+    as a sequence of its own: their first rows and the end ([0, batch]: not split). From fused.cpp's SLICE_ROWS rows
+    per thread on, at multiples of the products' row blocks; with batch_sizes (per step, the rows sorted longest
+    first) so that each runs about as many row-steps."""
+    sizes = _batch_sizes(batch_sizes)
+    args = SequenceArgs(steps=steps, batch=batch, batch_sizes=_ptr(sizes))
+    starts = (ctypes.c_int64 * (library().sequence_max_slices() + 1))()
+    n = getattr(library(), f"sequence_slices_{_DTYPES[dtype]}")(ctypes.byref(args), starts)
+    return list(starts[:n + 1])
 
 
 def _args(q: Sequence, H: int, I: int, chunk: int, sum_gemm: int | None = None) -> SequenceArgs:
