@@ -696,8 +696,8 @@ template <typename T> void summed_product(int64_t m, int64_t n, int64_t k, const
 // A sequence: T steps, B rows, sorted longest first when batch_sizes is given (step t runs the first
 // batch_sizes[t] rows; a row that has ended keeps its state). A per-step buffer holds all T steps when the
 // sequence is kept for the backward, else one step, reused (inference keeps nothing). The buffers' steps are ld
-// rows apart: B, or in a forward split into slices of rows (`sequence`), the whole batch's (the buffers then start
-// at the slice's first row).
+// rows apart: B, or in a call split into slices of rows (`slices`), the whole batch's (the buffers then start at
+// the slice's first row).
 template <typename T> struct Sequence {
     int64_t steps, B, ld, H, P, GH, I, chunk;  // P: the size of h (the LSTM's projection, else H); GH: G*H, xp's width
     bool keep, clear;  // clear: kept values of ended rows are zeroed (`zero_rows`)
@@ -806,20 +806,20 @@ template <typename T, class Cell> void run_forward(const Sequence<T>& q, Cell& c
     if (q.steps > 0) std::memcpy(q.h, q.out + (q.steps - 1) * ld * P, active * P * sizeof(T));
 }
 
-// The backward loop over a kept sequence (never sliced: its steps are B rows apart): d_h (B, P) holds the gradient
-// of the final h on entry, of h_0 on exit; each step adds d_out's and the cell turns the gradient reaching h_t into
-// d_xp's step (rows past their end untouched: zero them beforehand) and the gradient reaching h_{t-1} (rows that
-// have ended keep theirs, which waits for their last step). The cell's `finish` runs after every step, empty or not.
+// The backward loop over a kept sequence: d_h (B, P) holds the gradient of the final h on entry, of h_0 on exit;
+// each step adds d_out's and the cell turns the gradient reaching h_t into d_xp's step (rows past their end
+// untouched: zero them beforehand) and the gradient reaching h_{t-1} (rows that have ended keep theirs, which
+// waits for their last step). The cell's `finish` runs after every step, empty or not.
 template <typename T, class Cell> void run_backward(const Sequence<T>& q, Cell& cell, Gemm<T> gemm, const T* d_out,
                                                     T* d_h, T* d_xp) {
-    const int64_t B = q.B, P = q.P;
+    const int64_t ld = q.ld, P = q.P;
     for (int64_t t = q.steps - 1; t >= 0; --t) {
         const int64_t bs = q.rows(t);
         if (bs > 0) {
-            const T* d_o = d_out + t * B * P;
+            const T* d_o = d_out + t * ld * P;
             for (int64_t k = 0; k < bs * P; ++k) d_h[k] += d_o[k];
-            const T* h_prev = t ? q.out + (t - 1) * B * P : q.h0;  // the rows active now were active then
-            cell.backward(t, bs, h_prev, q.mask ? q.hr + t * B * P : h_prev, d_h, d_xp + t * B * q.GH, gemm);
+            const T* h_prev = t ? q.out + (t - 1) * ld * P : q.h0;  // the rows active now were active then
+            cell.backward(t, bs, h_prev, q.mask ? q.hr + t * ld * P : h_prev, d_h, d_xp + t * ld * q.GH, gemm);
         }
         cell.finish(t, bs);
     }
@@ -840,6 +840,7 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
     const T* w_hr;
     T *gates, *c, *act_c, *h_new, *a, *stats;
     T *d_c, *d_hout, *d_vec, *d_w_hh, *d_hn, *d_cp, *row_work, *d_a_chunk;  // the backward's
+    std::vector<T> h_chunk;  // a slice's h_r rows of a chunk (layer norm's backward)
     // Inference projects each step's input x_t with the step (takes_x), not a chunk of steps ahead, so that x W_ih^T
     // is not written out and read back: without layer norm in the step's product, [h_r x_t] [W_hh^T; W_ih^T] (the
     // bias added with the gate math); with layer norm, which normalises x W_ih^T apart, into a step's buffer (xp).
@@ -868,6 +869,18 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
     // layer norm with xp given as x W_ih^T (train), not LN(x W_ih^T) * ln_w_ih + b: the gate math normalises it, the
     // backward reads it (kept) and its d_xp is that of x W_ih^T, with ln_w_ih's and b's gradients in d_vec
     bool raw_input() const { return ln && q.ln_w_ih && !q.x; }
+
+    // The backward's own buffers, a slice's (sequence_backward): the work's size, d_vec's and d_w_hh's (summed apart)
+    static int64_t work_size(const SequenceArgs& a) {
+        const int64_t GH = a.n_gates * a.hidden;
+        return 2 * a.batch * a.hidden + GH + (ln ? a.chunk * a.batch * GH : 0);
+    }
+    static int64_t vector_size(const SequenceArgs& a) {
+        lstm::Step<T> s{a.batch, a.hidden, (T*)a.peep, nullptr, (T*)a.ln_w_hh, (T*)a.ln_w_c, (T*)a.ln_b_c, T(1e-5)};
+        if (ln && a.ln_w_ih && !a.x) s.ln_x = (T*)a.ln_w_ih, s.b = (T*)a.b;  // as raw_input()
+        return lstm::Vectors(s, a.n_gates, has_peep, ln).size;
+    }
+    static int64_t weight_size(const SequenceArgs& a) { return ln ? a.n_gates * a.hidden * a.proj : 0; }
 
     void carry(int64_t t, int64_t bs) {  // ended rows: their cell state carries (their kept values: see clear)
         std::memcpy(c_at(t + 1) + bs * q.H, c_at(t) + bs * q.H, (q.B - bs) * q.H * sizeof(T));
@@ -902,20 +915,20 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
     }
 
     void backward(int64_t t, int64_t bs, const T*, const T*, T* d_h, T* dx, Gemm<T> gemm) {
-        const int64_t B = q.B, GH = q.GH, P = q.P, H = q.H;
+        const int64_t B = q.B, ld = q.ld, GH = q.GH, P = q.P, H = q.H;
         const T* dh = d_h;
         if (w_hr) {
-            std::memcpy(d_hout + t * B * P, d_h, bs * P * sizeof(T));
+            std::memcpy(d_hout + t * ld * P, d_h, bs * P * sizeof(T));
             by_w_hr.times(bs, d_h, P, T(0), d_hn, H);  // d_hn (bs, H) = d_h (bs, P) W_hr
             dh = d_hn;
         }
         s.B = bs;
-        s.a = ln ? a + t * B * GH : nullptr;
-        if (raw_input()) s.xp = q.xp + t * B * GH, s.ln_x = q.ln_w_ih, s.b = q.b;
-        T* d_a = ln ? d_a_chunk + (t % q.chunk) * B * GH : nullptr;
-        lstm::backward<T, coupled, softsign, has_peep, ln>(s, dh, d_c, gates + t * B * GH, c_at(t), c_at(t + 1),
-                                                           act_c + t * B * H, ln ? stats + t * B * lstm::STATS : nullptr, dx,
-                                                           d_cp, d_vec, d_a, row_work);
+        s.a = ln ? a + t * ld * GH : nullptr;
+        if (raw_input()) s.xp = q.xp + t * ld * GH, s.ln_x = q.ln_w_ih, s.b = q.b;
+        T* d_a = ln ? d_a_chunk + (t % q.chunk) * B * GH : nullptr;  // (the chunk's own rows: B apart)
+        T* st = ln ? stats + t * ld * lstm::STATS : nullptr;
+        lstm::backward<T, coupled, softsign, has_peep, ln>(s, dh, d_c, gates + t * ld * GH, c_at(t), c_at(t + 1),
+                                                           act_c + t * ld * H, st, dx, d_cp, d_vec, d_a, row_work);
         std::memcpy(d_c, d_cp, bs * H * sizeof(T));
         by_w_hh.times(bs, ln ? d_a : dx, GH, T(0), d_h, P);  // d_h = d_pre (bs, G*H) W_hh
         apply_mask(q, bs, d_h);
@@ -923,15 +936,20 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
 
     void finish(int64_t t, int64_t bs) {  // layer norm: d_a of the chunk t .. t+K-1 into d_w_hh
         if (!ln) return;
-        const int64_t B = q.B, GH = q.GH, P = q.P, K = q.chunk;
+        const int64_t B = q.B, ld = q.ld, GH = q.GH, P = q.P, K = q.chunk;
         const Gemm<T> sums = (Gemm<T>)q.args.sum_gemm;
         if (bs < B) std::memset(d_a_chunk + (t % K) * B * GH + bs * GH, 0, (B - bs) * GH * sizeof(T));
         if (t % K) return;
         const int64_t n = std::min(K, q.steps - t);
-        if (q.mask) {
-            summed_product(GH, P, n * B, d_a_chunk, GH, q.hr + t * B * P, P, T(1), d_w_hh, P, sums);
-        } else if (t > 0) {
-            summed_product(GH, P, n * B, d_a_chunk, GH, q.out + (t - 1) * B * P, P, T(1), d_w_hh, P, sums);
+        const auto h_r = [&](int64_t u) -> const T* {  // step u's h_r: the masked h, or the previous output, or h_0
+            return q.mask ? q.hr + u * ld * P : u ? q.out + (u - 1) * ld * P : q.h0;
+        };
+        if (ld != B) {  // a slice: its rows of the chunk's steps gathered
+            h_chunk.resize(n * B * P);
+            for (int64_t u = 0; u < n; ++u) std::memcpy(h_chunk.data() + u * B * P, h_r(t + u), B * P * sizeof(T));
+            summed_product(GH, P, n * B, d_a_chunk, GH, h_chunk.data(), P, T(1), d_w_hh, P, sums);
+        } else if (q.mask || t > 0) {
+            summed_product(GH, P, n * B, d_a_chunk, GH, h_r(t), P, T(1), d_w_hh, P, sums);
         } else {  // step 0 reads h_0, the others the outputs before them
             summed_product(GH, P, B, d_a_chunk, GH, q.h0, P, T(1), d_w_hh, P, sums);
             summed_product(GH, P, (n - 1) * B, d_a_chunk + B * GH, GH, q.out, P, T(1), d_w_hh, P, sums);
@@ -961,6 +979,10 @@ template <typename T, bool reset_after, int kind> struct GRU {
           by_w_hh_t(q.w_hh_t_columns(0, reset_after ? 3 * q.H : 2 * q.H, !g)),
           by_w_hn_t(q.w_hh_t_columns(2 * q.H, reset_after ? 0 : q.H, !g)),
           by_w_hh(q.w_hh_rows(0, reset_after ? 3 * q.H : 2 * q.H, g)), by_w_hn(q.w_hh_rows(2 * q.H, reset_after ? 0 : q.H, g)) {}
+
+    static int64_t work_size(const SequenceArgs& a) { return 4 * a.batch * a.hidden; }  // (as LSTM's)
+    static int64_t vector_size(const SequenceArgs&) { return 0; }
+    static int64_t weight_size(const SequenceArgs&) { return 0; }
 
     void carry(int64_t t, int64_t bs) {  // h, the only state, carries in the loop (ended rows' kept values: clear)
         if (q.clear) q.zero_rows(gates, t, bs, 3 * q.H), q.zero_rows(extra, t, bs, q.H);
@@ -1014,11 +1036,11 @@ template <typename T, bool reset_after, int kind> struct GRU {
     }
 
     void backward(int64_t t, int64_t bs, const T* h_prev, const T* hr, T* d_h, T* dx, Gemm<T> gemm) {
-        const int64_t B = q.B, H = q.H, GH = 3 * H;
-        const T *g = gates + t * B * GH, *e = extra + t * B * H;
+        const int64_t B = q.B, ld = q.ld, H = q.H, GH = 3 * H;
+        const T *g = gates + t * ld * GH, *e = extra + t * ld * H;
         T *d_rec = d_work, *d_hr = d_work + B * GH;
         if (reset_after) {
-            T* d_nr = d_extra + t * B * H;
+            T* d_nr = d_extra + t * ld * H;
 #pragma omp parallel for if (parallel_rows(bs)) schedule(static)
             for (int64_t b = 0; b < bs; ++b) {
                 const T *gb = g + b * GH, *eb = e + b * H, *hp = h_prev + b * H;
@@ -1087,6 +1109,9 @@ template <typename T, int kind> struct RNN {
 
     RNN(const Sequence<T>& q, const BackwardArgs* g)
         : q(q), by_w_hh_t(q.w_hh_t_columns(0, q.H, !g)), by_w_hh(q.w_hh_rows(0, q.H, g)) {}
+    static int64_t work_size(const SequenceArgs&) { return 0; }  // (as LSTM's)
+    static int64_t vector_size(const SequenceArgs&) { return 0; }
+    static int64_t weight_size(const SequenceArgs&) { return 0; }
 
     void carry(int64_t, int64_t) {}
 
@@ -1104,7 +1129,7 @@ template <typename T, int kind> struct RNN {
 
     void backward(int64_t t, int64_t bs, const T*, const T*, T* d_h, T* dx, Gemm<T> gemm) {
         const int64_t H = q.H;
-        const T* y = q.out + t * q.B * H;
+        const T* y = q.out + t * q.ld * H;
 #pragma omp parallel for if (parallel_rows(bs)) schedule(static)
         for (int64_t b = 0; b < bs; ++b) {
 #pragma GCC ivdep
@@ -1138,9 +1163,10 @@ template <typename T, typename F> void with_cell(const SequenceArgs& a, F&& run)
     }
 }
 
-// A forward of at least this many rows per thread runs each thread's slice of the rows as a sequence of its own:
-// the rows are independent, so the threads never wait for each other, and each keeps its rows' states and its own
-// packed weights in its caches, instead of every step's product and gate math being split among the threads.
+// A sequence call (forward or backward) of at least this many rows per thread runs each thread's slice of the rows
+// as a sequence of its own: the rows are independent, so the threads never wait for each other, and each keeps its
+// rows' states and its own packed weights in its caches, instead of every step's product and gate math being split
+// among the threads.
 constexpr int64_t SLICE_ROWS = 16;
 
 // The first row of slice id of n (id = n: the end), at a multiple of `block` rows: with lengths (batch_sizes, the
@@ -1164,7 +1190,7 @@ int64_t slice_start(const SequenceArgs& a, int64_t id, int64_t n, int64_t block)
     return std::min(B, (lo + block / 2) / block * block);
 }
 
-// The slices a forward of a's rows runs as (sequence): starts[0 .. n] (n + 1 values, at most max_slices() + 1), n
+// The slices a sequence call of a's rows runs as: starts[0 .. n] (n + 1 values, at most max_slices() + 1), n
 // returned, 1 where the rows are not split.
 int max_slices() {
 #ifdef _OPENMP
@@ -1180,7 +1206,7 @@ template <typename T> int64_t slices(const SequenceArgs& a, int64_t* starts) {
     return n;
 }
 
-// Rows r0 .. r0+rows of a forward's sequence: its buffers from row r0 on (their steps still a.batch rows apart,
+// Rows r0 .. r0+rows of a sequence: its buffers from row r0 on (their steps still a.batch rows apart,
 // Sequence::ld), lengths (sizes, T) clipped to the slice.
 template <typename T> SequenceArgs slice(const SequenceArgs& a, int64_t r0, int64_t rows, std::vector<int64_t>& sizes) {
     SequenceArgs s = a;
@@ -1224,11 +1250,58 @@ template <typename T> void sequence(const SequenceArgs& a) {
     }
 }
 
+// The backward's buffers of a slice of rows from r0 on (see slice): their steps still a.batch rows apart.
+template <typename T> BackwardArgs slice_grads(const BackwardArgs& g, const SequenceArgs& a, int64_t r0) {
+    BackwardArgs b = g;
+    const auto from = [r0](void*& p, int64_t width) {
+        if (p) p = (T*)p + r0 * width;
+    };
+    from(b.d_out, a.proj), from(b.d_h, a.proj), from(b.d_c, a.hidden), from(b.d_xp, a.n_gates * a.hidden);
+    from(b.d_hout, a.proj), from(b.d_extra, a.hidden);
+    return b;
+}
+
+// The backward, in the slices of rows its forward ran (slices): each its own work and its own sums of the vector
+// parameters' gradients (d_vec) and, with layer norm, of W_hh's, added to g's in slice order afterwards: the same
+// sums for the same number of threads, run after run.
 template <typename T> void sequence_backward(const SequenceArgs& a, const BackwardArgs& g) {
-    const Sequence<T> q(a, a.batch);
+    std::vector<int64_t> starts(max_slices() + 1);
+    const int64_t n = slices<T>(a, starts.data());
     with_cell<T>(a, [&]<class Cell>() {
-        Cell cell(q, &g);
-        run_backward(q, cell, (Gemm<T>)a.gemm, (const T*)g.d_out, (T*)g.d_h, (T*)g.d_xp);
+        if (n == 1) {
+            const Sequence<T> q(a, a.batch);
+            Cell cell(q, &g);
+            return run_backward(q, cell, (Gemm<T>)a.gemm, (const T*)g.d_out, (T*)g.d_h, (T*)g.d_xp);
+        }
+        const int64_t n_vec = Cell::vector_size(a), n_w = g.d_w_hh ? Cell::weight_size(a) : 0, per = n_vec + n_w;
+        std::vector<T> sums(n * per, T(0));
+#pragma omp parallel num_threads(n)
+        {
+#ifdef _OPENMP
+            const int64_t first = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+            const int64_t first = 0, team = 1;
+#endif
+            std::vector<int64_t> sizes;
+            std::vector<T> work;
+            for (int64_t id = first; id < n; id += team) {
+                const int64_t r0 = starts[id], rows = starts[id + 1] - r0;
+                if (rows == 0) continue;
+                const SequenceArgs s = slice<T>(a, r0, rows, sizes);
+                BackwardArgs b = slice_grads<T>(g, a, r0);
+                work.resize(Cell::work_size(s));
+                T* own = sums.data() + id * per;
+                b.work = work.data(), b.d_vec = own, b.d_w_hh = n_w ? own + n_vec : nullptr;
+                const Sequence<T> q(s, a.batch);
+                Cell cell(q, &b);
+                run_backward(q, cell, (Gemm<T>)a.gemm, (const T*)b.d_out, (T*)b.d_h, (T*)b.d_xp);
+            }
+        }
+        T *d_vec = (T*)g.d_vec, *d_w_hh = (T*)g.d_w_hh;
+        for (int64_t id = 0; id < n; ++id) {
+            for (int64_t j = 0; j < n_vec; ++j) d_vec[j] += sums[id * per + j];
+            for (int64_t j = 0; j < n_w; ++j) d_w_hh[j] += sums[id * per + n_vec + j];
+        }
     });
 }
 
@@ -1269,7 +1342,7 @@ extern "C" {
     }                                                                                                       \
     /* Whole sequences of any cell (the backward's chunk, for the LSTM's layer norm, is args->chunk). */   \
     void sequence_##suffix(const SequenceArgs* args) { sequence<T>(*args); }                                 \
-    /* The slices the forward of args->batch rows would run as: starts (max_slices() + 1 values), n returned */  \
+    /* The slices a call with args->batch rows runs as: starts (max_slices() + 1 values), n returned */          \
     int64_t sequence_slices_##suffix(const SequenceArgs* args, int64_t* starts) { return slices<T>(*args, starts); } \
     void sequence_backward_##suffix(const SequenceArgs* args, const BackwardArgs* grads) {                  \
         sequence_backward<T>(*args, *grads);                                                                \

@@ -392,8 +392,8 @@ def _sequence(cell: str, activation: str, xp: Tensor | None, h0: Tensor, w_hh: T
 
 
 def sequence_slices(batch: int, steps: int, batch_sizes=None, dtype: torch.dtype = torch.float32) -> list[int]:
-    """The slices of rows a sequence call's forward of `batch` rows and `steps` steps runs, each on its own thread
-    as a sequence of its own: their first rows and the end ([0, batch]: not split). From fused.cpp's SLICE_ROWS rows
+    """The slices of rows a sequence call (forward or backward) of `batch` rows and `steps` steps runs, each on its
+    own thread as a sequence of its own: their first rows and the end ([0, batch]: not split). From fused.cpp's SLICE_ROWS rows
     per thread on, at multiples of the products' row blocks; with batch_sizes (per step, the rows sorted longest
     first) so that each runs about as many row-steps."""
     sizes = _batch_sizes(batch_sizes)
