@@ -301,6 +301,26 @@ def test_sequences_sliced_among_threads_equal_the_pytorch_ops(cell, variant, thr
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+@needs_fused
+@pytest.mark.parametrize("width", [3, 40])  # G*H: under and over the moments' vectors of partial sums
+def test_layer_norm_moments_of_rows_far_from_zero_keep_their_precision(width):
+    """Rows of a = h W_hh^T whose mean is ten thousand times their spread: the gate math's one-pass moments
+    (shifted by a value of the row) stay within a few times the error of PyTorch's float32 moments, against
+    float64's (a plain sum of squares would lose every digit of the variance)."""
+    torch.manual_seed(0)
+    B, H = 6, width
+    a = 1000 + 0.1 * torch.randn(B, 4 * H, dtype=torch.float64)
+    var, mean = torch.var_mean(a, -1, correction=0)
+    exact = torch.stack([mean, (var + 1e-5).rsqrt()], 1)
+    var32, mean32 = torch.var_mean(a.float(), -1, correction=0)
+    reference = torch.stack([mean32, (var32 + 1e-5).rsqrt()], 1).double()
+    ones = torch.ones(4 * H)
+    _, _, _, stats = fused.lstm_forward(torch.randn(B, 4 * H), torch.randn(B, H), None, False, False,
+                                        ln=(a.float(), ones, ones[:H], None))
+    error, reference_error = (stats[:, :2].double() - exact).abs(), (reference - exact).abs()
+    assert (error <= 4 * reference_error.max(0).values + 1e-3 * exact.abs()).all(), (error, reference_error)
+
+
 SATURATING = [case("LSTM", dict(peephole=True), path) for path in ("sequence", "step")]
 SATURATING += [case(cell, v, "sequence") for cell, v in [("GRU", {}), ("GRU", dict(reset_after=False)),
                                                          ("RNN", {}), ("RNN", dict(nonlinearity="relu"))]]

@@ -141,29 +141,28 @@ constexpr int VEC_BYTES = 32;
 constexpr int VEC_BYTES = 16;
 #endif
 
-// sum over j < n of f(x[j]), in 4 vectors of partial sums (which keep the adds from waiting on each other) and the
-// rest one by one: added in a different order than torch's.
-template <typename T, typename F> INLINE T sum_of(const T* x, int64_t n, F f) {
+// Mean and 1/sqrt(var + eps) of x[0..n) (the biased variance, as torch.native_layer_norm), in one pass: the sums
+// of d = x - x[0] and of d^2 (shifted by a value of x, so that a mean far from zero costs no precision), 4 vectors
+// of partial sums each (which keep the adds from waiting on each other), added in a different order than torch's.
+template <typename T> INLINE void moments(const T* x, int64_t n, T eps, T& mean, T& rstd) {
     constexpr int V = VEC_BYTES / sizeof(T);
     typedef T vec __attribute__((vector_size(VEC_BYTES), aligned(sizeof(T))));
-    vec part[4] = {vec{}, vec{}, vec{}, vec{}};
+    const T k = x[0];
+    vec s1[4] = {vec{}, vec{}, vec{}, vec{}}, s2[4] = {vec{}, vec{}, vec{}, vec{}};
     int64_t j = 0;
     for (; j + 4 * V <= n; j += 4 * V)
 #pragma GCC unroll 4
-        for (int s = 0; s < 4; ++s) part[s] += f(*(const vec*)(x + j + s * V));
-    const vec all = (part[0] + part[1]) + (part[2] + part[3]);
-    T sum = 0;
-    for (int i = 0; i < V; ++i) sum += all[i];
-    for (; j < n; ++j) sum += f(x[j]);
-    return sum;
-}
-
-// Mean and 1/sqrt(var + eps) of x[0..n), as torch.native_layer_norm (biased variance, two passes).
-template <typename T> INLINE void moments(const T* x, int64_t n, T eps, T& mean, T& rstd) {
-    mean = sum_of(x, n, [](auto v) { return v; }) / T(n);
-    const T m = mean;
-    const T sq = sum_of(x, n, [m](auto v) { return (v - m) * (v - m); });
-    rstd = T(1) / std::sqrt(sq / T(n) + eps);
+        for (int p = 0; p < 4; ++p) {
+            const vec d = *(const vec*)(x + j + p * V) - k;
+            s1[p] += d, s2[p] += d * d;
+        }
+    const vec a1 = (s1[0] + s1[1]) + (s1[2] + s1[3]), a2 = (s2[0] + s2[1]) + (s2[2] + s2[3]);
+    T sum = 0, sq = 0;
+    for (int i = 0; i < V; ++i) sum += a1[i], sq += a2[i];
+    for (; j < n; ++j) sum += x[j] - k, sq += (x[j] - k) * (x[j] - k);
+    const T m = sum / T(n);
+    mean = k + m;
+    rstd = T(1) / std::sqrt(std::max(sq / T(n) - m * m, T(0)) + eps);
 }
 
 // d LN(x) / d x applied to d_xhat (the gradient reaching the normalised x_hat = (x - mean) * rstd):
@@ -855,7 +854,7 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
         : q(q), s{q.B, q.H, (T*)q.args.peep, nullptr, (T*)q.args.ln_w_hh, (T*)q.args.ln_w_c, (T*)q.args.ln_b_c,
                   T(1e-5)},
           w_hr((T*)q.args.w_hr), gates((T*)q.args.gates), c((T*)q.args.c), act_c((T*)q.args.act_c),
-          h_new((T*)q.args.h_new), a((T*)q.args.a), stats((T*)q.args.stats), takes_x(q.x && q.steps > 1 && !g && 2 * q.B > q.I),
+          h_new((T*)q.args.h_new), a((T*)q.args.a), stats((T*)q.args.stats), takes_x(q.x && q.steps > 1 && !g && 2 * q.B >= q.I),
           by_w_hh_t(takes_x && !ln ? Repeated<T>((Gemm<T>)q.args.gemm, true, q.P, q.GH, q.w_hh, q.P, true, q.I, q.w_ih, q.I)
                                    : q.w_hh_t_columns(0, q.GH, !g)),
           by_w_ih_t((Gemm<T>)q.args.gemm, true, q.I, q.GH, q.w_ih, q.I, takes_x && ln),
