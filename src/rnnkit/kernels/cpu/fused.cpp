@@ -832,14 +832,14 @@ template <typename T, class Cell> void run_backward(const Sequence<T>& q, Cell& 
 // and the product over all steps is left to the caller; with layer norm d_pre is d_a, the gradient of a, kept for
 // `chunk` steps at a time and added to d_w_hh (G*H, P) one product per chunk (the saved tensors are never
 // written: a second backward through the same graph gives the same gradients).
-// The backward's work: (B, H) + (B, H) + (G*H) + with layer norm (chunk, B, G*H).
+// The backward's work: (B, H) + (B, H) + with layer norm (chunk, B, G*H).
 template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struct LSTM {
     const Sequence<T>& q;
     lstm::Step<T> s;
     const T* w_hr;
     T *gates, *c, *act_c, *h_new, *a, *stats;
-    T *d_c, *d_hout, *d_vec, *d_w_hh, *d_hn, *d_cp, *row_work, *d_a_chunk;  // the backward's
-    std::vector<T> h_chunk;  // a slice's h_r rows of a chunk (layer norm's backward)
+    T *d_c, *d_hout, *d_vec, *d_w_hh, *d_hn, *d_cp, *d_a_chunk;  // the backward's
+    std::vector<T> row_work;  // (G*H), the backward's gate math's
     // Inference projects each step's input x_t with the step (takes_x), not a chunk of steps ahead, so that x W_ih^T
     // is not written out and read back: without layer norm in the step's product, [h_r x_t] [W_hh^T; W_ih^T] (the
     // bias added with the gate math); with layer norm, which normalises x W_ih^T apart, into a step's buffer (xp).
@@ -862,17 +862,18 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
           by_w_hr((Gemm<T>)q.args.gemm, false, q.P, q.H, w_hr, q.H, g && q.steps > 1) {
         if (!g) return;
         d_c = (T*)g->d_c, d_hout = (T*)g->d_hout, d_vec = (T*)g->d_vec, d_w_hh = (T*)g->d_w_hh;
-        d_hn = (T*)g->work, d_cp = d_hn + q.B * q.H, row_work = d_cp + q.B * q.H, d_a_chunk = row_work + q.GH;
+        d_hn = (T*)g->work, d_cp = d_hn + q.B * q.H, d_a_chunk = d_cp + q.B * q.H;
+        row_work.resize(q.GH);
     }
     T* c_at(int64_t t) const { return c + (q.keep ? t : t % 2) * q.ld * q.H; }
     // layer norm with xp given as x W_ih^T (train), not LN(x W_ih^T) * ln_w_ih + b: the gate math normalises it, the
     // backward reads it (kept) and its d_xp is that of x W_ih^T, with ln_w_ih's and b's gradients in d_vec
     bool raw_input() const { return ln && q.ln_w_ih && !q.x; }
 
-    // The backward's own buffers, a slice's (sequence_backward): the work's size, d_vec's and d_w_hh's (summed apart)
-    static int64_t work_size(const SequenceArgs& a) {
-        const int64_t GH = a.n_gates * a.hidden;
-        return 2 * a.batch * a.hidden + GH + (ln ? a.chunk * a.batch * GH : 0);
+    // For a slice's backward (sequence_backward): the work's size per row (its part of the whole work), d_vec's and
+    // d_w_hh's sizes (summed apart)
+    static int64_t work_per_row(const SequenceArgs& a) {
+        return 2 * a.hidden + (ln ? a.chunk * a.n_gates * a.hidden : 0);
     }
     static int64_t vector_size(const SequenceArgs& a) {
         lstm::Step<T> s{a.batch, a.hidden, (T*)a.peep, nullptr, (T*)a.ln_w_hh, (T*)a.ln_w_c, (T*)a.ln_b_c, T(1e-5)};
@@ -927,7 +928,7 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
         T* d_a = ln ? d_a_chunk + (t % q.chunk) * B * GH : nullptr;  // (the chunk's own rows: B apart)
         T* st = ln ? stats + t * ld * lstm::STATS : nullptr;
         lstm::backward<T, coupled, softsign, has_peep, ln>(s, dh, d_c, gates + t * ld * GH, c_at(t), c_at(t + 1),
-                                                           act_c + t * ld * H, st, dx, d_cp, d_vec, d_a, row_work);
+                                                           act_c + t * ld * H, st, dx, d_cp, d_vec, d_a, row_work.data());
         std::memcpy(d_c, d_cp, bs * H * sizeof(T));
         by_w_hh.times(bs, ln ? d_a : dx, GH, T(0), d_h, P);  // d_h = d_pre (bs, G*H) W_hh
         apply_mask(q, bs, d_h);
@@ -943,10 +944,9 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
         const auto h_r = [&](int64_t u) -> const T* {  // step u's h_r: the masked h, or the previous output, or h_0
             return q.mask ? q.hr + u * ld * P : u ? q.out + (u - 1) * ld * P : q.h0;
         };
-        if (ld != B) {  // a slice: its rows of the chunk's steps gathered
-            h_chunk.resize(n * B * P);
-            for (int64_t u = 0; u < n; ++u) std::memcpy(h_chunk.data() + u * B * P, h_r(t + u), B * P * sizeof(T));
-            summed_product(GH, P, n * B, d_a_chunk, GH, h_chunk.data(), P, T(1), d_w_hh, P, sums);
+        if (ld != B) {  // a slice: its rows of each step (not contiguous from step to step)
+            for (int64_t u = 0; u < n; ++u)
+                summed_product(GH, P, B, d_a_chunk + u * B * GH, GH, h_r(t + u), P, T(1), d_w_hh, P, sums);
         } else if (q.mask || t > 0) {
             summed_product(GH, P, n * B, d_a_chunk, GH, h_r(t), P, T(1), d_w_hh, P, sums);
         } else {  // step 0 reads h_0, the others the outputs before them
@@ -979,7 +979,7 @@ template <typename T, bool reset_after, int kind> struct GRU {
           by_w_hn_t(q.w_hh_t_columns(2 * q.H, reset_after ? 0 : q.H, !g)),
           by_w_hh(q.w_hh_rows(0, reset_after ? 3 * q.H : 2 * q.H, g)), by_w_hn(q.w_hh_rows(2 * q.H, reset_after ? 0 : q.H, g)) {}
 
-    static int64_t work_size(const SequenceArgs& a) { return 4 * a.batch * a.hidden; }  // (as LSTM's)
+    static int64_t work_per_row(const SequenceArgs& a) { return 4 * a.hidden; }  // (as LSTM's)
     static int64_t vector_size(const SequenceArgs&) { return 0; }
     static int64_t weight_size(const SequenceArgs&) { return 0; }
 
@@ -1108,7 +1108,7 @@ template <typename T, int kind> struct RNN {
 
     RNN(const Sequence<T>& q, const BackwardArgs* g)
         : q(q), by_w_hh_t(q.w_hh_t_columns(0, q.H, !g)), by_w_hh(q.w_hh_rows(0, q.H, g)) {}
-    static int64_t work_size(const SequenceArgs&) { return 0; }  // (as LSTM's)
+    static int64_t work_per_row(const SequenceArgs&) { return 0; }  // (as LSTM's)
     static int64_t vector_size(const SequenceArgs&) { return 0; }
     static int64_t weight_size(const SequenceArgs&) { return 0; }
 
@@ -1260,9 +1260,9 @@ template <typename T> BackwardArgs slice_grads(const BackwardArgs& g, const Sequ
     return b;
 }
 
-// The backward, in the slices of rows its forward ran (slices): each its own work and its own sums of the vector
-// parameters' gradients (d_vec) and, with layer norm, of W_hh's, added to g's in slice order afterwards: the same
-// sums for the same number of threads, run after run.
+// The backward, in the slices of rows its forward ran (slices): each its part of the work, and each its own sums of
+// the vector parameters' gradients (d_vec) and, with layer norm, of W_hh's (the first slice's in g's, the others'
+// added to them in slice order afterwards: the same sums for the same number of threads, run after run).
 template <typename T> void sequence_backward(const SequenceArgs& a, const BackwardArgs& g) {
     std::vector<int64_t> starts(max_slices() + 1);
     const int64_t n = slices<T>(a, starts.data());
@@ -1273,7 +1273,7 @@ template <typename T> void sequence_backward(const SequenceArgs& a, const Backwa
             return run_backward(q, cell, (Gemm<T>)a.gemm, (const T*)g.d_out, (T*)g.d_h, (T*)g.d_xp);
         }
         const int64_t n_vec = Cell::vector_size(a), n_w = g.d_w_hh ? Cell::weight_size(a) : 0, per = n_vec + n_w;
-        std::vector<T> sums(n * per, T(0));
+        std::vector<T> sums((n - 1) * per, T(0));
 #pragma omp parallel num_threads(n)
         {
 #ifdef _OPENMP
@@ -1282,24 +1282,26 @@ template <typename T> void sequence_backward(const SequenceArgs& a, const Backwa
             const int64_t first = 0, team = 1;
 #endif
             std::vector<int64_t> sizes;
-            std::vector<T> work;
             for (int64_t id = first; id < n; id += team) {
                 const int64_t r0 = starts[id], rows = starts[id + 1] - r0;
                 if (rows == 0) continue;
                 const SequenceArgs s = slice<T>(a, r0, rows, sizes);
                 BackwardArgs b = slice_grads<T>(g, a, r0);
-                work.resize(Cell::work_size(s));
-                T* own = sums.data() + id * per;
-                b.work = work.data(), b.d_vec = own, b.d_w_hh = n_w ? own + n_vec : nullptr;
+                b.work = (T*)g.work + r0 * Cell::work_per_row(a);
+                if (id > 0) {
+                    T* own = sums.data() + (id - 1) * per;
+                    b.d_vec = own, b.d_w_hh = n_w ? own + n_vec : nullptr;
+                }
                 const Sequence<T> q(s, a.batch);
                 Cell cell(q, &b);
                 run_backward(q, cell, (Gemm<T>)a.gemm, (const T*)b.d_out, (T*)b.d_h, (T*)b.d_xp);
             }
         }
         T *d_vec = (T*)g.d_vec, *d_w_hh = (T*)g.d_w_hh;
-        for (int64_t id = 0; id < n; ++id) {
-            for (int64_t j = 0; j < n_vec; ++j) d_vec[j] += sums[id * per + j];
-            for (int64_t j = 0; j < n_w; ++j) d_w_hh[j] += sums[id * per + n_vec + j];
+        for (int64_t id = 1; id < n; ++id) {
+            const T* own = sums.data() + (id - 1) * per;
+            for (int64_t j = 0; j < n_vec; ++j) d_vec[j] += own[j];
+            for (int64_t j = 0; j < n_w; ++j) d_w_hh[j] += own[n_vec + j];
         }
     });
 }

@@ -574,7 +574,7 @@ def lstm_sequence_backward(q: Sequence, d_out: Tensor, d_h: Tensor, d_c: Tensor)
     layer_norm = q.ln_w_hh is not None
     chunk = max(1, BACKWARD_CHUNK_BYTES // (B * GH * d_out.element_size()))  # steps of d_a per W_hh product
     d_w_hh = d_out.new_zeros(q.w_hh.shape) if layer_norm else None
-    work = d_out.new_empty(2 * B * H + GH + (chunk * B * GH if layer_norm else 0))
+    work = d_out.new_empty(2 * B * H + (chunk * B * GH if layer_norm else 0))
     d_xp, d_h = _sequence_backward(q, d_out, d_h, chunk, d_c=d_c, d_hout=d_hout, d_vec=d_vec, d_w_hh=d_w_hh,
                                    work=work)
     grads = _split(d_vec, sizes)
