@@ -62,8 +62,9 @@ def engine_is_faster(device_type: str, step: Step, batch: int, recording: bool, 
         the engine's C++ sequence loop is 0.21-0.87x;
       - LSTM single steps (T=1, as in generation): oneDNN's call costs 0.2-3.6 ms, the engine's
         matrix products 0.12-0.73 ms at B=1 (H=128-512), and they are even at B=64-128.
-    Otherwise PyTorch's kernel wins or they are even (standard LSTM, whole batches, `impl="engine"` against
-    oneDNN's kernel: train steps 1.0-1.2x, inference 0.95-1.17x at shapes A-D)."""
+    Otherwise PyTorch's kernel wins or they are even, or the measurements are mixed (standard LSTM, whole batches,
+    `impl="engine"` against oneDNN's kernel: train steps 0.7-1.05x and inference 0.8-1.06x at shapes A-D, but at
+    batches 1-256 train steps 1.0-1.25x at T=28, H=128 and inference up to 1.2x at B=4-16: torch's kernel stays)."""
     if device_type != "cpu":
         return False
     kernel = native_kernel(step)
