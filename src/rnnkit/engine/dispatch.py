@@ -53,9 +53,9 @@ def engine_is_faster(device_type: str, step: Step, batch: int, recording: bool, 
         measured 0.2-0.9x in train steps and 0.35-0.9x in inference at batches 1-256, from 5 steps on (0.9x at
         T=5, B=1); a single step costs it 1.5-1.7x (a fixed cost per call), so below GRU_MIN_STEPS torch's kernel
         stays;
-      - RNN: the same loop measured 0.3-0.9x in train steps at T=28-512 (1.2x at T=5) and, with the recurrent
-        products on packed weights, 0.3-0.8x in inference at T=16-512 and batches 1-256 (0.95x at T=16, B=1;
-        1.6-2.1x at T=1-5, B=1): from RNN_MIN_STEPS steps on;
+      - RNN: the same loop measured 0.3-0.9x in train steps at T=28-512 (1.2x at T=5; even, 0.98-1.16x, at
+        B=256, T=100, H=256) and, with the recurrent products on packed weights, 0.3-0.8x in inference at
+        T=16-512 and batches 1-256 (0.95x at T=16, B=1; 1.6-2.1x at T=1-5, B=1): from RNN_MIN_STEPS steps on;
       - LSTM with proj_size (oneDNN has no projection, torch runs its per-step aten loop): train steps 0.44-1.01x;
         inference 0.27-0.76x from 16 steps on (1.2-1.9x at T=1-5, B=1): from RNN_MIN_STEPS steps on;
       - LSTM train steps with lengths (`packed`: torch runs its packed-sequence kernel, not oneDNN's):
