@@ -716,10 +716,10 @@ template <typename T> struct Sequence {
 
     Sequence(const SequenceArgs& a, int64_t ld)
         : steps(a.steps), B(a.batch), ld(ld), H(a.hidden), P(a.proj), GH(a.n_gates * a.hidden), I(a.input),
-          chunk(a.chunk),
-          keep(a.keep != 0), clear(a.keep && a.clear), args(a), batch_sizes(a.batch_sizes), w_hh((T*)a.w_hh),
-          mask((T*)a.mask), h0((T*)a.h0), xp((T*)a.xp), h((T*)a.h), out((T*)a.out), hr((T*)a.hr), x((T*)a.x),
-          w_ih((T*)a.w_ih), b((T*)a.b), ln_w_ih((T*)a.ln_w_ih), work((T*)a.work), bx(x && !ln_w_ih ? b : nullptr) {}
+          chunk(a.chunk), keep(a.keep != 0), clear(a.keep && a.clear), args(a), batch_sizes(a.batch_sizes),
+          w_hh((T*)a.w_hh), mask((T*)a.mask), h0((T*)a.h0), xp((T*)a.xp), h((T*)a.h), out((T*)a.out),
+          hr((T*)a.hr), x((T*)a.x), w_ih((T*)a.w_ih), b((T*)a.b), ln_w_ih((T*)a.ln_w_ih), work((T*)a.work),
+          bx(x && !ln_w_ih ? b : nullptr) {}
     int64_t rows(int64_t t) const { return batch_sizes ? batch_sizes[t] : B; }
     T* step_of(T* buffer, int64_t t, int64_t width) const { return buffer + (keep ? t * ld * width : 0); }
     // Zeroes rows bs.. (rows that have ended) of step t of a kept per-step buffer, where the kept buffers are outputs
@@ -854,7 +854,8 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
         : q(q), s{q.B, q.H, (T*)q.args.peep, nullptr, (T*)q.args.ln_w_hh, (T*)q.args.ln_w_c, (T*)q.args.ln_b_c,
                   T(1e-5)},
           w_hr((T*)q.args.w_hr), gates((T*)q.args.gates), c((T*)q.args.c), act_c((T*)q.args.act_c),
-          h_new((T*)q.args.h_new), a((T*)q.args.a), stats((T*)q.args.stats), takes_x(q.x && q.steps > 1 && !g && 2 * q.B >= q.I),
+          h_new((T*)q.args.h_new), a((T*)q.args.a), stats((T*)q.args.stats),
+          takes_x(q.x && q.steps > 1 && !g && 2 * q.B >= q.I),
           by_w_hh_t(takes_x && !ln ? Repeated<T>((Gemm<T>)q.args.gemm, true, q.P, q.GH, q.w_hh, q.P, true, q.I, q.w_ih, q.I)
                                    : q.w_hh_t_columns(0, q.GH, !g)),
           by_w_ih_t((Gemm<T>)q.args.gemm, true, q.I, q.GH, q.w_ih, q.I, takes_x && ln),
@@ -928,7 +929,8 @@ template <typename T, bool coupled, bool softsign, bool has_peep, bool ln> struc
         T* d_a = ln ? d_a_chunk + (t % q.chunk) * B * GH : nullptr;  // (the chunk's own rows: B apart)
         T* st = ln ? stats + t * ld * lstm::STATS : nullptr;
         lstm::backward<T, coupled, softsign, has_peep, ln>(s, dh, d_c, gates + t * ld * GH, c_at(t), c_at(t + 1),
-                                                           act_c + t * ld * H, st, dx, d_cp, d_vec, d_a, row_work.data());
+                                                           act_c + t * ld * H, st, dx, d_cp, d_vec, d_a,
+                                                           row_work.data());
         std::memcpy(d_c, d_cp, bs * H * sizeof(T));
         by_w_hh.times(bs, ln ? d_a : dx, GH, T(0), d_h, P);  // d_h = d_pre (bs, G*H) W_hh
         apply_mask(q, bs, d_h);
