@@ -1227,6 +1227,21 @@ template <typename T> SequenceArgs slice(const SequenceArgs& a, int64_t r0, int6
     return s;
 }
 
+// run(id, r0, rows) for every non-empty slice id < n (starts as `slices` gives them), each on its own thread (a team
+// smaller than asked for runs every slice still).
+template <typename F> void for_each_slice(int64_t n, const int64_t* starts, F&& run) {
+#pragma omp parallel num_threads(n)
+    {
+#ifdef _OPENMP
+        const int64_t first = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+        const int64_t first = 0, team = 1;
+#endif
+        for (int64_t id = first; id < n; id += team)
+            if (starts[id + 1] > starts[id]) run(id, starts[id], starts[id + 1] - starts[id]);
+    }
+}
+
 template <typename T> void sequence(const SequenceArgs& a) {
     const auto run = [](const SequenceArgs& s, int64_t ld) {
         const Sequence<T> q(s, ld);
@@ -1238,17 +1253,10 @@ template <typename T> void sequence(const SequenceArgs& a) {
     std::vector<int64_t> starts(max_slices() + 1);
     const int64_t n = slices<T>(a, starts.data());
     if (n == 1) return run(a, a.batch);
-#pragma omp parallel num_threads(n)
-    {
-#ifdef _OPENMP
-        const int64_t first = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-        const int64_t first = 0, team = 1;
-#endif
+    for_each_slice(n, starts.data(), [&](int64_t, int64_t r0, int64_t rows) {
         std::vector<int64_t> sizes;
-        for (int64_t id = first; id < n; id += team)  // (a team smaller than asked for runs every slice still)
-            if (starts[id + 1] > starts[id]) run(slice<T>(a, starts[id], starts[id + 1] - starts[id], sizes), a.batch);
-    }
+        run(slice<T>(a, r0, rows, sizes), a.batch);
+    });
 }
 
 // The backward's buffers of a slice of rows from r0 on (see slice): their steps still a.batch rows apart.
@@ -1276,29 +1284,19 @@ template <typename T> void sequence_backward(const SequenceArgs& a, const Backwa
         }
         const int64_t n_vec = Cell::vector_size(a), n_w = g.d_w_hh ? Cell::weight_size(a) : 0, per = n_vec + n_w;
         std::vector<T> sums((n - 1) * per, T(0));
-#pragma omp parallel num_threads(n)
-        {
-#ifdef _OPENMP
-            const int64_t first = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-            const int64_t first = 0, team = 1;
-#endif
+        for_each_slice(n, starts.data(), [&](int64_t id, int64_t r0, int64_t rows) {
             std::vector<int64_t> sizes;
-            for (int64_t id = first; id < n; id += team) {
-                const int64_t r0 = starts[id], rows = starts[id + 1] - r0;
-                if (rows == 0) continue;
-                const SequenceArgs s = slice<T>(a, r0, rows, sizes);
-                BackwardArgs b = slice_grads<T>(g, a, r0);
-                b.work = (T*)g.work + r0 * Cell::work_per_row(a);
-                if (id > 0) {
-                    T* own = sums.data() + (id - 1) * per;
-                    b.d_vec = own, b.d_w_hh = n_w ? own + n_vec : nullptr;
-                }
-                const Sequence<T> q(s, a.batch);
-                Cell cell(q, &b);
-                run_backward(q, cell, (Gemm<T>)a.gemm, (const T*)b.d_out, (T*)b.d_h, (T*)b.d_xp);
+            const SequenceArgs s = slice<T>(a, r0, rows, sizes);
+            BackwardArgs b = slice_grads<T>(g, a, r0);
+            b.work = (T*)g.work + r0 * Cell::work_per_row(a);
+            if (id > 0) {
+                T* own = sums.data() + (id - 1) * per;
+                b.d_vec = own, b.d_w_hh = n_w ? own + n_vec : nullptr;
             }
-        }
+            const Sequence<T> q(s, a.batch);
+            Cell cell(q, &b);
+            run_backward(q, cell, (Gemm<T>)a.gemm, (const T*)b.d_out, (T*)b.d_h, (T*)b.d_xp);
+        });
         T *d_vec = (T*)g.d_vec, *d_w_hh = (T*)g.d_w_hh;
         for (int64_t id = 1; id < n; ++id) {
             const T* own = sums.data() + (id - 1) * per;
